@@ -1,0 +1,5 @@
+import sys
+
+from livereduce.cli import main
+
+sys.exit(main())

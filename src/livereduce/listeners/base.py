@@ -1,0 +1,152 @@
+"""The listener contract: where chunks come from.
+
+A listener is Mantid's ILiveListener (mantid-live-data.md §3) reshaped so that no getter mutates
+state: :meth:`Listener.extract_data` returns everything that arrived since the previous call as
+one :class:`Chunk`, and a chunk never spans two runs. A run that ends inside the interval gives a
+chunk with ``ends_run`` set; the data of the next run come in the next call, with
+``begins_run`` set. The engine applies the run transition behaviour from those two flags.
+
+Chunks hold events in the layout scippnexus gives for an NXevent_data group: a DataArray
+binned over ``event_time_zero`` (one bin per pulse, datetime64 ns), each event with coords
+``event_id`` (int32 pixel ID) and ``event_time_offset`` (float32, µs) and data float32 counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import scipp as sc
+
+from livereduce.config import StartFrom
+
+
+class NotYet(Exception):  # noqa: N818 - Mantid's name: LiveData::Exception::NotYet
+    """The listener has nothing to give yet (not connected, waiting for a run); the message says
+    what it waits for. The engine logs it, reports it and tries again on the next tick."""
+
+
+class ListenerError(Exception):
+    """The listener cannot go on (e.g. the file is unreadable). The worker exits with
+    ``WorkerExit.ENGINE_FAILURE`` and the supervisor restarts it with backoff."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunInfo:
+    """What is known of a run: ``number`` (0 = not in a run), ``title``, ``start_time``
+    (timezone-aware UTC), ``instrument`` (name as the stream gives it), ``experiment``
+    (proposal / experiment identifier) and ``geometry_xml`` (the Mantid IDF, may be empty)."""
+
+    number: int
+    title: str = ""
+    start_time: datetime | None = None
+    instrument: str = ""
+    experiment: str = ""
+    geometry_xml: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    """Everything a listener received in one interval.
+
+    ``events``: detector events, binned over ``event_time_zero`` (see module docstring).
+    ``monitors``: name (e.g. ``monitor2``) -> monitor events in the same layout.
+    ``logs``: sample-environment and DAS logs received in the interval, name -> DataArray over
+    dim ``time`` (datetime64 ns coord) with the values (unit where the stream gives one);
+    ``proton_charge`` is one of them (pC per pulse).
+    ``run``: the run the data belong to, None when outside a run.
+    ``begins_run`` / ``ends_run``: the first / last chunk of ``run``.
+    """
+
+    events: sc.DataArray
+    monitors: Mapping[str, sc.DataArray] = field(default_factory=dict)
+    logs: Mapping[str, sc.DataArray] = field(default_factory=dict)
+    run: RunInfo | None = None
+    begins_run: bool = False
+    ends_run: bool = False
+
+    @property
+    def event_count(self) -> int:
+        """Number of detector events in the chunk."""
+        return int(self.events.bins.size().sum().value) if self.events.bins is not None else 0
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``fake``, ``nexus``."""
+
+    name: str
+    """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'."""
+
+    def start(self, start_from: StartFrom) -> None:
+        """Connect (or open) and begin collecting; from the start of the current run or now.
+        Must return promptly: a slow or absent source shows up as NotYet, not as a hang."""
+
+    def extract_data(self) -> Chunk:
+        """Everything received since the previous call (possibly an empty chunk).
+        Raises NotYet when there is nothing to give yet, ListenerError when it cannot go on."""
+
+    def close(self) -> None:
+        """Stop collecting and release sockets, threads and files. Safe to call twice."""
+
+
+def make_events(
+    pulse_times_ns: np.ndarray,
+    pulse_event_counts: np.ndarray,
+    event_id: np.ndarray,
+    event_time_offset_us: np.ndarray,
+) -> sc.DataArray:
+    """Events in the scippnexus NXevent_data layout, without per-event Python loops.
+
+    ``pulse_times_ns``: (P,) int64 Unix ns per pulse; ``pulse_event_counts``: (P,) events per
+    pulse; ``event_id``: (N,) pixel IDs; ``event_time_offset_us``: (N,) time of flight in µs,
+    with N = sum of the counts and events ordered by pulse. Returns a DataArray of dim
+    ``event_time_zero`` (P), binned over dim ``event``. Raises ValueError on mismatched sizes.
+    """
+    counts = np.asarray(pulse_event_counts, dtype=np.int64)
+    n = int(counts.sum())
+    if len(event_id) != n or len(event_time_offset_us) != n or len(pulse_times_ns) != len(counts):
+        raise ValueError(
+            f"inconsistent event arrays: {len(pulse_times_ns)} pulses, {counts.size} counts, "
+            f"sum {n}, {len(event_id)} event_id, {len(event_time_offset_us)} event_time_offset"
+        )
+    table = sc.DataArray(
+        sc.ones(dims=["event"], shape=[n], dtype="float32", unit="counts"),
+        coords={
+            "event_id": sc.array(dims=["event"], values=np.asarray(event_id, dtype=np.int32), unit=None),
+            "event_time_offset": sc.array(
+                dims=["event"], values=np.asarray(event_time_offset_us, dtype=np.float32), unit="us"
+            ),
+        },
+    )
+    begin = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=begin[1:])
+    binned = sc.bins(
+        begin=sc.array(dims=["event_time_zero"], values=begin, unit=None),
+        end=sc.array(dims=["event_time_zero"], values=begin + counts, unit=None),
+        dim="event",
+        data=table,
+    )
+    return sc.DataArray(
+        binned,
+        coords={
+            "event_time_zero": sc.array(
+                dims=["event_time_zero"],
+                values=np.asarray(pulse_times_ns, dtype="datetime64[ns]"),
+                unit="ns",
+            )
+        },
+    )
+
+
+def empty_events() -> sc.DataArray:
+    """A chunk's events when nothing arrived: zero pulses, same layout as :func:`make_events`."""
+    return make_events(
+        np.empty(0, dtype=np.int64),
+        np.empty(0, dtype=np.int64),
+        np.empty(0, dtype=np.int32),
+        np.empty(0, dtype=np.float32),
+    )

@@ -1,0 +1,120 @@
+"""What the worker tells the supervisor, and how the worker ends.
+
+The worker writes one JSON object per line (a :class:`Progress` report) to a pipe whose write
+end it gets as ``--report-fd``. Each report is also its heartbeat: the supervisor records the
+monotonic time it read it. The worker reports from inside its processing loop (after every
+chunk, and while it waits for data at least every ``HEARTBEAT_INTERVAL_S``), never from a side
+thread, so a hung processing script stops the heartbeats (STYLE.md §3).
+
+The worker program is ``python -m livereduce.worker --report-fd N``; it reads the configuration
+as a JSON object ``{"path": str | null, "raw": {...}}`` on its standard input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from enum import IntEnum, StrEnum
+from typing import Any
+
+HEARTBEAT_INTERVAL_S = 2.0
+"""Upper bound between two reports while the loop waits: well under half of the shortest
+heartbeat timeout a configuration can reach in practice (STYLE.md §3: beat at <= timeout/2)."""
+
+MAX_REPORT_BYTES = 1 << 16
+"""A report line longer than this is a bug in the worker; the supervisor drops it."""
+
+
+class WorkerExit(IntEnum):
+    """Exit status of the worker process; the supervisor maps each to an action."""
+
+    STOPPED = 0  # asked to stop (SIGTERM), or the run ended with run_transition Stop
+    CRASHED = 1  # an unexpected exception escaped the engine
+    BOOT_FAILURE = 3  # cannot start: engine unavailable, listener misconfigured
+    ENGINE_FAILURE = 4  # the engine failed while running (e.g. MonitorLiveData ended in error)
+
+
+class WorkerState(StrEnum):
+    """What the worker is doing, as shown in the status file and sd_notify STATUS=."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    WAITING_FOR_RUN = "waiting_for_run"
+    RUNNING = "running"
+    RUN_ENDED = "run_ended"  # run_transition Stop: the run is over and monitoring stopped
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """One report: the worker's state and counters since it started.
+
+    ``chunks`` and ``events`` count chunks processed and detector events received;
+    ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
+    ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
+    is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+    """
+
+    state: WorkerState
+    pid: int = field(default_factory=os.getpid)
+    engine: str = ""
+    detail: str = ""
+    instrument: str = ""
+    run_number: int | None = None
+    run_title: str = ""
+    chunks: int = 0
+    events: int = 0
+    last_chunk_time: float | None = None
+    errors: int = 0
+    last_error: str = ""
+
+    def with_(self, **changes: Any) -> Progress:
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+    def to_line(self) -> bytes:
+        """The report as one JSON line (UTF-8, newline-terminated)."""
+        return (json.dumps(asdict(self), separators=(",", ":")) + "\n").encode()
+
+    @classmethod
+    def from_line(cls, line: bytes) -> Progress:
+        """Parse one line written by :meth:`to_line`. Raises ValueError if it is not one."""
+        try:
+            data = json.loads(line)
+            data["state"] = WorkerState(data["state"])
+            return cls(**data)
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a worker report: {line[:200]!r}: {error}") from None
+
+
+class ReportWriter:
+    """Worker side: writes reports to the pipe fd. A supervisor that went away shows up as
+    BrokenPipeError, which the worker treats as a request to stop."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def send(self, progress: Progress) -> None:
+        """Write one report (blocking; a report is far below PIPE_BUF, so it is atomic)."""
+        os.write(self._fd, progress.to_line())
+
+
+class ReportReader:
+    """Supervisor side: splits bytes read from the non-blocking pipe into reports."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> Iterator[Progress]:
+        """Yield every complete report in ``data`` (plus what was pending); malformed lines
+        raise ValueError after the good ones before them were yielded."""
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        if len(self._pending) > MAX_REPORT_BYTES:
+            self._pending = b""
+            raise ValueError("worker report line too long; dropped")
+        for line in lines:
+            if line.strip():
+                yield Progress.from_line(line)
