@@ -154,7 +154,9 @@ class Config:
         """(proc script, post-proc script) as they are on disk now; None where a script is
         missing or empty (an empty file is what a half-finished save leaves)."""
         post = self.post_proc_script if self.post_process else None
-        return tuple(p if p is not None and _non_empty_file(p) else None for p in (self.proc_script, post))
+        return tuple(
+            p if p is not None and _non_empty_file(p) else None for p in (self.proc_script, post)
+        )
 
     def effective(self) -> dict[str, Any]:
         """Every setting with its effective value, JSON-compatible, for the start-up log."""
@@ -163,9 +165,7 @@ class Config:
             if name == "raw":
                 continue
             value = getattr(self, name)
-            if name == "instrument":
-                value = asdict(value)
-            elif name == "watchdog":
+            if name in {"instrument", "watchdog"}:
                 value = asdict(value)
             elif isinstance(value, Path):
                 value = str(value)
@@ -197,8 +197,12 @@ KNOWN_KEYS = frozenset(
 )  # fmt: skip
 
 LISTENER_OPTIONS: Mapping[ListenerKind, frozenset[str]] = {
-    ListenerKind.ADARA: frozenset({"stale_timeout_sec", "reconnect_max_sec", "connect_timeout_sec"}),
-    ListenerKind.FAKE: frozenset({"event_rate", "pixel_count", "run_length_sec", "run_number", "seed"}),
+    ListenerKind.ADARA: frozenset(
+        {"stale_timeout_sec", "reconnect_max_sec", "connect_timeout_sec"}
+    ),
+    ListenerKind.FAKE: frozenset(
+        {"event_rate", "pixel_count", "run_length_sec", "run_number", "seed"}
+    ),
     ListenerKind.NEXUS: frozenset({"chunks", "speed"}),
 }
 """Allowed ``listener_options`` keys per listener (documented in docs/configuration.md)."""
@@ -254,7 +258,9 @@ def load_config(
             raw = json.loads(text)
         except json.JSONDecodeError as error:
             raise ConfigError(
-                chosen, None, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}"
+                chosen,
+                None,
+                f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}",
             ) from None
         if not isinstance(raw, dict):
             raise ConfigError(chosen, None, f"must hold a JSON object, not {type(raw).__name__}")
@@ -292,9 +298,13 @@ def config_from_mapping(
 
     base = path.parent if path else Path.cwd()
     script_dir = reader.path("script_dir", Path(f"/SNS/{instrument.short_name}/shared/livereduce"))
-    output_dir = reader.path("output_dir", Path(os.environ.get("STATE_DIRECTORY", base / "livereduce-output")))
+    output_dir = reader.path(
+        "output_dir", Path(os.environ.get("STATE_DIRECTORY", base / "livereduce-output"))
+    )
     runtime_dir = os.environ.get("RUNTIME_DIRECTORY")
-    default_status = Path(runtime_dir) / "status.json" if runtime_dir else output_dir / "status.json"
+    default_status = (
+        Path(runtime_dir) / "status.json" if runtime_dir else output_dir / "status.json"
+    )
     log_file = reader.path("log_file", None)
 
     config = Config(
@@ -308,8 +318,12 @@ def config_from_mapping(
         periods=reader.int_list("periods", minimum=1),
         spectra=reader.int_list("spectra", minimum=0),
         post_process=reader.boolean("post_process", True),
-        system_mem_limit_perc=reader.number("system_mem_limit_perc", 70.0, minimum=0.0, maximum=100.0),
-        mem_check_interval_sec=reader.number("mem_check_interval_sec", 1.0, minimum=0.0, inclusive=False),
+        system_mem_limit_perc=reader.number(
+            "system_mem_limit_perc", 70.0, minimum=0.0, maximum=100.0
+        ),
+        mem_check_interval_sec=reader.number(
+            "mem_check_interval_sec", 1.0, minimum=0.0, inclusive=False
+        ),
         conda_env=reader.optional_string("CONDA_ENV"),
         pixi_env=reader.optional_string("PIXI_ENV"),
         venv=reader.optional_string("VENV"),
@@ -319,7 +333,9 @@ def config_from_mapping(
         address=address,
         listener_options=_listener_options(reader, listener),
         start_from=reader.enum("start_from", StartFrom, StartFrom.START_OF_RUN),
-        run_transition=reader.enum("run_transition", RunTransitionBehavior, RunTransitionBehavior.RESTART),
+        run_transition=reader.enum(
+            "run_transition", RunTransitionBehavior, RunTransitionBehavior.RESTART
+        ),
         output_workspace=_workspace_name(reader),
         output_dir=output_dir,
         status_file=reader.path("status_file", default_status),
@@ -349,8 +365,7 @@ def _resolve_instrument(
         if name is None:
             reader.fail(
                 "instrument",
-                "not set, and no default.instrument in "
-                + " or ".join(str(p) for p in properties),
+                "not set, and no default.instrument in " + " or ".join(str(p) for p in properties),
             )
     known = find_instrument(name)
     if known is not None:
@@ -374,7 +389,9 @@ def _watchdog(reader: _Reader) -> WatchdogSettings:
     if value is None:
         return WatchdogSettings()
     if not isinstance(value, Mapping):
-        reader.fail("watchdog", f"expected an object with 'interval' and 'threshold', got {value!r}")
+        reader.fail(
+            "watchdog", f"expected an object with 'interval' and 'threshold', got {value!r}"
+        )
     sub = _Reader(value, reader.path_, prefix="watchdog.")
     unknown = sorted(set(value) - {"interval", "threshold"})
     if unknown:
@@ -469,7 +486,11 @@ class _Reader:
         if maximum is not None:
             bounds.append(f"<= {maximum:g}")
         expected = f"{kind} {' and '.join(bounds)}".strip()
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             self.fail(key, f"expected {expected}, got {value!r}")
         if integer and int(value) != value:
             self.fail(key, f"expected {expected}, got {value!r}")

@@ -7,6 +7,7 @@ interpreter writes to from C as soon as the signal arrives (STYLE.md §1), so a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -26,7 +27,9 @@ class StopToken:
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
 
-    def install(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def install(
+        self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
         """Route ``signals`` to this token. Main thread only (a CPython rule for handlers)."""
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for signum in signals:
@@ -40,10 +43,8 @@ class StopToken:
         """Ask for a stop from code (any thread)."""
         self.requested = True
         self.reason = reason
-        try:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
             os.write(self._write_fd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full of wake-ups already
 
     def wait(self, timeout_s: float) -> bool:
         """Sleep up to ``timeout_s`` seconds, returning early on a stop request or a signal.

@@ -12,7 +12,8 @@ import importlib.util
 from collections.abc import Callable
 from typing import Protocol
 
-from livereduce.config import Config, Engine as EngineChoice
+from livereduce.config import Config
+from livereduce.config import Engine as EngineChoice
 from livereduce.protocol import Progress, WorkerExit
 from livereduce.stop import StopToken
 

@@ -24,7 +24,7 @@ import scipp as sc
 from livereduce.config import StartFrom
 
 
-class NotYet(Exception):  # noqa: N818 - Mantid's name: LiveData::Exception::NotYet
+class NotYet(Exception):
     """The listener has nothing to give yet (not connected, waiting for a run); the message says
     what it waits for. The engine logs it, reports it and tries again on the next tick."""
 
@@ -59,6 +59,9 @@ class Chunk:
     ``proton_charge`` is one of them (pC per pulse).
     ``run``: the run the data belong to, None when outside a run.
     ``begins_run`` / ``ends_run``: the first / last chunk of ``run``.
+    ``data_reset``: the listener started the current run over (it reconnected and the stream
+    replays the run from its first pulse), so this chunk replaces what was accumulated for the
+    run instead of adding to it: Mantid's ``dataReset()``, which forces Replace (§2.3 step 8).
     """
 
     events: sc.DataArray
@@ -67,6 +70,7 @@ class Chunk:
     run: RunInfo | None = None
     begins_run: bool = False
     ends_run: bool = False
+    data_reset: bool = False
 
     @property
     def event_count(self) -> int:
@@ -76,7 +80,8 @@ class Chunk:
 
 @runtime_checkable
 class Listener(Protocol):
-    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``fake``, ``nexus``."""
+    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``fake``, ``nexus``; each
+    module ``livereduce.listeners.<kind>`` has ``from_config(config) -> Listener``."""
 
     name: str
     """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'."""
@@ -116,7 +121,9 @@ def make_events(
     table = sc.DataArray(
         sc.ones(dims=["event"], shape=[n], dtype="float32", unit="counts"),
         coords={
-            "event_id": sc.array(dims=["event"], values=np.asarray(event_id, dtype=np.int32), unit=None),
+            "event_id": sc.array(
+                dims=["event"], values=np.asarray(event_id, dtype=np.int32), unit=None
+            ),
             "event_time_offset": sc.array(
                 dims=["event"], values=np.asarray(event_time_offset_us, dtype=np.float32), unit="us"
             ),
