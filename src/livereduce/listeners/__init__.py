@@ -1,0 +1,16 @@
+"""Listeners: where chunks come from (the contract is in :mod:`livereduce.listeners.base`)."""
+
+from __future__ import annotations
+
+import importlib
+
+from livereduce.config import Config
+from livereduce.listeners.base import Listener
+
+
+def create_listener(config: Config) -> Listener:
+    """The listener named by ``config.listener``, from ``livereduce.listeners.<kind>``'s
+    ``from_config`` (imported only when chosen, so a listener's dependencies are needed only
+    when it is used). Raises what ``from_config`` raises for unusable settings (ConfigError)."""
+    module = importlib.import_module(f"livereduce.listeners.{config.listener.value}")
+    return module.from_config(config)

@@ -1,0 +1,196 @@
+"""A small ADARA client: connect to an SMS, send the client hello, read packets in the
+background.
+
+A reader thread receives bytes, frames and decodes them with
+:class:`~livereduce.adara.parser.StreamParser` and puts packets on a bounded queue (when the
+consumer falls behind, the thread waits, TCP fills up and the SMS slows down: nothing is
+dropped). Failures travel the same queue, in order, so the consumer sees every packet that came
+before them: :class:`ConnectionLost` when the SMS closes the connection or the network fails
+(saying how many bytes of an incomplete packet were dropped), the parser's
+:class:`~livereduce.adara.errors.AdaraProtocolError` for a malformed packet. A malformed but
+correctly framed packet is skipped and reading goes on; a framing error ends the connection.
+:meth:`AdaraClient.close` returns within about a second whatever the reader is doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import socket
+import threading
+import time
+
+from livereduce.adara import packets
+from livereduce.adara.errors import AdaraProtocolError
+from livereduce.adara.parser import StreamParser
+
+log = logging.getLogger("livereduce.adara.client")
+
+QUEUE_PACKETS = 4096
+"""Packets buffered between the reader thread and the consumer: at 60 Hz and ~4 packets per
+pulse, about 17 s of stream, enough to ride out a slow processing script."""
+RECV_BYTES = 1 << 20
+"""Bytes asked of one recv(); a pulse of a busy instrument is a few MB."""
+_POLL_S = 0.1
+"""How often a reader thread blocked on a full queue checks for close()."""
+
+
+class ConnectionLost(Exception):
+    """The connection to the SMS ended: closed by the SMS, reset, or closed by us. The message
+    names the address and says how; ``dropped_bytes`` is the size of the incomplete packet
+    that was discarded (0 when the stream ended on a packet boundary)."""
+
+    def __init__(self, message: str, dropped_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.dropped_bytes = dropped_bytes
+
+
+class AdaraClient:
+    """One connection to an SMS.
+
+    ``start_time_ns`` is the client hello's start time: :data:`packets.START_NOW` (join the
+    live stream), :data:`packets.START_OF_RUN` (the current run from its first pulse) or a Unix
+    time in ns. ``connect()`` raises OSError (refused, unreachable, timeout after
+    ``connect_timeout_s``). ``get()`` returns packets in stream order and raises the failures
+    described in the module docstring.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        start_time_ns: int = packets.START_NOW,
+        connect_timeout_s: float = 5.0,
+        queue_packets: int = QUEUE_PACKETS,
+    ) -> None:
+        self.address = f"{host}:{port}"
+        self._host_port = (host, port)
+        self.start_time_ns = start_time_ns
+        self.connect_timeout_s = connect_timeout_s
+        self.last_receive_monotonic = time.monotonic()
+        """Monotonic time of the latest bytes from the SMS (heartbeats included)."""
+        self.bytes_received = 0
+        self._queue: queue.Queue[packets.Packet | BaseException] = queue.Queue(queue_packets)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._ended: BaseException | None = None
+        self.parser = StreamParser()
+
+    def connect(self) -> None:
+        """Connect, send the client hello and start the reader thread."""
+        sock = socket.create_connection(self._host_port, timeout=self.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hello = packets.ClientHello(
+                timestamp_ns=time.time_ns(), start_time_ns=self.start_time_ns, version=0
+            )
+            sock.sendall(packets.encode(hello))
+            sock.settimeout(None)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.last_receive_monotonic = time.monotonic()
+        self._thread = threading.Thread(
+            target=self._read, name=f"adara-client-{self.address}", daemon=True
+        )
+        self._thread.start()
+
+    def get(self, timeout_s: float | None = None) -> packets.Packet | None:
+        """The next packet, or None when none arrived within ``timeout_s`` seconds (None:
+        wait forever). Raises ConnectionLost once the connection has ended and every packet
+        before the end was returned (and on every later call), AdaraProtocolError for a
+        malformed packet."""
+        if self._ended is not None and self._queue.empty():
+            raise self._ended
+        try:
+            item = (
+                self._queue.get(timeout=timeout_s) if timeout_s != 0 else self._queue.get_nowait()
+            )
+        except queue.Empty:
+            return None
+        if isinstance(item, ConnectionLost):
+            self._ended = item
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    @property
+    def ended(self) -> BaseException | None:
+        """The failure that ended the connection, once get() has delivered it."""
+        return self._ended
+
+    def _read(self) -> None:
+        assert self._sock is not None
+        sock = self._sock
+        while not self._closed.is_set():
+            try:
+                data = sock.recv(RECV_BYTES)
+            except OSError as exc:
+                self._finish(f"connection to the SMS at {self.address} failed: {exc}")
+                return
+            if not data:
+                self._finish(f"the SMS at {self.address} closed the connection")
+                return
+            self.last_receive_monotonic = time.monotonic()
+            self.bytes_received += len(data)
+            if not self._decode(data):
+                self._finish(f"stream from the SMS at {self.address} cannot be framed any more")
+                return
+
+    def _decode(self, data: bytes) -> bool:
+        """Queue the packets in ``data``; False when the parser lost the packet boundaries."""
+        feed = self.parser.feed(data)
+        while True:
+            try:
+                for packet in feed:
+                    self._put(packet)
+                return True
+            except AdaraProtocolError as exc:
+                self._put(exc)
+                try:
+                    feed = self.parser.feed(b"")
+                except AdaraProtocolError:
+                    return False
+
+    def _finish(self, how: str) -> None:
+        if self._closed.is_set():
+            how = f"connection to the SMS at {self.address} closed by the client"
+        dropped = self.parser.buffered
+        if dropped:
+            how += f"; {dropped} bytes of an incomplete packet dropped"
+        self._put(ConnectionLost(how, dropped))
+
+    def _put(self, item: packets.Packet | BaseException) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                if self._closed.is_set():
+                    return
+
+    def close(self) -> None:
+        """Stop reading and close the socket; returns promptly. Safe to call twice."""
+        self._closed.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+            if self._thread.is_alive():
+                log.warning("reader thread for %s did not stop within 2 s", self.address)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def __enter__(self) -> AdaraClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,69 @@
+"""The ``livereduce`` command: read the configuration, set up logging, run the supervisor.
+
+``livereduce [CONFIG]``: CONFIG defaults to ``/etc/livereduce.conf`` (built-in defaults when
+that does not exist either, as the predecessor did). A configuration that cannot be used gives
+one message on stderr naming the file, the key and what is allowed, and exit status 2; the
+other exit statuses are :class:`livereduce.daemon.DaemonExit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from livereduce import __version__
+from livereduce.config import Config, ConfigError, load_config
+from livereduce.daemon import DaemonExit, run_daemon
+from livereduce.logsetup import configure_logging
+
+log = logging.getLogger("livereduce")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livereduce",
+        description="Keep the live reduction of a neutron instrument's data stream running.",
+        epilog="Signals: SIGTERM/SIGINT stop, SIGHUP reloads the processing scripts, SIGQUIT "
+        "logs the state and quits. See docs/operations.md.",
+    )
+    parser.add_argument(
+        "config", nargs="?", help="configuration file (JSON); default /etc/livereduce.conf"
+    )
+    parser.add_argument("--version", action="version", version=f"livereduce {__version__}")
+    return parser
+
+
+def log_startup(config: Config) -> None:
+    """The first lines of the log: version, Python, user, configuration file and the full
+    effective configuration (memory keys included)."""
+    log.info("livereduce_starting: version %s, user '%s'", __version__, _user())
+    log.info("python: %s at %s", sys.version.split()[0], sys.executable)
+    log.info("config_file: %s", config.path or "none (built-in defaults)")
+    log.info("effective_configuration: %s", json.dumps(config.effective(), sort_keys=True))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run livereduce with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    args = _parser().parse_args(argv)
+    warnings: list[str] = []
+    try:
+        config = load_config(args.config, warn=warnings.append)
+    except ConfigError as error:
+        print(f"livereduce: {error}", file=sys.stderr)
+        return int(DaemonExit.CONFIG_ERROR)
+    configure_logging(config, process="supervisor")
+    log_startup(config)
+    for warning in warnings:
+        log.warning("config_unknown_keys: %s", warning)
+    return run_daemon(config)

@@ -1,0 +1,352 @@
+"""The embedded engine: Mantid's StartLiveData / MonitorLiveData loop on scipp.
+
+Every ``update_every`` seconds (start to start, as MonitorLiveData: slow processing delays the
+next chunk, it does not pile chunks up; mantid-live-data.md §2.4) one :meth:`EmbeddedEngine.step`
+runs LoadLiveData's steps (§2.3):
+
+1. extract the chunk from the listener (NotYet: report what it waits for, try next tick);
+2. run the processing script on it (none: the chunk as it is);
+3. with ``preserve_events`` false, turn events into a histogram: every binned result becomes
+   its bins' sums (``bins.sum()``), keeping the bins the script chose — Mantid's
+   ConvertToMatrixWorkspace, which keeps the workspace's binning;
+4. accumulate (:mod:`livereduce.engine.accumulation`); the first chunk, a chunk that begins a
+   run, a data reset and the first chunk after a run transition force Replace;
+5. run the post-processing script on the accumulation (none: the output is the accumulation);
+6. write the output file (:mod:`livereduce.engine.output`) and report progress.
+
+Run transitions (``run_transition``): at the chunk that ends a run, Restart makes the next chunk
+replace the accumulation; Rename does the same and keeps the finished run's output as
+``<output_workspace>_<run>.h5``; Stop writes the output and ends the loop (state run_ended). A
+chunk that begins a new run when the previous one never reported its end counts as that end.
+A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import scipp as sc
+
+from livereduce.config import Config, RunTransitionBehavior
+from livereduce.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
+from livereduce.engine.output import OutputWriter
+from livereduce.engine.scripts import RunContext, ScriptFailure, ScriptRunner
+from livereduce.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
+from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
+from livereduce.stop import StopToken
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepOutcome:
+    """What one :meth:`EmbeddedEngine.step` did, with its timings in seconds.
+
+    ``processed``: the chunk went through processing and accumulation; ``waiting``: the
+    listener had nothing (NotYet) or the chunk was empty; ``failed``: the chunk was lost to a
+    script or accumulation error; ``wrote``: the output file was written; ``finished``: the run
+    ended with run_transition Stop, the loop must end.
+    """
+
+    events: int = 0
+    processed: bool = False
+    waiting: bool = False
+    failed: bool = False
+    wrote: bool = False
+    finished: bool = False
+    extract_s: float = 0.0
+    process_s: float = 0.0
+    accumulate_s: float = 0.0
+    post_process_s: float = 0.0
+    write_s: float = 0.0
+
+
+def to_histogram(result: Any) -> Any:
+    """``preserve_events`` false: every binned part of ``result`` becomes the sum of each bin
+    (weights of the events in it), the bins' coords and masks kept. Dense parts are unchanged."""
+    if isinstance(result, sc.DataGroup):
+        return result.apply(to_histogram)
+    if isinstance(result, sc.Dataset):
+        return sc.Dataset({k: to_histogram(v) for k, v in result.items()})
+    if isinstance(result, sc.DataArray | sc.Variable) and result.bins is not None:
+        return result.bins.sum()
+    return result
+
+
+def _has_data(chunk: Chunk) -> bool:
+    monitors = sum(m.bins.size().sum().value for m in chunk.monitors.values() if m.bins is not None)
+    return chunk.event_count > 0 or monitors > 0 or chunk.begins_run or chunk.ends_run or chunk.data_reset
+
+
+class EmbeddedEngine:
+    """The live-data loop for ``config``. ``listener``: the source of chunks (None: made from
+    the configuration by :func:`livereduce.listeners.create_listener` when :meth:`run`
+    starts; tests pass one, already started or not). ``clock``: monotonic seconds."""
+
+    def __init__(
+        self,
+        config: Config,
+        listener: Listener | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.listener = listener
+        self._clock = clock
+        self.accumulation = Accumulation()
+        self._monitors = Accumulation()
+        self.workspaces: dict[str, Any] = {}
+        self.writer = OutputWriter(config.output_dir, config.output_workspace, clock=clock)
+        self._output: Any = None
+        self._output_version = 0
+        self._runners: dict[str, ScriptRunner] = {}
+        self._run: RunInfo | None = None
+        self._run_open = False
+        self._run_logs: dict[str, list[sc.DataArray]] = {}
+        self._replace_next = True
+        self._received_data = False
+        self.progress = Progress(state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
+        """Start the listener and run chunks every ``update_every`` seconds until ``stop`` or,
+        with run_transition Stop, the end of the run. Reports after every chunk and at least
+        every HEARTBEAT_INTERVAL_S while waiting. ListenerError: ENGINE_FAILURE."""
+        if self.listener is None:
+            from livereduce.listeners import create_listener  # noqa: PLC0415 - lazy: picks a module by kind
+
+            self.listener = create_listener(self.config)
+        self._set(WorkerState.CONNECTING, f"starting {self.listener.name}")
+        report(self.progress)
+        log.info(
+            "engine_started: embedded engine, listener %s, start_from %s, update_every %g s, %s, preserve_events %s",
+            self.listener.name, self.config.start_from, self.config.update_every,
+            self.config.accum_method, self.config.preserve_events,
+        )  # fmt: skip
+        try:
+            self.listener.start(self.config.start_from)
+            return self._loop(stop, report)
+        except ListenerError as error:
+            log.error("listener_failed: %s", error)  # noqa: TRY400 - the message says it all
+            self._set(WorkerState.ERROR, f"listener failed: {error}", last_error=str(error))
+            report(self.progress)
+            return WorkerExit.ENGINE_FAILURE
+        finally:
+            self.flush()
+            self.listener.close()
+
+    def _loop(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
+        next_chunk = self._clock()
+        last_report = self._clock()
+        while not stop.requested:
+            now = self._clock()
+            if now >= next_chunk:
+                next_chunk = now + self.config.update_every
+                outcome = self.step()
+                report(self.progress)
+                last_report = self._clock()
+                if outcome.finished:
+                    return WorkerExit.STOPPED
+            elif now - last_report >= HEARTBEAT_INTERVAL_S:
+                report(self.progress)
+                last_report = now
+            stop.wait(max(0.0, min(next_chunk - self._clock(), HEARTBEAT_INTERVAL_S - (self._clock() - last_report))))
+        log.info("engine_stopping: %s", stop.reason or "stop requested")
+        return WorkerExit.STOPPED
+
+    def flush(self) -> None:
+        """Write the output file if a newer output waits (writes are rate-limited)."""
+        if self.writer.pending:
+            self.writer.write(self._output, self._output_version, force=True)
+
+    # -- one chunk -----------------------------------------------------------------------
+
+    def step(self) -> StepOutcome:
+        """Extract and process one chunk (LoadLiveData). Never raises for a script fault;
+        raises ListenerError when the listener cannot go on."""
+        began = self._clock()
+        try:
+            chunk = self.listener.extract_data()
+        except NotYet as waiting:
+            state = WorkerState.WAITING_FOR_RUN if self._received_data else WorkerState.CONNECTING
+            self._set(state, str(waiting))
+            return StepOutcome(waiting=True, extract_s=self._clock() - began)
+        extracted = self._clock()
+        events = chunk.event_count
+        self._received_data = True
+        self.progress = self.progress.with_(events=self.progress.events + events)
+        if not _has_data(chunk):
+            state = WorkerState.RUNNING if self._run_open else WorkerState.WAITING_FOR_RUN
+            self._set(state, "no new data" if self._run_open else "waiting for a run")
+            return StepOutcome(waiting=True, extract_s=extracted - began)
+        if self._new_run_without_end(chunk):
+            finished = self._end_run(self._run)
+            if finished:
+                return StepOutcome(finished=True, extract_s=extracted - began)
+        if chunk.begins_run or chunk.data_reset:
+            self._replace_next = True
+        if chunk.begins_run or (chunk.run is not None and self._run is None):
+            self._run_logs = {}
+        self._run = chunk.run
+        self._run_open = chunk.run is not None and not chunk.ends_run
+        for name, series in chunk.logs.items():
+            self._run_logs.setdefault(name, []).append(series)
+        outcome = self._process(chunk, began, extracted)
+        if chunk.ends_run and chunk.run is not None:
+            finished = self._end_run(chunk.run)
+            outcome = dataclasses.replace(outcome, finished=finished)
+        return outcome
+
+    def _new_run_without_end(self, chunk: Chunk) -> bool:
+        return (
+            chunk.begins_run
+            and self._run_open
+            and self._run is not None
+            and chunk.run is not None
+            and chunk.run.number != self._run.number
+        )
+
+    def _process(self, chunk: Chunk, began: float, extracted: float) -> StepOutcome:
+        run = self._run_context()
+        result = self._script("processing", self.config.existing_scripts()[0], chunk.events, run, chunk.monitors)
+        processed = self._clock()
+        if isinstance(result, ScriptFailure):
+            return self._lost(chunk, result.summary(), result.traceback, began, extracted, processed)
+        if not self.config.preserve_events:
+            result = to_histogram(result)
+        method, replace = self.config.accum_method, self._replace_next
+        try:
+            self.accumulation.accumulate(method, result, replace=replace)
+        except AccumulationError as error:
+            return self._lost(chunk, str(error), "", began, extracted, processed)
+        try:
+            self._monitors.accumulate(method, sc.DataGroup(dict(chunk.monitors)), replace=replace)
+        except AccumulationError as error:
+            log.warning("monitors_not_accumulated: %s", error)
+            self._monitors.clear()
+        if replace:
+            log.info("accumulation_replaced: %s replaces the accumulation", self._describe(chunk))
+        self._replace_next = False
+        accumulated = self._clock()
+        output = self._post_process(run)
+        post_processed = self._clock()
+        wrote = False
+        if output is not None:
+            self._output = output
+            self._output_version += 1
+            wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+        written = self._clock()
+        self.progress = self.progress.with_(chunks=self.progress.chunks + 1, last_chunk_time=time.time())
+        self._set(WorkerState.RUNNING, f"{self._describe(chunk)}: chunk {self.progress.chunks} processed")
+        return StepOutcome(
+            events=chunk.event_count,
+            processed=True,
+            wrote=wrote,
+            extract_s=extracted - began,
+            process_s=processed - extracted,
+            accumulate_s=accumulated - processed,
+            post_process_s=post_processed - accumulated,
+            write_s=written - post_processed,
+        )
+
+    def _post_process(self, run: RunContext) -> Any:
+        """The output workspace: the post-processing script's output on the accumulation, or
+        the accumulation itself; None when post-processing failed (the last output stays)."""
+        try:
+            accumulated = self.accumulation.value()
+            monitors = self._monitors.value()
+        except SCIPP_ERRORS as error:
+            self._count_error(f"cannot read the accumulation: {error}")
+            log.error("accumulation_unreadable: %s", error)  # noqa: TRY400
+            return None
+        script = self.config.existing_scripts()[1]
+        if script is None:
+            return accumulated
+        view = accumulated.copy(deep=False) if hasattr(accumulated, "copy") else accumulated
+        result = self._script("post-processing", script, view, run, dict(monitors or {}))
+        if isinstance(result, ScriptFailure):
+            self._count_error(result.summary())
+            log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)
+            return None
+        return result
+
+    def _script(self, role: str, path: Any, data: Any, run: RunContext, monitors: Any) -> Any:
+        if path is None:
+            return data
+        runner = self._runners.get(role)
+        if runner is None or runner.path != path:
+            runner = self._runners[role] = ScriptRunner(path, role, self.workspaces)
+        outcome = runner.run(data, run, monitors)
+        return outcome.failure if outcome.failure is not None else outcome.output
+
+    def _lost(self, chunk: Chunk, summary: str, trace: str, began: float, extracted: float, processed: float) -> StepOutcome:
+        self._count_error(summary)
+        log.error("chunk_lost: %s: %s%s", self._describe(chunk), summary, f"\n{trace}" if trace else "")
+        self._set(WorkerState.RUNNING, f"{self._describe(chunk)}: chunk lost: {summary}")
+        return StepOutcome(
+            events=chunk.event_count, failed=True, extract_s=extracted - began, process_s=processed - extracted
+        )
+
+    def _count_error(self, summary: str) -> None:
+        self.progress = self.progress.with_(errors=self.progress.errors + 1, last_error=summary[-500:])
+
+    # -- run transitions -----------------------------------------------------------------
+
+    def _end_run(self, run: RunInfo) -> bool:
+        """Apply run_transition at the end of ``run``; True when the loop must stop."""
+        behavior = self.config.run_transition
+        log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
+        self._run_open = False
+        self._replace_next = True
+        self.writer.write(self._output, self._output_version, force=True)
+        if behavior is RunTransitionBehavior.RENAME and self._output is not None:
+            kept = self.writer.keep_run(run.number)
+            if kept is not None:
+                log.info("run_output_kept: run %d kept as %s", run.number, kept)
+        if behavior is RunTransitionBehavior.STOP:
+            self._set(WorkerState.RUN_ENDED, f"run {run.number} ended; run_transition Stop: monitoring stopped")
+            return True
+        return False
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _run_context(self) -> RunContext:
+        run = self._run
+        logs = {}
+        for name, pieces in self._run_logs.items():
+            if len(pieces) > 1:
+                try:
+                    pieces[:] = [sc.concat(pieces, "time")]
+                except SCIPP_ERRORS:
+                    pieces[:] = [pieces[-1]]
+            logs[name] = pieces[0]
+        if run is None:
+            return RunContext(instrument=self.config.instrument.name, logs=logs)
+        return RunContext(
+            number=run.number,
+            title=run.title,
+            start_time=run.start_time,
+            instrument=run.instrument or self.config.instrument.name,
+            experiment=run.experiment,
+            logs=logs,
+        )
+
+    def _describe(self, chunk: Chunk) -> str:
+        run = f"run {chunk.run.number}" if chunk.run is not None else "no run"
+        return f"{run}, {chunk.event_count} events"
+
+    def _set(self, state: WorkerState, detail: str, **changes: Any) -> None:
+        run = self._run
+        self.progress = self.progress.with_(
+            state=state,
+            detail=detail,
+            run_number=run.number if run is not None else None,
+            run_title=run.title if run is not None else "",
+            **changes,
+        )

@@ -1,0 +1,87 @@
+"""Writes the output workspace to ``<output_dir>/<output_workspace>.h5`` (scipp HDF5).
+
+A reader never sees half a file: the workspace is written to a temporary name in the same folder
+and renamed over the old file (an atomic rename on POSIX). Writing is skipped when nothing
+changed, and it is kept from becoming the bottleneck: after a write that took ``w`` seconds the
+next unforced write waits until ``w / WRITE_SHARE`` seconds have passed since that write began,
+so writing takes at most ``WRITE_SHARE`` of the time however large the accumulation grows. Run
+ends and stops force a write, so finished runs are always complete on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from livereduce.engine.accumulation import SCIPP_ERRORS
+
+WRITE_SHARE = 0.25
+"""Largest share of wall time spent writing the output file; the rest is left for chunks."""
+
+log = logging.getLogger(__name__)
+
+
+class OutputWriter:
+    """Writes one output workspace; ``clock`` is monotonic seconds (injected by tests)."""
+
+    def __init__(self, output_dir: Path, name: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(output_dir) / f"{name}.h5"
+        self._name = name
+        self._clock = clock
+        self._written_version: object = None
+        self._next_allowed = 0.0
+        self.last_write_s = 0.0
+        self.pending = False
+
+    def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
+        """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
+        write budget is spent; then ``pending`` says a newer version waits. Returns True when
+        the file was written. A failed write is logged; the previous file stays."""
+        if workspace is None or version == self._written_version:
+            self.pending = False
+            return False
+        if not force and self._clock() < self._next_allowed:
+            self.pending = True
+            return False
+        began = self._clock()
+        if not self._save(workspace, self.path):
+            return False
+        self.last_write_s = self._clock() - began
+        self._next_allowed = began + self.last_write_s / WRITE_SHARE
+        self._written_version = version
+        self.pending = False
+        return True
+
+    def _save(self, workspace: Any, target: Path) -> bool:
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            workspace.save_hdf5(temporary)
+            os.replace(temporary, target)
+        except (OSError, *SCIPP_ERRORS) as error:
+            log.error("output_write_failed: cannot write %s: %s", target, error)
+            temporary.unlink(missing_ok=True)
+            return False
+        return True
+
+    def keep_run(self, run_number: int) -> Path | None:
+        """Keep the file as it is now as ``<name>_<run_number>.h5`` (Mantid's Rename clone).
+        A hard link: the next write renames a new file over ``<name>.h5`` and leaves this one
+        alone. Returns the kept path, None when there is no file or it could not be kept."""
+        kept = self.path.with_name(f"{self._name}_{run_number}.h5")
+        if not self.path.is_file():
+            return None
+        temporary = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+        try:
+            temporary.unlink(missing_ok=True)
+            os.link(self.path, temporary)
+            os.replace(temporary, kept)
+        except OSError as error:
+            log.error("output_keep_failed: cannot keep %s as %s: %s", self.path, kept, error)
+            temporary.unlink(missing_ok=True)
+            return None
+        return kept

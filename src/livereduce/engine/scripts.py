@@ -1,0 +1,155 @@
+"""Runs the instrument scientist's processing and post-processing scripts.
+
+The contract (DESIGN.md, "The embedded engine's contract with scripts"): a script runs with the
+globals ``input`` (the chunk, or the accumulation for post-processing), ``output`` (None until
+the script assigns a scipp DataArray, Dataset, DataGroup or Variable), ``workspaces`` (a dict
+that survives between chunks of one worker: Mantid's ADS), ``run`` (:class:`RunContext`),
+``monitors`` (monitor name -> events) and ``logger``. Mantid's RunPythonScript gives the same
+names (mantid-live-data.md §2.5).
+
+A script's failure is a value, not an exception (STYLE.md §10): a SyntaxError, an exception
+raised by the script or an ``output`` of the wrong type gives a :class:`ScriptFailure` naming the
+script file and line, and the caller loses that chunk only.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import logging
+import traceback
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import CodeType, TracebackType
+from typing import Any
+
+import scipp as sc
+
+SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
+"""What a script may assign to ``output``: anything the accumulation and the HDF5 writer take."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunContext:
+    """The ``run`` global: ``number`` (0 outside a run), ``title``, ``start_time`` (UTC),
+    ``instrument``, ``experiment`` and ``logs`` (name -> DataArray over ``time``: every log
+    value received for this run so far, e.g. ``run.logs['proton_charge']``)."""
+
+    number: int = 0
+    title: str = ""
+    start_time: datetime | None = None
+    instrument: str = ""
+    experiment: str = ""
+    logs: Mapping[str, sc.DataArray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScriptFailure:
+    """Why a script lost its chunk: ``script`` file, ``line`` in it (None when unknown),
+    ``message`` (one line, ``ErrorType: text``) and the ``traceback`` as formatted text."""
+
+    script: Path
+    line: int | None
+    message: str
+    traceback: str = ""
+
+    def summary(self) -> str:
+        """``<script>:<line>: <message>``, for logs and the status file."""
+        where = f"{self.script}:{self.line}" if self.line is not None else str(self.script)
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    """What a script run gave: ``output`` (a scipp object) or ``failure``."""
+
+    output: Any = None
+    failure: ScriptFailure | None = None
+
+
+class ScriptRunner:
+    """Runs one script file; recompiles only when the file's content changes.
+
+    ``path``: the script; ``role``: 'processing' or 'post-processing' (for messages);
+    ``workspaces``: the dict shared by both scripts of one worker.
+    """
+
+    def __init__(self, path: Path, role: str, workspaces: MutableMapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.role = role
+        self._workspaces = workspaces
+        self._digest = b""
+        self._code: CodeType | None = None
+        self._compile_failure: ScriptFailure | None = None
+        self._logger = logging.getLogger(f"livereduce.script.{self.path.stem}")
+
+    def _load(self) -> ScriptFailure | None:
+        try:
+            source = self.path.read_bytes()
+        except OSError as error:
+            return ScriptFailure(script=self.path, line=None, message=f"cannot read the {self.role} script: {error}")
+        digest = hashlib.md5(source, usedforsecurity=False).digest()
+        if digest != self._digest:
+            self._digest = digest
+            try:
+                self._code = compile(source, str(self.path), "exec")
+                self._compile_failure = None
+            except (SyntaxError, ValueError) as error:
+                self._code = None
+                line = getattr(error, "lineno", None)
+                text = "".join(traceback.format_exception_only(type(error), error)).rstrip()
+                self._compile_failure = ScriptFailure(
+                    script=self.path, line=line, message=f"{type(error).__name__}: {getattr(error, 'msg', error)}", traceback=text
+                )
+        return self._compile_failure
+
+    def run(self, data: Any, run: RunContext, monitors: Mapping[str, sc.DataArray]) -> ScriptResult:
+        """Execute the script on ``data`` (the ``input`` global). Never raises for a fault of
+        the script; returns its ``output`` or the failure."""
+        failure = self._load()
+        if failure is not None:
+            return ScriptResult(failure=failure)
+        namespace: dict[str, Any] = {
+            "__name__": f"__livereduce_{self.role.replace('-', '_')}__",
+            "__file__": str(self.path),
+            "__builtins__": builtins,
+            "input": data,
+            "output": None,
+            "workspaces": self._workspaces,
+            "run": run,
+            "monitors": monitors,
+            "logger": self._logger,
+        }
+        try:
+            exec(self._code, namespace)  # noqa: S102 - running the user's script is the job
+        except (Exception, SystemExit) as error:
+            return ScriptResult(failure=self._failure_from(error))
+        output = namespace.get("output")
+        if not isinstance(output, SCIPP_OUTPUT_TYPES):
+            got = "nothing (output was not assigned)" if output is None else f"a {type(output).__name__}"
+            return ScriptResult(
+                failure=ScriptFailure(
+                    script=self.path,
+                    line=None,
+                    message=f"the {self.role} script must assign a scipp DataArray, Dataset, DataGroup "
+                    f"or Variable to 'output', got {got}",
+                )
+            )
+        return ScriptResult(output=output)
+
+    def _failure_from(self, error: BaseException) -> ScriptFailure:
+        # Drop our own frames: the traceback starts at the script's module level.
+        tb: TracebackType | None = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != str(self.path):
+            tb = tb.tb_next
+        line = None
+        walk = tb
+        while walk is not None:
+            if walk.tb_frame.f_code.co_filename == str(self.path):
+                line = walk.tb_lineno
+            walk = walk.tb_next
+        text = "".join(traceback.format_exception(type(error), error, tb)).rstrip()
+        message = "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
+        return ScriptFailure(script=self.path, line=line, message=message, traceback=text)

@@ -1,0 +1,122 @@
+"""The worker program: ``python -m livereduce.worker --report-fd N``.
+
+The supervisor starts it with the configuration as JSON ``{"path": str | null, "raw": {...}}`` on
+standard input and the write end of a pipe as ``--report-fd``; the worker runs one engine and
+writes :class:`~livereduce.protocol.Progress` reports (its heartbeats) to that pipe. It ends
+with a :class:`~livereduce.protocol.WorkerExit` status: STOPPED on SIGTERM/SIGINT or when the
+run ended with run_transition Stop, BOOT_FAILURE when it cannot start (bad configuration,
+engine unavailable, unusable listener settings), ENGINE_FAILURE when the listener fails while
+running, CRASHED on an unexpected exception (its traceback is logged). A supervisor that went
+away (BrokenPipeError on the report pipe) counts as a stop request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from livereduce.config import Config, ConfigError, Engine as EngineChoice, config_from_mapping
+from livereduce.engine import Engine, EngineUnavailable, choose_engine
+from livereduce.listeners.base import ListenerError
+from livereduce.logsetup import configure_logging
+from livereduce.protocol import Progress, ReportWriter, WorkerExit, WorkerState
+from livereduce.stop import StopToken
+
+log = logging.getLogger("livereduce.worker")
+
+
+def read_config(stream: Any) -> Config:
+    """The configuration sent on ``stream``; raises ConfigError when it is not usable."""
+    try:
+        message = json.load(stream)
+        raw, path = message["raw"], message.get("path")
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ConfigError(None, None, f"the worker's standard input is not a configuration message: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(None, None, "the worker's configuration message has no 'raw' object")
+    return config_from_mapping(raw, Path(path) if path else None, check_scripts=False)
+
+
+def make_engine(choice: EngineChoice, config: Config) -> Engine:
+    """The engine object for ``choice`` (imported only when chosen), with its listener.
+    Raises ConfigError or ValueError for unusable listener settings."""
+    if choice is EngineChoice.MANTID:
+        from livereduce.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
+
+        return mantid.from_config(config)
+    from livereduce.engine.embedded import EmbeddedEngine  # noqa: PLC0415
+    from livereduce.listeners import create_listener  # noqa: PLC0415
+
+    return EmbeddedEngine(config, create_listener(config))
+
+
+class _Reporter:
+    """Sends reports; the supervisor gone (BrokenPipeError) becomes a stop request."""
+
+    def __init__(self, writer: ReportWriter, stop: StopToken) -> None:
+        self._writer = writer
+        self._stop = stop
+        self.last: Progress | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        self.last = progress
+        if self._stop.requested and self._stop.reason == "supervisor gone":
+            return
+        try:
+            self._writer.send(progress)
+        except BrokenPipeError:
+            self._stop.request("supervisor gone")
+
+
+def run_worker(config: Config, report_fd: int) -> WorkerExit:
+    """Choose the engine, run it until it stops, and map failures to exit statuses."""
+    stop = StopToken()
+    stop.install()
+    reporter = _Reporter(ReportWriter(report_fd), stop)
+    try:
+        choice, reason = choose_engine(config)
+        log.info("engine_chosen: %s (%s)", choice, reason)
+        engine = make_engine(choice, config)
+    except (EngineUnavailable, ConfigError, ValueError) as error:
+        log.error("worker_boot_failed: %s", error)  # noqa: TRY400 - the message names the problem
+        _final(reporter, f"cannot start: {error}")
+        return WorkerExit.BOOT_FAILURE
+    try:
+        return engine.run(stop, reporter)
+    except ListenerError as error:
+        log.error("listener_failed: %s", error)  # noqa: TRY400
+        _final(reporter, f"listener failed: {error}")
+        return WorkerExit.ENGINE_FAILURE
+    except Exception as error:
+        log.exception("worker_crashed: unexpected %s", type(error).__name__)
+        _final(reporter, f"crashed: {type(error).__name__}: {error}")
+        return WorkerExit.CRASHED
+
+
+def _final(reporter: _Reporter, error: str) -> None:
+    """Best effort: tell the supervisor why the worker ends (STYLE.md §10)."""
+    base = reporter.last or Progress(state=WorkerState.ERROR)
+    reporter(base.with_(state=WorkerState.ERROR, detail=error, last_error=error[-500:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the WorkerExit status."""
+    parser = argparse.ArgumentParser(prog="python -m livereduce.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--report-fd", type=int, required=True, help="pipe fd for progress reports")
+    args = parser.parse_args(argv)
+    try:
+        config = read_config(sys.stdin)
+    except ConfigError as error:
+        logging.basicConfig(level=logging.INFO)
+        log.error("worker_boot_failed: %s", error)  # noqa: TRY400
+        return WorkerExit.BOOT_FAILURE
+    configure_logging(config, process="worker")
+    return int(run_worker(config, args.report_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

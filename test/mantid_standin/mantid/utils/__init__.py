@@ -1,0 +1,1 @@
+"""STAND-IN for tests, not Mantid: ``mantid.utils``."""

@@ -1,0 +1,373 @@
+"""The embedded engine, one step() at a time: accumulation methods, preserve_events, run
+transitions, script failures, the output file, and the loop's stop and heartbeats."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipp as sc
+import scippnexus as snx
+
+from livereduce.config import Config, StartFrom, config_from_mapping
+from livereduce.engine.embedded import EmbeddedEngine, to_histogram
+from livereduce.engine.output import OutputWriter
+from livereduce.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.listeners.nexus import NexusListener
+from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
+from livereduce.stop import StopToken
+
+HIST = """
+import scipp as sc
+edges = sc.linspace("event_time_offset", 0.0, 20000.0, 51, unit="us")
+output = input.bins.concat().hist(event_time_offset=edges)
+"""
+
+
+def events(run_pulse0: int, pulses: int, per_pulse: int, seed: int) -> sc.DataArray:
+    rng = np.random.default_rng(seed)
+    n = pulses * per_pulse
+    return make_events(
+        (run_pulse0 + np.arange(pulses)) * 16_666_667,
+        np.full(pulses, per_pulse),
+        rng.integers(0, 50, n),
+        rng.random(n).astype(np.float32) * 16_000,
+    )
+
+
+class ChunkList:
+    """A listener that gives prepared chunks, then NotYet."""
+
+    name = "chunk list"
+
+    def __init__(self, chunks: list[Chunk | Exception]) -> None:
+        self.chunks = list(chunks)
+        self.started: StartFrom | None = None
+        self.closed = False
+
+    def start(self, start_from: StartFrom) -> None:
+        self.started = start_from
+
+    def extract_data(self) -> Chunk:
+        if not self.chunks:
+            raise NotYet("nothing more")
+        item = self.chunks.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run_chunks(run: int, count: int, *, pulse0: int = 0, ends: bool = True, seed: int = 0) -> list[Chunk]:
+    info = RunInfo(number=run, title=f"run {run}", instrument="TEST")
+    return [
+        Chunk(
+            events=events(pulse0 + 10 * i, 10, 7, seed + i),
+            run=info,
+            begins_run=i == 0,
+            ends_run=ends and i == count - 1,
+        )
+        for i in range(count)
+    ]
+
+
+def make_config(tmp_path: Path, proc: str | None = "output = input\n", post: str | None = None, **raw: Any) -> Config:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir(exist_ok=True)
+    if proc is not None:
+        (scripts / "reduce_TEST_live_proc.py").write_text(proc)
+    if post is not None:
+        (scripts / "reduce_TEST_live_post_proc.py").write_text(post)
+    settings = {
+        "instrument": "TEST",
+        "listener": "fake",
+        "engine": "embedded",
+        "script_dir": "scripts",
+        "output_dir": "out",
+        "update_every": 0.05,
+        **raw,
+    }
+    return config_from_mapping(settings, tmp_path / "livereduce.conf", check_scripts=False)
+
+
+def drive(config: Config, chunks: list[Chunk | Exception]) -> EmbeddedEngine:
+    engine = EmbeddedEngine(config, ChunkList(chunks))
+    engine.listener.start(config.start_from)
+    for _ in range(len(chunks)):
+        engine.step()
+    engine.flush()
+    return engine
+
+
+def load(path: Path) -> Any:
+    return sc.io.load_hdf5(path)
+
+
+def test_add_with_events_keeps_every_event_in_order(tmp_path):
+    chunks = run_chunks(5, 4, ends=False)
+    engine = drive(make_config(tmp_path), chunks)
+    expected = sc.concat([c.events for c in chunks], "event_time_zero")
+    assert sc.identical(engine.accumulation.value(), expected)
+    assert sc.identical(load(tmp_path / "out" / "result.h5"), expected)
+    assert engine.progress.chunks == 4
+    assert engine.progress.events == 4 * 70
+    assert engine.progress.run_number == 5
+    assert engine.progress.state is WorkerState.RUNNING
+
+
+def test_add_growing_buffer_survives_reallocation(tmp_path):
+    big = [
+        Chunk(events=events(1000 * i, 1000, 40, i), run=RunInfo(number=1), begins_run=i == 0) for i in range(5)
+    ]  # 200,000 events: more than the first buffer's capacity
+    engine = drive(make_config(tmp_path), big)
+    assert sc.identical(engine.accumulation.value(), sc.concat([c.events for c in big], "event_time_zero"))
+
+
+def test_histogram_proc_add_equals_the_sum(tmp_path):
+    chunks = run_chunks(1, 3, ends=False)
+    engine = drive(make_config(tmp_path, HIST, preserve_events=False), chunks)
+    edges = sc.linspace("event_time_offset", 0.0, 20000.0, 51, unit="us")
+    expected = sc.concat([c.events for c in chunks], "event_time_zero").bins.concat().hist(event_time_offset=edges)
+    assert sc.allclose(load(tmp_path / "out" / "result.h5").data, expected.data)
+    assert load(tmp_path / "out" / "result.h5").sum().value == 210
+
+
+def test_preserve_events_false_turns_events_into_bin_sums(tmp_path):
+    chunks = run_chunks(1, 2, ends=False)
+    engine = drive(make_config(tmp_path, preserve_events=False), chunks)
+    result = engine.accumulation.value()
+    assert result.bins is None
+    assert result.sizes == {"event_time_zero": 20}
+    assert result.values.tolist() == [7.0] * 20
+
+
+def test_to_histogram_recurses_into_groups():
+    binned = events(0, 3, 2, 0)
+    group = to_histogram(sc.DataGroup({"a": binned, "b": sc.scalar(1.0)}))
+    assert group["a"].values.tolist() == [2.0, 2.0, 2.0]
+    assert group["b"].value == 1.0
+
+
+def test_replace_keeps_only_the_last_chunk(tmp_path):
+    chunks = run_chunks(1, 3, ends=False)
+    engine = drive(make_config(tmp_path, accum_method="Replace"), chunks)
+    assert sc.identical(engine.accumulation.value(), chunks[-1].events)
+
+
+def test_append_joins_along_the_first_dimension(tmp_path):
+    proc = "import scipp as sc\noutput = input.bins.size().rename_dims(event_time_zero='pulse').copy()\n"
+    engine = drive(make_config(tmp_path, proc, accum_method="Append"), run_chunks(1, 3, ends=False))
+    assert engine.accumulation.value().sizes == {"pulse": 30}
+
+
+def test_script_failure_loses_that_chunk_only(tmp_path):
+    proc = (
+        "workspaces['n'] = workspaces.get('n', 0) + 1\n"
+        "if workspaces['n'] == 2:\n"
+        "    raise ValueError('bad chunk')\n"
+        "output = input\n"
+    )
+    chunks = run_chunks(1, 3, ends=False)
+    engine = drive(make_config(tmp_path, proc), chunks)
+    expected = sc.concat([chunks[0].events, chunks[2].events], "event_time_zero")
+    assert sc.identical(engine.accumulation.value(), expected)
+    assert engine.progress.errors == 1
+    assert engine.progress.chunks == 2
+    assert "reduce_TEST_live_proc.py:3: ValueError: bad chunk" in engine.progress.last_error
+
+
+def test_script_failure_is_logged_with_file_and_line(tmp_path, caplog):
+    drive(make_config(tmp_path, "output = input\nx = 1 / 0\n"), run_chunks(1, 1, ends=False))
+    text = caplog.text
+    assert "chunk_lost" in text
+    assert "reduce_TEST_live_proc.py:2: ZeroDivisionError" in text
+    assert 'reduce_TEST_live_proc.py", line 2' in text
+
+
+def test_accumulation_mismatch_loses_the_chunk_keeps_the_accumulation(tmp_path):
+    proc = (
+        "n = workspaces['n'] = workspaces.get('n', 0) + 1\n"
+        "output = input.bins.concat().hist(event_time_offset=10 if n != 2 else 20)\n"
+    )
+    engine = drive(make_config(tmp_path, proc, preserve_events=False), run_chunks(1, 3, ends=False))
+    assert engine.progress.errors == 1
+    assert "cannot Add" in engine.progress.last_error
+    assert engine.accumulation.value().sum().value == 140
+
+
+def test_post_processing_runs_on_the_accumulation(tmp_path):
+    post = "output = input.bins.size().sum()\nworkspaces.setdefault('seen', []).append(output.value)\n"
+    engine = drive(make_config(tmp_path, post=post), run_chunks(1, 3, ends=False))
+    assert engine.workspaces["seen"] == [70, 140, 210]
+    assert load(tmp_path / "out" / "result.h5").value == 210
+
+
+def test_post_processing_failure_keeps_the_last_output(tmp_path):
+    post = (
+        "n = input.bins.size().sum().value\n"
+        "if n > 100:\n"
+        "    raise RuntimeError('too many')\n"
+        "output = input.bins.size().sum()\n"
+    )
+    engine = drive(make_config(tmp_path, post=post), run_chunks(1, 2, ends=False))
+    assert load(tmp_path / "out" / "result.h5").value == 70
+    assert engine.progress.errors == 1
+    assert engine.progress.chunks == 2
+
+
+def test_run_script_globals(tmp_path):
+    chunk = Chunk(
+        events=events(0, 2, 1, 0),
+        run=RunInfo(number=42, title="sample", instrument="TEST"),
+        logs={"temp": sc.DataArray(sc.array(dims=["time"], values=[1.5], unit="K"), coords={"time": sc.datetimes(dims=["time"], values=[0], unit="ns")})},
+        begins_run=True,
+    )
+    proc = "workspaces['run'] = (run.number, run.title, run.logs['temp'].values.tolist())\noutput = input\n"
+    engine = drive(make_config(tmp_path, proc), [chunk])
+    assert engine.workspaces["run"] == (42, "sample", [1.5])
+
+
+def test_rename_keeps_each_finished_run(tmp_path):
+    first, second = run_chunks(7, 2), run_chunks(8, 3, pulse0=100, seed=10)
+    engine = drive(make_config(tmp_path, run_transition="Rename"), first + second)
+    out = tmp_path / "out"
+    assert sc.identical(load(out / "result_7.h5"), sc.concat([c.events for c in first], "event_time_zero"))
+    assert sc.identical(load(out / "result_8.h5"), sc.concat([c.events for c in second], "event_time_zero"))
+    assert sc.identical(load(out / "result.h5"), load(out / "result_8.h5"))
+    assert engine.progress.chunks == 5
+
+
+def test_restart_holds_only_the_current_run(tmp_path):
+    first, second = run_chunks(7, 2), run_chunks(8, 2, pulse0=100, seed=10)
+    engine = drive(make_config(tmp_path), [*first, second[0]])
+    assert sc.identical(engine.accumulation.value(), second[0].events)
+    assert not (tmp_path / "out" / "result_7.h5").exists()
+
+
+def test_new_run_without_end_counts_as_the_end(tmp_path):
+    first, second = run_chunks(7, 2, ends=False), run_chunks(8, 1, pulse0=100, ends=False)
+    drive(make_config(tmp_path, run_transition="Rename"), first + second)
+    kept = load(tmp_path / "out" / "result_7.h5")
+    assert kept.bins.size().sum().value == 140
+
+
+def test_stop_ends_the_loop_after_the_run(tmp_path):
+    config = make_config(tmp_path, run_transition="Stop")
+    listener = ChunkList(run_chunks(3, 2) + run_chunks(4, 1, pulse0=100))
+    engine = EmbeddedEngine(config, listener)
+    reports: list[Progress] = []
+    assert engine.run(StopToken(), reports.append) is WorkerExit.STOPPED
+    assert reports[-1].state is WorkerState.RUN_ENDED
+    assert reports[-1].run_number == 3
+    assert len(listener.chunks) == 1  # the next run was never read
+    assert load(tmp_path / "out" / "result.h5").bins.size().sum().value == 140
+    assert listener.closed
+
+
+def test_data_reset_replaces_the_accumulation(tmp_path):
+    chunks = run_chunks(1, 3, ends=False)
+    reset = Chunk(events=chunks[2].events, run=chunks[2].run, data_reset=True)
+    engine = drive(make_config(tmp_path), [chunks[0], chunks[1], reset])
+    assert sc.identical(engine.accumulation.value(), chunks[2].events)
+
+
+def test_empty_chunks_are_not_processed(tmp_path):
+    empty = Chunk(events=events(0, 0, 0, 0), run=RunInfo(number=1))
+    engine = drive(make_config(tmp_path, "raise RuntimeError('must not run')\n"), [empty, empty])
+    assert engine.progress.errors == 0
+    assert engine.progress.chunks == 0
+    assert not (tmp_path / "out" / "result.h5").exists()
+
+
+def test_output_written_only_when_changed(tmp_path):
+    writer = OutputWriter(tmp_path, "result")
+    data = sc.arange("x", 3.0)
+    assert writer.write(data, 1)
+    inode = (tmp_path / "result.h5").stat().st_ino
+    assert not writer.write(data, 1)
+    assert (tmp_path / "result.h5").stat().st_ino == inode
+    assert writer.write(data * 2, 2)
+    assert (tmp_path / "result.h5").stat().st_ino != inode
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_output_write_share_is_bounded(tmp_path):
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # every clock reading is one second later: each write "takes" 1 s
+        return now[0]
+
+    writer = OutputWriter(tmp_path, "result", clock=clock)
+    assert writer.write(sc.scalar(1.0), 1)
+    assert not writer.write(sc.scalar(2.0), 2)  # too soon: 4 s must pass after a 1 s write
+    assert writer.pending
+    assert writer.write(sc.scalar(2.0), 2, force=True)
+    assert load(tmp_path / "result.h5").value == 2.0
+
+
+def test_unwritable_output_is_logged_and_the_loop_goes_on(tmp_path, caplog):
+    (tmp_path / "out").write_text("a file where the folder should be")
+    engine = drive(make_config(tmp_path), run_chunks(1, 2, ends=False))
+    assert engine.progress.chunks == 2
+    assert "output_write_failed" in caplog.text
+
+
+def test_nexus_histogram_equals_offline(tmp_path, shared_data):
+    path = shared_data / "HYS_178921.nxs.h5"
+    config = make_config(tmp_path, HIST, preserve_events=False)
+    engine = EmbeddedEngine(config, NexusListener(path, chunks=5))
+    engine.listener.start(StartFrom.START_OF_RUN)
+    for _ in range(6):
+        engine.step()
+    engine.flush()
+    edges = sc.linspace("event_time_offset", 0.0, 20000.0, 51, unit="us")
+    with snx.File(path) as f:
+        banks = [f["entry"][k][()] for k in f["entry"] if k.startswith("bank") and k[4].isdigit()]
+    offline = sc.concat([b.bins.concat() for b in banks], "bank").bins.concat().hist(event_time_offset=edges)
+    result = load(tmp_path / "out" / "result.h5")
+    assert result.sum().value == 26938
+    assert sc.identical(result.data, offline.data)
+    assert engine.progress.state is WorkerState.WAITING_FOR_RUN
+    assert "read completely" in engine.progress.detail
+
+
+def test_run_reports_heartbeats_while_waiting_and_stops(tmp_path):
+    config = make_config(tmp_path)
+    listener = ChunkList([])
+    engine = EmbeddedEngine(config, listener)
+    stop = StopToken()
+    reports: list[Progress] = []
+    timer = threading.Timer(HEARTBEAT_INTERVAL_S * 1.6, stop.request, args=("test",))
+    timer.start()
+    try:
+        assert engine.run(stop, reports.append) is WorkerExit.STOPPED
+    finally:
+        timer.cancel()
+    assert listener.started is StartFrom.START_OF_RUN
+    assert listener.closed
+    assert reports[-1].state is WorkerState.CONNECTING
+    assert reports[-1].detail == "nothing more"
+    assert len(reports) >= 3
+
+
+def test_listener_error_is_an_engine_failure(tmp_path):
+    engine = EmbeddedEngine(make_config(tmp_path), ChunkList([ListenerError("socket gone for good")]))
+    reports: list[Progress] = []
+    assert engine.run(StopToken(), reports.append) is WorkerExit.ENGINE_FAILURE
+    assert reports[-1].state is WorkerState.ERROR
+    assert "socket gone for good" in reports[-1].last_error
+
+
+@pytest.mark.parametrize("method", ["Add", "Append"])
+def test_monitors_reach_post_processing(tmp_path, method):
+    chunks = run_chunks(1, 2, ends=False)
+    chunks = [Chunk(events=c.events, monitors={"monitor1": events(0, 10, 2, 3)}, run=c.run, begins_run=c.begins_run) for c in chunks]
+    post = "workspaces['m'] = monitors['monitor1'].bins.size().sum().value\noutput = input\n"
+    engine = drive(make_config(tmp_path, post=post, accum_method=method), chunks)
+    assert engine.workspaces["m"] == 40

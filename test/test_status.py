@@ -1,0 +1,178 @@
+"""The status file: atomic writes, reading, and the livereduce-status command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from livereduce.status import FIELDS, StatusError, format_status, main, read_status, write_status
+
+
+def sample(**changes):
+    status = {
+        "state": "running",
+        "detail": "running: run 178921, 12 chunks",
+        "instrument": "HYSPEC",
+        "engine": "embedded",
+        "run_number": 178921,
+        "run_title": "vanadium",
+        "chunks": 12,
+        "events": 1234567,
+        "events_per_s": 20500.4,
+        "last_chunk_time": 1000.0,
+        "errors": 1,
+        "last_error": "reduce_HYS_live_proc.py line 3: ValueError",
+        "worker_pid": 4242,
+        "worker_rss_bytes": 300 * 2**20,
+        "memory_limit_bytes": 1024 * 2**20,
+        "restarts": 2,
+        "restart_history": [
+            {
+                "time": 900.0,
+                "reason": "scripts_changed",
+                "detail": "reduce_HYS_live_proc.py changed",
+            },
+            {"time": 950.0, "reason": "memory_exceeded", "detail": "worker uses 1100 MiB"},
+        ],
+        "last_reload_latency_s": 1.5,
+        "supervisor_pid": os.getpid(),
+        "version": "2.0.0",
+        "config": "/etc/livereduce.conf",
+        "updated": 1010.0,
+    }
+    status.update(changes)
+    return status
+
+
+def test_round_trip_and_no_temporary_left(tmp_path):
+    path = tmp_path / "run" / "status.json"
+    write_status(path, sample())
+    assert read_status(path) == sample()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["status.json"]
+
+
+def test_every_field_is_documented():
+    assert set(sample()) - {"last_reload_latency_s"} <= set(FIELDS)
+
+
+def test_reader_never_sees_half_a_file(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample())
+    big = sample(last_error="x" * 200_000)
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            write_status(path, big)
+            write_status(path, sample())
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        reads = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert read_status(path)["state"] == "running"
+            reads += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert reads > 10
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not found"),
+        ("{not json", "not valid JSON"),
+        ('{"chunks": 3}', "not a livereduce status file"),
+        ("[1, 2]", "not a livereduce status file"),
+    ],
+)
+def test_bad_files_raise_with_the_path(tmp_path, content, message):
+    path = tmp_path / "status.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(StatusError, match=message) as error:
+        read_status(path)
+    assert str(path) in str(error.value)
+
+
+def test_format_for_people():
+    text = format_status(sample(), now=1012.5)
+    assert "status written 2.5 s ago" in text
+    assert "state:        running (running: run 178921, 12 chunks)" in text
+    assert "run:          178921 'vanadium'" in text
+    assert "events:       1,234,567 (20,500 events/s)" in text
+    assert "last chunk:   12.5 s ago" in text
+    assert "worker:       pid 4242, 300.0 MiB of 1024.0 MiB limit" in text
+    assert "restarts:     2" in text
+    assert "memory_exceeded: worker uses 1100 MiB" in text
+    assert "errors:       1 (last: reduce_HYS_live_proc.py line 3: ValueError)" in text
+    assert "stale" not in text
+
+
+def test_format_warns_about_a_dead_supervisor():
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    text = format_status(sample(supervisor_pid=int(finished.stdout)), now=1012.5)
+    assert f"supervisor pid {int(finished.stdout)} is not running: this status is stale" in text
+
+
+def test_command_prints_status_and_json(tmp_path, capsys):
+    path = tmp_path / "status.json"
+    write_status(path, sample())
+    assert main(["--file", str(path)]) == 0
+    assert "instrument:   HYSPEC (engine embedded)" in capsys.readouterr().out
+    assert main(["--json", "--file", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == sample()
+
+
+def test_command_finds_the_file_through_the_config(tmp_path, capsys):
+    path = tmp_path / "elsewhere" / "st.json"
+    write_status(path, sample(chunks=77))
+    conf = tmp_path / "lr.conf"
+    conf.write_text(json.dumps({"instrument": "HYSPEC", "status_file": str(path)}))
+    assert main(["--config", str(conf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["chunks"] == 77
+
+
+def test_command_missing_or_bad_file_exits_1(tmp_path, capsys):
+    assert main(["--file", str(tmp_path / "none.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("livereduce-status: status file ")
+    assert "not found" in err
+    (tmp_path / "bad.json").write_text("{")
+    assert main(["--file", str(tmp_path / "bad.json")]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_command_bad_config_exits_2(tmp_path, capsys):
+    conf = tmp_path / "lr.conf"
+    conf.write_text("{")
+    assert main(["--config", str(conf)]) == 2
+    assert str(conf) in capsys.readouterr().err
+
+
+def test_console_script_is_installed(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample())
+    result = subprocess.run(
+        ["livereduce-status", "--file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "chunks:       12" in result.stdout

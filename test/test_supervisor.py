@@ -1,0 +1,491 @@
+"""The supervisor with the real worker, real files, real signals and real processes.
+
+Each test starts ``scripts/livereduce.py CONFIG`` with the ``fake`` listener, a processing
+script that appends ``<worker pid> <version>`` to a marker file on every chunk (so the test sees
+which worker ran which script version), a status file, a log file and an sd_notify socket.
+Readiness and progress are read from the status file and the notify socket, never from sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from livereduce.memory import memory_limit
+from livereduce.watch import DEBOUNCE_S
+
+REPO = Path(__file__).resolve().parents[1]
+UPDATE_EVERY_S = 0.2
+STOP_TIMEOUT_S = 2.0
+
+PROC = """\
+import os
+with open({marker!r}, "a") as marker:
+    marker.write(f"{{os.getpid()}} {version}\\n")
+{extra}
+output = input
+"""
+
+
+def proc_script(marker: Path, version: str, extra: str = "") -> str:
+    """A processing script that records which worker ran which version."""
+    return PROC.format(marker=str(marker), version=version, extra=extra)
+
+
+class Daemon:
+    """One livereduce process under test, with everything it writes kept in ``tmp_path``."""
+
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.dir = tmp_path
+        self.scripts = tmp_path / "scripts"
+        self.scripts.mkdir()
+        self.proc = self.scripts / "reduce_HYS_live_proc.py"
+        self.post = self.scripts / "reduce_HYS_live_post_proc.py"
+        self.marker = tmp_path / "marker.txt"
+        self.status_file = tmp_path / "status.json"
+        self.log_file = tmp_path / "livereduce.log"
+        self.conf = tmp_path / "livereduce.conf"
+        self.raw = {
+            "instrument": "HYSPEC",
+            "listener": "fake",
+            "listener_options": {"event_rate": 6000, "pixel_count": 64},
+            "script_dir": str(self.scripts),
+            "update_every": UPDATE_EVERY_S,
+            "output_dir": str(tmp_path / "out"),
+            "status_file": str(self.status_file),
+            "log_file": str(self.log_file),
+            "poll_interval_sec": 30,
+            "heartbeat_timeout_sec": 10,
+            "stop_timeout": STOP_TIMEOUT_S,
+            "system_mem_limit_perc": 0,
+            **config,
+        }
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(tmp_path / "notify.sock"))
+        self.notify.setblocking(False)
+        self.notifications: list[str] = []
+        self.process: subprocess.Popen | None = None
+        self.stderr = tmp_path / "stderr.txt"
+
+    def start(self, *, env: dict[str, str] | None = None, version: str = "v1") -> Daemon:
+        if not self.proc.exists():
+            self.proc.write_text(proc_script(self.marker, version))
+        self.conf.write_text(json.dumps(self.raw, indent=1))
+        environment = {**os.environ, "NOTIFY_SOCKET": str(self.dir / "notify.sock"), **(env or {})}
+        with self.stderr.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "scripts" / "livereduce.py"), str(self.conf)],
+                cwd=self.dir,
+                env=environment,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        return self
+
+    # -- observing --------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text()
+        except OSError:
+            return ""
+
+    def messages(self) -> list[str]:
+        while True:
+            try:
+                self.notifications.append(self.notify.recv(4096).decode())
+            except BlockingIOError:
+                return self.notifications
+
+    def seen(self) -> list[tuple[int, str]]:
+        """(worker pid, version) for every chunk a processing script ran on."""
+        try:
+            lines = self.marker.read_text().splitlines()
+        except OSError:
+            return []
+        return [(int(pid), version) for pid, version in (line.split() for line in lines)]
+
+    def wait_for(self, check: Callable[[dict[str, Any]], Any], what: str, timeout_s: float = 20.0):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            result = check(self.status())
+            if result:
+                return result
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(
+            f"timed out waiting for {what}; status: {self.status()}\n"
+            f"log tail:\n{self.log()[-3000:]}\nstderr:\n{self.stderr.read_text()[-2000:]}"
+        )
+
+    def running(self, *, after_pid: int | None = None, version: str | None = None) -> int:
+        """Wait until a worker (other than ``after_pid``) has processed a chunk (with the
+        processing script ``version``); returns its pid."""
+
+        def check(status: dict[str, Any]) -> int | None:
+            pid = status.get("worker_pid")
+            if pid is None or pid == after_pid or status.get("chunks", 0) < 1:
+                return None
+            if version is not None and (pid, version) not in self.seen():
+                return None
+            return pid
+
+        return self.wait_for(check, f"a worker other than {after_pid} running {version}")
+
+    def restarts(self) -> int:
+        return self.status().get("restarts", 0)
+
+    def stays(self, restarts: int, pid: int, quiet_s: float) -> None:
+        """Assert that for ``quiet_s`` nothing restarts and ``pid`` keeps working."""
+        deadline = time.monotonic() + quiet_s
+        while time.monotonic() < deadline:
+            status = self.status()
+            assert status.get("restarts") == restarts, status
+            assert status.get("worker_pid") == pid, status
+            time.sleep(0.1)
+
+    def send(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def exit_status(self, timeout_s: float) -> int:
+        return self.process.wait(timeout=timeout_s)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with_children = [self.process.pid]
+            with contextlib.suppress(psutil.Error):
+                with_children += [c.pid for c in psutil.Process(self.process.pid).children(True)]
+            for pid in with_children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.notify.close()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    made: list[Daemon] = []
+
+    def make(**config: Any) -> Daemon:
+        made.append(Daemon(tmp_path, **config))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.close()
+
+
+def replace_file(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def restart_reasons(status: dict[str, Any]) -> list[str]:
+    return [entry["reason"] for entry in status.get("restart_history", [])]
+
+
+# -- script changes --------------------------------------------------------------------------
+
+
+def test_each_kind_of_script_save_restarts_once_with_the_scripts_that_exist(daemon):
+    lr = daemon().start()
+    first = lr.running(version="v1")
+    assert any(m.startswith("READY=1") for m in lr.messages())
+
+    lr.proc.write_text(proc_script(lr.marker, "v2"))  # saved in place
+    second = lr.running(after_pid=first, version="v2")
+    assert lr.restarts() == 1
+
+    replace_file(lr.proc, proc_script(lr.marker, "v3"))  # rename over (editor, rsync)
+    third = lr.running(after_pid=second, version="v3")
+    assert lr.restarts() == 2
+
+    lr.post.write_text(
+        f"with open({str(lr.marker)!r}, 'a') as m:\n    m.write('0 post\\n')\noutput = input\n"
+    )
+    fourth = lr.running(after_pid=third)
+    lr.wait_for(
+        lambda _: lr.marker.read_text().count("0 post") >= 1, "the new post-processing script"
+    )
+    assert lr.restarts() == 3
+
+    lr.post.unlink()  # deleted: the next worker runs without it
+    fifth = lr.running(after_pid=fourth, version="v3")
+    assert lr.restarts() == 4
+    posts = lr.marker.read_text().count("0 post")
+
+    lr.proc.touch()  # neither a touch nor identical bytes restart anything
+    replace_file(lr.proc, lr.proc.read_text())
+    lr.stays(4, fifth, quiet_s=3 * DEBOUNCE_S)
+    assert lr.marker.read_text().count("0 post") == posts
+
+    status = lr.status()
+    assert restart_reasons(status) == ["scripts_changed"] * 4
+    assert status["last_reload_latency_s"] > 0
+    log = lr.log()
+    assert log.count("scripts_picked_up: ") == 4
+    assert "s from the save to the first chunk of worker pid" in log
+    assert "content_unchanged: reduce_HYS_live_proc.py" in log
+    # Each restart started from the beginning: no worker ran an older version after a newer one.
+    versions = [version for pid, version in lr.seen() if pid in (second, third, fifth)]
+    assert versions == sorted(versions)
+
+
+def test_without_inotify_the_periodic_check_picks_up_an_edit(daemon):
+    poll_s = 1.0
+    lr = daemon(poll_interval_sec=poll_s).start(env={"LIVEREDUCE_INOTIFY": "0"})
+    first = lr.running(version="v1")
+    assert "by a content check every 1 s" in lr.log()
+    saved = time.monotonic()
+    lr.proc.write_text(proc_script(lr.marker, "v2"))
+    lr.running(after_pid=first, version="v2")
+    elapsed = time.monotonic() - saved
+    latency = lr.status()["last_reload_latency_s"]
+    # poll interval + the debounce that proves the content settled + start-up + one chunk
+    assert latency <= elapsed
+    assert elapsed < poll_s + DEBOUNCE_S + UPDATE_EVERY_S + 5.0
+    assert lr.restarts() == 1
+    assert "seen by poll" in lr.log()
+
+
+def test_vim_double_save_and_a_syntax_error(daemon):
+    lr = daemon().start()
+    pid = lr.running(version="v1")
+    for version in ("v2", "v3"):  # vim, backupcopy=no: rename away, write anew, drop backup
+        backup = lr.proc.with_name(lr.proc.name + "~")
+        os.rename(lr.proc, backup)
+        lr.proc.write_text(proc_script(lr.marker, version))
+        backup.unlink()
+        pid = lr.running(after_pid=pid, version=version)
+    assert lr.restarts() == 2
+
+    broken = proc_script(lr.marker, "v4").replace("output = input", "output = (input")
+    lr.proc.write_text(broken)
+    lr.wait_for(lambda _: "script_syntax_error" in lr.log(), "the syntax error in the log")
+    log = lr.log()
+    line = broken.splitlines().index("output = (input") + 1
+    assert f"{lr.proc}:{line}:" in log or f"{lr.proc}:{line + 1}:" in log
+    time.sleep(2 * DEBOUNCE_S)
+    assert lr.process.poll() is None
+    assert lr.restarts() <= 3  # no crash loop
+
+    lr.proc.write_text(proc_script(lr.marker, "v5"))  # still watching: the fix is picked up
+    lr.running(after_pid=pid, version="v5")
+
+
+def test_a_script_written_in_pieces_restarts_once_and_is_never_half_loaded(daemon):
+    lr = daemon().start()
+    first = lr.running(version="v1")
+    full = proc_script(lr.marker, "v2", extra="import math")
+    cut = full.index("output = input")
+    with lr.proc.open("w") as handle:  # pauses longer than the debounce, the file kept open
+        for piece in (full[:cut], full[cut:]):
+            handle.write(piece)
+            handle.flush()
+            time.sleep(1.5 * DEBOUNCE_S)
+    second = lr.running(after_pid=first, version="v2")
+    lr.stays(1, second, quiet_s=2 * DEBOUNCE_S)
+    # The first piece alone records "v2" but assigns no output: had it been loaded, some
+    # worker would have recorded v2 and lost the chunk.
+    assert all(pid == second for pid, version in lr.seen() if version == "v2")
+    assert lr.status()["errors"] == 0
+
+
+def test_twenty_changes_in_ten_seconds(daemon):
+    lr = daemon().start()
+    first = lr.running(version="v1")
+    for n in range(20):
+        replace_file(lr.proc, proc_script(lr.marker, f"w{n:02d}"))
+        time.sleep(0.5)
+    last = lr.running(after_pid=first, version="w19")
+    lr.wait_for(lambda s: s.get("worker_pid") == last and s.get("chunks", 0) >= 3, "chunks of w19")
+    assert 1 <= lr.restarts() <= 5
+    assert lr.process.poll() is None
+    final = lr.status()["worker_pid"]
+    assert {version for pid, version in lr.seen() if pid == final} == {"w19"}
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_config_change_exits_0_and_identical_rewrite_does_nothing(daemon):
+    lr = daemon().start()
+    pid = lr.running()
+    text = lr.conf.read_text()
+    lr.conf.write_text(text)
+    lr.stays(0, pid, quiet_s=3 * DEBOUNCE_S)
+
+    lr.conf.write_text("{not json")  # a half-edited file: keep running on the old settings
+    lr.wait_for(lambda _: "config_change_rejected" in lr.log(), "the rejected config change")
+    assert lr.process.poll() is None
+
+    replace_file(lr.conf, json.dumps({**lr.raw, "update_every": 0.3}))
+    assert lr.exit_status(timeout_s=20) == 0
+    log = lr.log()
+    assert "config_changed: configuration file" in log
+    assert "exiting for systemd to start it anew" in log
+    assert not alive(pid)
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+def test_memory_growth_restarts_the_worker_with_backoff(daemon):
+    target_bytes = 420 * 2**20
+    percent = 100 * target_bytes / memory_limit(100).base_bytes
+    lr = daemon(system_mem_limit_perc=percent, mem_check_interval_sec=0.2)
+    grow = "workspaces.setdefault('hog', []).append(bytearray(40 * 2**20))"
+    lr.proc.write_text(proc_script(lr.marker, "v1", extra=grow))
+    lr.start()
+    lr.running(version="v1")
+    supervisor = psutil.Process(lr.process.pid)
+    lr.wait_for(lambda s: s.get("restarts", 0) >= 1, "the first memory restart", timeout_s=30)
+    rss_early = supervisor.memory_info().rss
+    status = lr.wait_for(lambda s: s.get("restarts", 0) >= 4 and s, "four restarts", timeout_s=60)
+    assert supervisor.memory_info().rss - rss_early < 16 * 2**20
+    assert set(restart_reasons(status)) == {"memory_exceeded"}
+    times = [entry["time"] for entry in status["restart_history"]]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[1] > gaps[0]
+    assert gaps[2] > gaps[1]
+    log = lr.log()
+    assert "memory_exceeded: worker pid" in log
+    assert "restart_backoff: memory_exceeded repeats" in log
+
+
+# -- hangs, deaths and signals ----------------------------------------------------------------
+
+
+def test_hung_script_is_replaced_and_sigterm_still_ends_in_time(daemon):
+    lr = daemon(heartbeat_timeout_sec=2.0)
+    lr.proc.write_text(proc_script(lr.marker, "hang", extra="import time\ntime.sleep(3600)"))
+    lr.start()
+    first = lr.wait_for(lambda _: lr.seen() and lr.seen()[0][0], "the first hang")
+    status = lr.wait_for(lambda s: s.get("restarts", 0) >= 1 and s, "a heartbeat restart")
+    assert restart_reasons(status)[0] == "heartbeat_timeout"
+    lr.wait_for(lambda _: not alive(first), "the hung worker gone")
+    second = lr.wait_for(
+        lambda _: any(pid != first for pid, _ in lr.seen()) and lr.seen()[-1][0],
+        "the replacement worker hanging",
+    )
+    assert "heartbeat_timeout: no heartbeat from worker pid" in lr.log()
+    asked = time.monotonic()
+    lr.send(signal.SIGTERM)
+    assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 0
+    assert time.monotonic() - asked < STOP_TIMEOUT_S + 5
+    assert not alive(second)
+    assert "worker_killed: pid" in lr.log()
+
+
+def test_lifecycle_signals_rotation_and_notify(daemon):
+    lr = daemon().start()
+    first = lr.running()
+    messages = lr.messages()
+    assert any(m.startswith("READY=1") for m in messages)
+    assert any(m.startswith("STATUS=running: run 1") for m in messages)
+
+    os.kill(first, signal.SIGKILL)  # the worker dies: restarted
+    second = lr.running(after_pid=first)
+    status = lr.status()
+    assert restart_reasons(status) == ["worker_crashed"]
+    assert "SIGKILL" in status["restart_history"][0]["detail"]
+
+    rotated = lr.log_file.with_name("livereduce.log.1")
+    os.rename(lr.log_file, rotated)  # as logrotate does (no copytruncate)
+    lr.send(signal.SIGHUP)
+    third = lr.running(after_pid=second)
+    assert lr.process.poll() is None
+    assert restart_reasons(lr.status())[-1] == "sighup"
+    new_log = lr.log()
+    assert "reload_requested: SIGHUP" in new_log
+    assert f"worker_started: pid {third}" in new_log
+    assert f"worker[{third}]" in new_log  # the worker appends to the new file too
+    assert "reload_requested" not in rotated.read_text()
+    messages = lr.messages()
+    reloading = next(i for i, m in enumerate(messages) if m.startswith("RELOADING=1"))
+    assert any(m.startswith("READY=1") for m in messages[reloading:])
+
+    lr.send(signal.SIGTERM)
+    assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 0
+    assert not alive(third)
+    assert any(m.startswith("STOPPING=1") for m in lr.messages())
+    assert lr.status()["state"] == "stopped"
+    assert "supervisor_exit: status 0 (OK)" in lr.log()
+
+
+def test_sigint_stops_the_worker_and_exits_0(daemon):
+    lr = daemon().start()
+    pid = lr.running()
+    lr.send(signal.SIGINT)
+    assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 0
+    assert not alive(pid)
+
+
+def test_sigquit_logs_the_state_and_quits(daemon):
+    lr = daemon().start()
+    pid = lr.running()
+    lr.send(signal.SIGQUIT)
+    assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 131
+    assert not alive(pid)
+    log = lr.log()
+    state = json.loads(log.split("quit_requested: SIGQUIT: state at exit: ", 1)[1].splitlines()[0])
+    assert state["worker_pid"] == pid
+    assert state["chunks"] >= 1
+
+
+def test_run_ended_with_stop_stays_up_until_a_script_change(daemon):
+    lr = daemon(
+        run_transition="Stop",
+        listener_options={"event_rate": 6000, "pixel_count": 64, "run_length_sec": 1.0},
+    ).start()
+    first = lr.wait_for(lambda s: s.get("state") == "run_ended" and lr.seen()[0][0], "run_ended")
+    time.sleep(3 * UPDATE_EVERY_S)
+    status = lr.status()
+    assert status["state"] == "run_ended"
+    assert status["worker_pid"] is None
+    assert status["restarts"] == 0
+    assert lr.process.poll() is None
+    lr.proc.write_text(proc_script(lr.marker, "v2"))
+    lr.wait_for(lambda _: any(p != first and v == "v2" for p, v in lr.seen()), "a new worker")
+
+
+def test_boot_failure_backs_off_instead_of_looping(daemon):
+    lr = daemon(engine="mantid").start()  # no Mantid here: every worker fails to boot
+    lr.wait_for(lambda s: s.get("restarts", 0) >= 1, "the first boot failure")
+    time.sleep(3.0)
+    status = lr.status()
+    assert status["restarts"] == 1
+    assert restart_reasons(status) == ["boot_failure"]
+    assert status["state"] == "backoff"
+    assert "next worker start in" in status["detail"]
+    assert lr.process.poll() is None
+    lr.send(signal.SIGTERM)
+    assert lr.exit_status(timeout_s=10) == 0
