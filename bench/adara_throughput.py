@@ -22,7 +22,7 @@ which the one-buffer ceiling does not. ``MALLOC_TRIM_THRESHOLD_=268435456
 MALLOC_MMAP_THRESHOLD_=268435456`` in the environment removes that cost; the bench prints
 which setting it ran under.
 
-Part 2, end to end. ``livereduce-replay --speed 0`` (run in-process as ``ReplayServer``) plays
+Part 2, end to end. ``livereduce-replay --speed 0 --loop`` (its own process) plays
 real NeXus files (default: HYS_178921 looped, then all files of ../shared/data) to a
 ``livereduce.adara.client.AdaraClient``; it prints the events/s and bytes/s the client
 received, beside the frombuffer-copy ceiling of the same bytes.
@@ -31,8 +31,13 @@ received, beside the frombuffer-copy ceiling of the same bytes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import selectors
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -124,23 +129,49 @@ def wire_size(packet: pk.BankedEvent) -> int:
     return 32 + 16 * len(packet.sources) + 8 * banks + 8 * packet.event_count
 
 
+@contextlib.contextmanager
+def replay_process(files: list[Path]):
+    """``livereduce-replay FILE... --port 0 --speed 0 --loop`` in its own process; yields the
+    port it listens on and stops it with SIGTERM."""
+    command = shutil.which("livereduce-replay")
+    argv = [command] if command else [sys.executable, "-m", "livereduce.adara.replay"]
+    process = subprocess.Popen(
+        [*argv, *map(str, files), "--port", "0", "--speed", "0", "--loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout=300):
+                raise SystemExit("livereduce-replay did not start listening within 300 s")
+        line = process.stdout.readline()
+        if not line.startswith("listening on "):
+            raise SystemExit(f"livereduce-replay said {line!r}")
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def bench_replay(files: list[Path], runs: int) -> None:
-    """End-to-end: replay server at speed 0 -> AdaraClient, until ``runs`` END_RUNs."""
+    """End-to-end: livereduce-replay at speed 0 -> AdaraClient, until ``runs`` END_RUNs."""
     from livereduce.adara.client import AdaraClient  # noqa: PLC0415 - optional part
-    from livereduce.adara.replay import ReplayServer  # noqa: PLC0415
 
     names = ", ".join(f.name for f in files)
-    print(f"\nReplay -> client at --speed 0 (in-process ReplayServer): {names}; {runs} run(s)")
+    print(f"\nlivereduce-replay --speed 0 -> AdaraClient: {names}; {runs} run(s)")
     events = 0
     event_bytes = 0
     packets = 0
     ends = 0
-    with ReplayServer(files, port=0, speed=0, loop=True) as server:
-        client = AdaraClient(
-            "127.0.0.1", server.port, start_time_ns=pk.START_OF_RUN, connect_timeout_s=10
-        )
-        with client:
-            client.connect()
+    with replay_process(files) as port:
+        client = AdaraClient("127.0.0.1", port, start_time_ns=pk.START_OF_RUN, connect_timeout_s=10)
+        with client:  # connects and sends the hello
             start = time.perf_counter()
             while ends < runs:
                 packet = client.get(timeout_s=60)

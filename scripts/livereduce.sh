@@ -110,14 +110,15 @@ activate_pixi() {
         manifest=${LIVEREDUCE_PIXI_MANIFEST:-$here/../pixi.toml}
         environment=$pixi_env
     fi
-    [ -f "$manifest" ] || die "PIXI_ENV '$pixi_env' (from $config): pixi manifest $manifest not found"
+    [ -f "$manifest" ] || die "PIXI_ENV '$pixi_env' (from $config): pixi manifest" \
+        "$(readlink -m "$manifest") not found (give the workspace folder, or set LIVEREDUCE_PIXI_MANIFEST)"
     hook=$("$pixi" shell-hook --shell bash --frozen --manifest-path "$manifest" \
         --environment "$environment") ||
         die "PIXI_ENV '$pixi_env' (from $config): pixi could not activate environment '$environment' of $manifest"
-    # Activation scripts of conda packages are not written for `set -u`.
-    set +u
+    # Activation scripts of conda packages are not written for `set -eu`.
+    set +eu
     eval "$hook"
-    set -u
+    set -eu
 }
 
 activate_conda() {
@@ -135,12 +136,12 @@ activate_conda() {
     else
         hook=$("$tool" shell hook --shell bash) || die "'$tool shell hook --shell bash' failed"
     fi
-    set +u
+    set +eu
     eval "$hook"
     # The hook defines a shell function named after the tool that performs the activation.
     "$(basename "$tool")" activate "$conda_env" ||
         die "CONDA_ENV '$conda_env' (from $config): $(basename "$tool") could not activate it"
-    set -u
+    set -eu
 }
 
 if [ -n "$pixi_env" ]; then

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import tracemalloc
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -200,6 +201,28 @@ def test_fuzz_shrinkable_insert_and_cut(indices, at, junk, cut):
     data = (data[:at] + junk + data[at:])[: cut % (len(data) + len(junk) + 1)]
     parse_hostile(data, [data])
     parse_hostile(data, [data[i : i + 1] for i in range(len(data))])
+
+
+def test_fuzz_memory_stays_bounded():
+    """Under tracemalloc: no mutated stream (some declare 4 GB payloads or 2**32 banks) makes
+    the parser allocate more than a small multiple of the bytes it was given."""
+    rng = random.Random(20261129)
+    tracemalloc.start()
+    try:
+        worst = 0
+        for _ in range(2000):
+            data = bytearray(b"".join(rng.sample(CORPUS, rng.randint(1, 5))))
+            for _ in range(rng.randint(1, 3)):
+                _mutate(rng, data)
+            stream = bytes(data)
+            tracemalloc.reset_peak()
+            before, _ = tracemalloc.get_traced_memory()
+            parse_hostile(stream, _pieces(rng, stream))
+            _, peak = tracemalloc.get_traced_memory()
+            worst = max(worst, peak - before)
+    finally:
+        tracemalloc.stop()
+    assert worst < 1024 * 1024
 
 
 def test_unmutated_corpus_parses_completely():

@@ -26,7 +26,7 @@ from livereduce.adara import packets
 from livereduce.adara.client import AdaraClient
 from livereduce.adara.metadata_xml import parse_device_xml, parse_runinfo_xml
 from livereduce.adara.replay import ReplayServer
-from livereduce.adara.runfile import read_run_file
+from livereduce.adara.runfile import RunFileError, read_run_file
 
 HYS = "HYS_178921.nxs.h5"
 REF_L = "REF_L_184977.nxs.h5"
@@ -48,7 +48,7 @@ def file_events(path: Path, *, banks: str = "detector") -> dict[str, np.ndarray]
     """Every event of the file's banks: ``bank``, ``event_id``, ``tof_100ns``, ``pulse_ns``
     arrays. ``banks``: 'detector' (bank<N>_events) or 'all' (pseudo-banks too)."""
     out = collections.defaultdict(list)
-    with h5py.File(path, "r") as h5:
+    with h5py.File(path, "r") as h5, snx.File(path) as nx:
         entry = h5["entry"]
         for name in entry:
             match = re.fullmatch(r"bank(\d+)_events", name)
@@ -58,7 +58,7 @@ def file_events(path: Path, *, banks: str = "detector") -> dict[str, np.ndarray]
             n = group["event_id"].shape[0]
             index = group["event_index"][()].astype(np.int64)
             counts = np.diff(np.append(index, n))
-            pulses = file_pulse_times_ns(path, name)
+            pulses = nx[f"entry/{name}/event_time_zero"][()].values.astype("datetime64[ns]")
             bank = (
                 int(match.group(1))
                 if match
@@ -68,7 +68,7 @@ def file_events(path: Path, *, banks: str = "detector") -> dict[str, np.ndarray]
             out["event_id"].append(group["event_id"][()].astype(np.int64))
             tof = group["event_time_offset"][()].astype(np.float64)
             out["tof_100ns"].append(np.rint(tof * 10).astype(np.int64))
-            out["pulse_ns"].append(np.repeat(pulses, counts))
+            out["pulse_ns"].append(np.repeat(pulses.astype(np.int64), counts))
     return {key: np.concatenate(value) for key, value in out.items()}
 
 
@@ -102,6 +102,7 @@ class Capture:
     def __init__(self, port: int, *, start_time_ns: int = packets.START_NOW) -> None:
         self.client = AdaraClient("127.0.0.1", port, start_time_ns=start_time_ns)
         self.packets: list[packets.Packet] = []
+        self.received_at: list[float] = []
 
     def __enter__(self) -> Capture:
         self.client.connect()
@@ -118,10 +119,15 @@ class Capture:
             packet = self.client.get(1.0)
             if packet is None:
                 continue
-            self.packets.append(packet)
+            self.keep(packet)
             if isinstance(packet, packets.RunStatus) and packet.status == END_RUN:
                 ended += 1
         return self
+
+    def keep(self, packet: packets.Packet) -> None:
+        self.packets.append(packet)
+        if isinstance(packet, packets.BankedEvent):
+            self.received_at.append(time.monotonic())
 
     def of(self, cls: type) -> list:
         return [p for p in self.packets if isinstance(p, cls)]
@@ -160,15 +166,14 @@ def test_replay_sends_every_event_monitor_log_and_metadata_of_the_file(
     shared_data, name, detector_events
 ):
     path = shared_data / name
-    with ReplayServer([path], port=0, speed=0, heartbeat_s=0.2) as server:
-        with Capture(server.port) as capture:
-            capture.until_end_runs(1)
-            heartbeat = None
-            while heartbeat is None:  # idle after the run: heartbeats, nothing else
-                packet = capture.client.get(5.0)
-                assert packet is not None, "no heartbeat within 5 s of END_RUN"
-                assert isinstance(packet, packets.Heartbeat), packet
-                heartbeat = packet
+    with (
+        ReplayServer([path], port=0, speed=0, heartbeat_s=0.2) as server,
+        Capture(server.port) as capture,
+    ):
+        capture.until_end_runs(1)
+        # idle after the run: heartbeats, nothing else
+        packet = capture.client.get(5.0)
+        assert isinstance(packet, packets.Heartbeat), packet
 
     truth = file_events(path)
     assert len(truth["event_id"]) == detector_events
@@ -184,13 +189,31 @@ def test_replay_sends_every_event_monitor_log_and_metadata_of_the_file(
         instrument = h5["entry/instrument/name"][0].decode()
         xml = h5["entry/instrument/instrument_xml/data"][0].decode()
         charge = h5["entry/DASlogs/proton_charge/value"][()]
-        monitor = h5["entry/monitor2"] if "monitor2" in h5["entry"] else None
-        monitor_tof = None if monitor is None else np.rint(monitor["event_time_offset"][()] * 10)
+        monitor_tof = monitor_counts = None
+        if "monitor2" in h5["entry"]:
+            monitor = h5["entry/monitor2"]
+            monitor_tof = np.rint(monitor["event_time_offset"][()] * 10)
+            index = monitor["event_index"][()].astype(np.int64)
+            monitor_counts = np.diff(np.append(index, len(monitor_tof)))
     pulses = file_pulse_times_ns(path, first_bank)
     banked = capture.of(packets.BankedEvent)
     np.testing.assert_array_equal([p.timestamp_ns for p in banked], pulses)
     np.testing.assert_array_equal([p.pulse_charge_10pc * 10 for p in banked], charge)
 
+    # packet versions as a current SMS sends them (readadara expects exactly these)
+    versions = {type(p).__name__: p.packet_type.version for p in capture.packets}
+    assert versions == {
+        "RunStatus": 1,
+        "RunInfo": 0,
+        "Geometry": 0,
+        "BeamlineInfo": 1,
+        "DeviceDescriptor": 0,
+        "VariableDouble": 0,
+        "VariableU32": 0,
+        "VariableString": 0,
+        "BankedEvent": 1,
+        **({} if monitor_tof is None else {"BeamMonitorEvent": 1}),
+    }
     statuses = capture.of(packets.RunStatus)
     assert [(s.status, s.run_number) for s in statuses] == [
         (packets.RunStatusCode.NEW_RUN, int(name.split("_")[-1].split(".")[0])),
@@ -209,8 +232,12 @@ def test_replay_sends_every_event_monitor_log_and_metadata_of_the_file(
     if monitor_tof is None:
         assert monitors == []
     else:
-        tofs = np.concatenate([p.event_arrays()[1] for p in monitors])
-        assert sorted(tofs.tolist()) == sorted(monitor_tof.astype(np.int64).tolist())
+        received = sorted_rows(
+            np.concatenate([p.event_arrays()[1] for p in monitors]),
+            np.concatenate([np.full(p.event_count, p.timestamp_ns) for p in monitors]),
+        )
+        monitor_pulses = np.repeat(file_pulse_times_ns(path, "monitor2"), monitor_counts)
+        np.testing.assert_array_equal(received, sorted_rows(monitor_tof, monitor_pulses))
         assert {m.monitor_id for p in monitors for m in p.monitors} == {2}
 
 
@@ -250,11 +277,36 @@ def test_readadara_reads_the_same_events_per_bank(shared_data):
         )
 
 
+def run_statuses(port: int, runs: int, timeout_s: float = 60.0) -> list[tuple[int, int]]:
+    """(status, run number) of every run status until the ``runs``-th END_RUN, reading only
+    packet headers otherwise (cheap enough for several whole runs)."""
+    found = []
+    buffer = bytearray()
+    deadline = time.monotonic() + timeout_s
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(packets.encode(packets.ClientHello(timestamp_ns=time.time_ns())))
+        while sum(code == END_RUN for code, _ in found) < runs:
+            assert time.monotonic() < deadline, f"run statuses so far: {found}"
+            data = sock.recv(1 << 20)
+            assert data, f"connection closed; run statuses so far: {found}"
+            buffer += data
+            while len(buffer) >= packets.HEADER_SIZE:
+                header = packets.decode_header(bytes(buffer[: packets.HEADER_SIZE]))
+                size = packets.HEADER_SIZE + header.payload_length
+                if len(buffer) < size:
+                    break
+                if header.packet_type == packets.PacketType.RUN_STATUS_V1:
+                    status = packets.decode(bytes(buffer[:size]))
+                    found.append((status.status, status.run_number))
+                del buffer[:size]
+    return found
+
+
 def test_three_files_back_to_back_are_three_runs(shared_data):
     files = [shared_data / f"HYS_17892{i}.nxs.h5" for i in (1, 2, 3)]
-    with ReplayServer(files, port=0, speed=0) as server, Capture(server.port) as capture:
-        capture.until_end_runs(3)
-    assert [(s.status, s.run_number) for s in capture.of(packets.RunStatus)] == [
+    with ReplayServer(files, port=0, speed=0) as server:
+        statuses = run_statuses(server.port, 3)
+    assert statuses == [
         (code, run)
         for run in (178921, 178922, 178923)
         for code in (packets.RunStatusCode.NEW_RUN, END_RUN)
@@ -262,16 +314,17 @@ def test_three_files_back_to_back_are_three_runs(shared_data):
 
 
 def test_hello_start_of_run_mid_run_replays_from_the_first_pulse(shared_data):
-    path = shared_data / HYS
+    path = shared_data / SMALL  # 76 s of pulses, 100,328 events
     first_pulse = int(file_pulse_times_ns(path, "bank1_events")[0])
-    with ReplayServer([path], port=0, speed=100) as server, Capture(server.port) as live:
+    speed = 20
+    with ReplayServer([path], port=0, speed=speed) as server, Capture(server.port) as live:
         # the live clock starts with this first hello; wait until well into the run
         while True:
             packet = live.client.get(5.0)
             assert packet is not None
-            live.packets.append(packet)
+            live.keep(packet)
             if isinstance(packet, packets.BankedEvent) and packet.timestamp_ns > (
-                first_pulse + 60 * 10**9
+                first_pulse + 30 * 10**9
             ):
                 break
         with (
@@ -285,16 +338,18 @@ def test_hello_start_of_run_mid_run_replays_from_the_first_pulse(shared_data):
     assert again.of(packets.RunStatus)[0].status == packets.RunStatusCode.NEW_RUN
     assert again.of(packets.BankedEvent)[0].timestamp_ns == first_pulse
     np.testing.assert_array_equal(again.detector_rows(), live.detector_rows())
-    assert len(again.detector_rows()) == 26_938
+    assert len(again.detector_rows()) == 100_328
     # a client saying "now" joins at the live position with a STATE status and the metadata
     assert late.of(packets.RunStatus)[0].status == packets.RunStatusCode.STATE
-    assert late.of(packets.BankedEvent)[0].timestamp_ns > first_pulse + 60 * 10**9
+    assert late.of(packets.BankedEvent)[0].timestamp_ns > first_pulse + 30 * 10**9
     assert len(late.of(packets.Geometry)) == 1
-    assert 0 < len(late.detector_rows()) < 26_938
-    # pacing at speed 100: the 232 s run takes at least 2 s (a lower bound: pulses wait)
+    assert set(late.logs()) == set(file_logs(path))  # the latest value of every PV first
+    assert 0 < len(late.detector_rows()) < 100_328
+    # pacing: the live client got the run no faster than 1/speed of its duration
     pulses = live.of(packets.BankedEvent)
     span_s = (pulses[-1].timestamp_ns - pulses[0].timestamp_ns) / 1e9
-    assert span_s > 230
+    received_s = live.received_at[-1] - live.received_at[0]
+    assert received_s > 0.9 * span_s / speed
 
 
 def test_loop_starts_over_and_nothing_is_sent_before_the_hello(shared_data):
@@ -303,6 +358,10 @@ def test_loop_starts_over_and_nothing_is_sent_before_the_hello(shared_data):
             raw.settimeout(0.5)
             with pytest.raises(TimeoutError):
                 raw.recv(16)
+            # a first packet that is not a client hello: the server hangs up, sending nothing
+            raw.settimeout(5)
+            raw.sendall(packets.encode(packets.Heartbeat(timestamp_ns=time.time_ns())))
+            assert raw.recv(16) == b""
         with Capture(server.port) as capture:
             capture.until_end_runs(2)
     assert [(s.status, s.run_number) for s in capture.of(packets.RunStatus)] == [
@@ -361,3 +420,47 @@ def test_cli_rejects_a_file_that_is_not_an_event_file(tmp_path):
     )
     assert result.returncode == 2
     assert str(bad) in result.stderr
+
+
+def _write_run(path: Path, *, run_number: bytes = b"42", bank: bool = True) -> None:
+    with h5py.File(path, "w") as h5:
+        entry = h5.create_group("entry")
+        entry["run_number"] = [run_number]
+        entry.create_group("instrument")["name"] = [b"HYSPEC"]
+        if bank:
+            group = entry.create_group("bank1_events")
+            zero = group.create_dataset("event_time_zero", data=[0.0, 1 / 60])
+            zero.attrs["offset"] = b"2017-11-01T21:47:58.5-04:00"
+            zero.attrs["units"] = b"second"
+            group["event_index"] = np.array([0, 1], dtype=np.uint64)
+            group["event_time_offset"] = np.array([100.5, 200.0], dtype=np.float32)
+            group["event_id"] = np.array([7, 8], dtype=np.uint32)
+
+
+@pytest.mark.parametrize(
+    ("writer", "problem"),
+    [
+        (lambda p: h5py.File(p, "w").close(), "/entry is missing"),
+        (lambda p: _write_run(p, bank=False), "/entry has no bank<N>_events group"),
+        (lambda p: _write_run(p, run_number=b"abc"), "/entry/run_number 'abc' is not a run"),
+    ],
+    ids=["no-entry", "no-banks", "bad-run-number"],
+)
+def test_runfile_errors_name_the_file_and_the_part(tmp_path, writer, problem):
+    path = tmp_path / "broken.nxs.h5"
+    writer(path)
+    with pytest.raises(RunFileError, match=re.escape(f"{path}: {problem}")):
+        read_run_file(path)
+
+
+def test_runfile_reads_a_minimal_file(tmp_path):
+    path = tmp_path / "minimal.nxs.h5"
+    _write_run(path)
+    run = read_run_file(path)
+    assert run.run_number == 42
+    # 21:47:58.5 at UTC-4 is 01:47:58.5 UTC
+    assert run.pulse_times_ns[0] == 1_509_587_278_500_000_000
+    assert run.pulse_times_ns[1] - run.pulse_times_ns[0] == 16_666_666
+    (bank,) = run.banks
+    assert bank.tof_100ns.tolist() == [1005, 2000]
+    assert bank.pulse_begin.tolist() == [0, 1, 2]

@@ -22,7 +22,7 @@ from livereduce.stop import StopToken
 
 HIST = """
 import scipp as sc
-edges = sc.linspace("event_time_offset", 0.0, 20000.0, 51, unit="us")
+edges = sc.linspace("event_time_offset", 0.0, 40000.0, 51, unit="us")
 output = input.bins.concat().hist(event_time_offset=edges)
 """
 
@@ -63,7 +63,9 @@ class ChunkList:
         self.closed = True
 
 
-def run_chunks(run: int, count: int, *, pulse0: int = 0, ends: bool = True, seed: int = 0) -> list[Chunk]:
+def run_chunks(
+    run: int, count: int, *, pulse0: int = 0, ends: bool = True, seed: int = 0
+) -> list[Chunk]:
     info = RunInfo(number=run, title=f"run {run}", instrument="TEST")
     return [
         Chunk(
@@ -76,7 +78,9 @@ def run_chunks(run: int, count: int, *, pulse0: int = 0, ends: bool = True, seed
     ]
 
 
-def make_config(tmp_path: Path, proc: str | None = "output = input\n", post: str | None = None, **raw: Any) -> Config:
+def make_config(
+    tmp_path: Path, proc: str | None = "output = input\n", post: str | None = None, **raw: Any
+) -> Config:
     scripts = tmp_path / "scripts"
     scripts.mkdir(exist_ok=True)
     if proc is not None:
@@ -122,17 +126,24 @@ def test_add_with_events_keeps_every_event_in_order(tmp_path):
 
 def test_add_growing_buffer_survives_reallocation(tmp_path):
     big = [
-        Chunk(events=events(1000 * i, 1000, 40, i), run=RunInfo(number=1), begins_run=i == 0) for i in range(5)
+        Chunk(events=events(1000 * i, 1000, 40, i), run=RunInfo(number=1), begins_run=i == 0)
+        for i in range(5)
     ]  # 200,000 events: more than the first buffer's capacity
     engine = drive(make_config(tmp_path), big)
-    assert sc.identical(engine.accumulation.value(), sc.concat([c.events for c in big], "event_time_zero"))
+    assert sc.identical(
+        engine.accumulation.value(), sc.concat([c.events for c in big], "event_time_zero")
+    )
 
 
 def test_histogram_proc_add_equals_the_sum(tmp_path):
     chunks = run_chunks(1, 3, ends=False)
-    engine = drive(make_config(tmp_path, HIST, preserve_events=False), chunks)
-    edges = sc.linspace("event_time_offset", 0.0, 20000.0, 51, unit="us")
-    expected = sc.concat([c.events for c in chunks], "event_time_zero").bins.concat().hist(event_time_offset=edges)
+    drive(make_config(tmp_path, HIST, preserve_events=False), chunks)
+    edges = sc.linspace("event_time_offset", 0.0, 40000.0, 51, unit="us")
+    expected = (
+        sc.concat([c.events for c in chunks], "event_time_zero")
+        .bins.concat()
+        .hist(event_time_offset=edges)
+    )
     assert sc.allclose(load(tmp_path / "out" / "result.h5").data, expected.data)
     assert load(tmp_path / "out" / "result.h5").sum().value == 210
 
@@ -160,7 +171,7 @@ def test_replace_keeps_only_the_last_chunk(tmp_path):
 
 
 def test_append_joins_along_the_first_dimension(tmp_path):
-    proc = "import scipp as sc\noutput = input.bins.size().rename_dims(event_time_zero='pulse').copy()\n"
+    proc = "output = input.bins.size().rename_dims(event_time_zero='pulse').copy()\n"
     engine = drive(make_config(tmp_path, proc, accum_method="Append"), run_chunks(1, 3, ends=False))
     assert engine.accumulation.value().sizes == {"pulse": 30}
 
@@ -191,8 +202,10 @@ def test_script_failure_is_logged_with_file_and_line(tmp_path, caplog):
 
 def test_accumulation_mismatch_loses_the_chunk_keeps_the_accumulation(tmp_path):
     proc = (
+        "import scipp as sc\n"
         "n = workspaces['n'] = workspaces.get('n', 0) + 1\n"
-        "output = input.bins.concat().hist(event_time_offset=10 if n != 2 else 20)\n"
+        "edges = sc.linspace('event_time_offset', 0.0, 2e4, 11 if n != 2 else 21, unit='us')\n"
+        "output = input.bins.concat().hist(event_time_offset=edges)\n"
     )
     engine = drive(make_config(tmp_path, proc, preserve_events=False), run_chunks(1, 3, ends=False))
     assert engine.progress.errors == 1
@@ -201,7 +214,9 @@ def test_accumulation_mismatch_loses_the_chunk_keeps_the_accumulation(tmp_path):
 
 
 def test_post_processing_runs_on_the_accumulation(tmp_path):
-    post = "output = input.bins.size().sum()\nworkspaces.setdefault('seen', []).append(output.value)\n"
+    post = (
+        "output = input.bins.size().sum()\nworkspaces.setdefault('seen', []).append(output.value)\n"
+    )
     engine = drive(make_config(tmp_path, post=post), run_chunks(1, 3, ends=False))
     assert engine.workspaces["seen"] == [70, 140, 210]
     assert load(tmp_path / "out" / "result.h5").value == 210
@@ -224,10 +239,18 @@ def test_run_script_globals(tmp_path):
     chunk = Chunk(
         events=events(0, 2, 1, 0),
         run=RunInfo(number=42, title="sample", instrument="TEST"),
-        logs={"temp": sc.DataArray(sc.array(dims=["time"], values=[1.5], unit="K"), coords={"time": sc.datetimes(dims=["time"], values=[0], unit="ns")})},
+        logs={
+            "temp": sc.DataArray(
+                sc.array(dims=["time"], values=[1.5], unit="K"),
+                coords={"time": sc.datetimes(dims=["time"], values=[0], unit="ns")},
+            )
+        },
         begins_run=True,
     )
-    proc = "workspaces['run'] = (run.number, run.title, run.logs['temp'].values.tolist())\noutput = input\n"
+    proc = (
+        "workspaces['run'] = (run.number, run.title, run.logs['temp'].values.tolist())\n"
+        "output = input\n"
+    )
     engine = drive(make_config(tmp_path, proc), [chunk])
     assert engine.workspaces["run"] == (42, "sample", [1.5])
 
@@ -236,8 +259,12 @@ def test_rename_keeps_each_finished_run(tmp_path):
     first, second = run_chunks(7, 2), run_chunks(8, 3, pulse0=100, seed=10)
     engine = drive(make_config(tmp_path, run_transition="Rename"), first + second)
     out = tmp_path / "out"
-    assert sc.identical(load(out / "result_7.h5"), sc.concat([c.events for c in first], "event_time_zero"))
-    assert sc.identical(load(out / "result_8.h5"), sc.concat([c.events for c in second], "event_time_zero"))
+    assert sc.identical(
+        load(out / "result_7.h5"), sc.concat([c.events for c in first], "event_time_zero")
+    )
+    assert sc.identical(
+        load(out / "result_8.h5"), sc.concat([c.events for c in second], "event_time_zero")
+    )
     assert sc.identical(load(out / "result.h5"), load(out / "result_8.h5"))
     assert engine.progress.chunks == 5
 
@@ -285,7 +312,9 @@ def test_empty_chunks_are_not_processed(tmp_path):
 
 
 def test_output_written_only_when_changed(tmp_path):
-    writer = OutputWriter(tmp_path, "result")
+    writer = OutputWriter(
+        tmp_path, "result", clock=lambda: 0.0
+    )  # no time passes: no write budget limit
     data = sc.arange("x", 3.0)
     assert writer.write(data, 1)
     inode = (tmp_path / "result.h5").stat().st_ino
@@ -326,10 +355,14 @@ def test_nexus_histogram_equals_offline(tmp_path, shared_data):
     for _ in range(6):
         engine.step()
     engine.flush()
-    edges = sc.linspace("event_time_offset", 0.0, 20000.0, 51, unit="us")
+    edges = sc.linspace("event_time_offset", 0.0, 40000.0, 51, unit="us")
     with snx.File(path) as f:
         banks = [f["entry"][k][()] for k in f["entry"] if k.startswith("bank") and k[4].isdigit()]
-    offline = sc.concat([b.bins.concat() for b in banks], "bank").bins.concat().hist(event_time_offset=edges)
+    offline = (
+        sc.concat([b.bins.concat() for b in banks], "bank")
+        .bins.concat()
+        .hist(event_time_offset=edges)
+    )
     result = load(tmp_path / "out" / "result.h5")
     assert result.sum().value == 26938
     assert sc.identical(result.data, offline.data)
@@ -357,7 +390,9 @@ def test_run_reports_heartbeats_while_waiting_and_stops(tmp_path):
 
 
 def test_listener_error_is_an_engine_failure(tmp_path):
-    engine = EmbeddedEngine(make_config(tmp_path), ChunkList([ListenerError("socket gone for good")]))
+    engine = EmbeddedEngine(
+        make_config(tmp_path), ChunkList([ListenerError("socket gone for good")])
+    )
     reports: list[Progress] = []
     assert engine.run(StopToken(), reports.append) is WorkerExit.ENGINE_FAILURE
     assert reports[-1].state is WorkerState.ERROR
@@ -367,7 +402,53 @@ def test_listener_error_is_an_engine_failure(tmp_path):
 @pytest.mark.parametrize("method", ["Add", "Append"])
 def test_monitors_reach_post_processing(tmp_path, method):
     chunks = run_chunks(1, 2, ends=False)
-    chunks = [Chunk(events=c.events, monitors={"monitor1": events(0, 10, 2, 3)}, run=c.run, begins_run=c.begins_run) for c in chunks]
+    chunks = [
+        Chunk(
+            events=c.events,
+            monitors={"monitor1": events(0, 10, 2, 3)},
+            run=c.run,
+            begins_run=c.begins_run,
+        )
+        for c in chunks
+    ]
     post = "workspaces['m'] = monitors['monitor1'].bins.size().sum().value\noutput = input\n"
     engine = drive(make_config(tmp_path, post=post, accum_method=method), chunks)
     assert engine.workspaces["m"] == 40
+
+
+def test_add_merges_event_lists_of_equal_bins(tmp_path):
+    proc = (
+        "import scipp as sc\n"
+        "output = input.bins.concat().group(sc.arange('event_id', 50, unit=None, dtype='int32'))\n"
+    )
+    chunks = run_chunks(1, 3, ends=False)
+    engine = drive(make_config(tmp_path, proc), chunks)
+    result = engine.accumulation.value()
+    pixels = sc.arange("event_id", 50, unit=None, dtype="int32")
+    expected = sc.concat([c.events for c in chunks], "event_time_zero").bins.concat().group(pixels)
+    assert result.sizes == {"event_id": 50}
+    assert sc.identical(result.bins.size(), expected.bins.size())
+    assert sc.identical(
+        result.bins.concat().value.coords["event_time_offset"].sum(),
+        expected.bins.concat().value.coords["event_time_offset"].sum(),
+    )
+
+
+def test_data_group_items_accumulate_and_plain_values_keep_the_latest(tmp_path):
+    proc = (
+        "import scipp as sc\n"
+        "workspaces['n'] = workspaces.get('n', 0) + 1\n"
+        "output = sc.DataGroup({'counts': input.bins.size().sum(), 'chunk': workspaces['n']})\n"
+    )
+    engine = drive(make_config(tmp_path, proc), run_chunks(1, 3, ends=False))
+    result = engine.accumulation.value()
+    assert result["counts"].value == 210
+    assert result["chunk"] == 3
+
+
+def test_append_with_events_joins_pulses(tmp_path):
+    chunks = run_chunks(1, 2, ends=False)
+    engine = drive(make_config(tmp_path, accum_method="Append"), chunks)
+    assert sc.identical(
+        engine.accumulation.value(), sc.concat([c.events for c in chunks], "event_time_zero")
+    )

@@ -321,10 +321,12 @@ def test_heartbeats_stop_when_monitor_stops_updating(
     monkeypatch.setenv("MANTID_STANDIN_UPDATES", "2")
     config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 0.5})
     engine_stall_s = from_config(config).stall_after_s
-    began = time.monotonic()
-    code, reports, _ = run_engine(
-        config, lambda _r: time.monotonic() - began > engine_stall_s + 4.0
-    )
+
+    def long_after_the_last_chunk(reports: Reports) -> bool:
+        third = [t for t, p in reports if p.chunks == 3]
+        return bool(third) and time.monotonic() - third[0] > engine_stall_s + 2.5
+
+    code, reports, _ = run_engine(config, long_after_the_last_chunk)
     ended = time.monotonic()
     assert code is WorkerExit.STOPPED
     assert max(p.chunks for _t, p in reports) == 3  # StartLiveData's chunk + 2 updates
@@ -332,7 +334,7 @@ def test_heartbeats_stop_when_monitor_stops_updating(
     last_report_at = reports[-1][0]
     # Beats went on while the next chunk was due, then stopped for good.
     assert last_report_at - last_chunk_at <= engine_stall_s + 0.5
-    assert ended - last_report_at >= 2.0
+    assert ended - last_report_at >= 2.5
     times = [t for t, _p in reports]
     assert max(b - a for a, b in itertools.pairwise(times)) <= HEARTBEAT_INTERVAL_S
     assert "heartbeats stop so that the supervisor restarts the worker" in caplog.text
@@ -435,6 +437,8 @@ def test_stop_returns_even_when_cancel_blocks_forever(
     calls: Calls, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("MANTID_STANDIN_CANCEL", "block")
+    # The uncancelled MonitorLiveData thread outlives the test: keep it silent meanwhile.
+    monkeypatch.setenv("MANTID_STANDIN_CHUNK_EVERY_S", "100000")
     config = make_config(tmp_path, {"instrument": "POWGEN", "stop_timeout": 2})
     code, _reports, took = run_engine(config, first_chunk)
     assert code is WorkerExit.STOPPED
@@ -457,11 +461,6 @@ def test_stop_while_start_live_data_waits_for_the_listener(
 
 
 # --- the real daemon with the stand-in ---------------------------------------------------
-
-needs_daemon = pytest.mark.skipif(
-    not DAEMON.exists() or not (REPO / "src" / "livereduce" / "worker.py").exists(),
-    reason="scripts/livereduce.py and livereduce.worker are not there yet",
-)
 
 
 class Daemon:
@@ -496,6 +495,11 @@ class Daemon:
 
     def calls(self) -> Calls:
         return Calls(self.record)
+
+    def workers(self) -> list[int]:
+        """Pids of the workers that executed StartLiveData, in order."""
+        pids = [c["pid"] for c in self.calls().all() if c["call"] == "StartLiveData.execute"]
+        return list(dict.fromkeys(pids))
 
     def wait_for(self, condition: Callable[[], bool], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -538,7 +542,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@needs_daemon
 def test_daemon_restarts_a_worker_whose_monitor_failed(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -549,21 +552,36 @@ def test_daemon_restarts_a_worker_whose_monitor_failed(
         standin=True,
     )
     daemons.append(daemon)
-
-    def two_workers() -> bool:
-        return (
-            len({c["pid"] for c in daemon.calls().all() if c["call"] == "StartLiveData.execute"})
-            >= 2
-        )
-
-    assert daemon.wait_for(two_workers, 30), daemon.text()
+    assert daemon.wait_for(lambda: len(daemon.workers()) >= 2, 30), daemon.text()
     assert daemon.process.poll() is None, daemon.text()
     assert "stand-in processing script raised on chunk 1" in daemon.text()
     code, _took = daemon.stop()
     assert code == 0, daemon.text()
 
 
-@needs_daemon
+def test_daemon_restarts_a_worker_whose_monitor_stalled(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    daemon = Daemon(
+        tmp_path,
+        {
+            "instrument": "POWGEN",
+            "engine": "mantid",
+            "update_every": 0.5,
+            "heartbeat_timeout_sec": 3,
+        },
+        {"MANTID_STANDIN_CHUNK_EVERY_S": "0.2", "MANTID_STANDIN_UPDATES": "1"},
+        standin=True,
+    )
+    daemons.append(daemon)
+    assert daemon.wait_for(lambda: len(daemon.workers()) >= 2, 30), daemon.text()
+    text = daemon.text()
+    assert "heartbeats stop so that the supervisor restarts the worker" in text
+    assert not _alive(daemon.workers()[0])
+    code, _took = daemon.stop()
+    assert code == 0, daemon.text()
+
+
 def test_daemon_stops_a_worker_stuck_in_cancel_within_stop_timeout(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -588,7 +606,6 @@ def test_daemon_stops_a_worker_stuck_in_cancel_within_stop_timeout(
     assert not _alive(worker)
 
 
-@needs_daemon
 def test_engine_auto_without_mantid_uses_the_embedded_engine_and_says_why(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -607,7 +624,6 @@ def test_engine_auto_without_mantid_uses_the_embedded_engine_and_says_why(
     assert code == 0, daemon.text()
 
 
-@needs_daemon
 @pytest.mark.xfail(
     strict=True,
     reason="issue 6: cli.py/daemon.py do not call choose_engine before spawning the worker, so "

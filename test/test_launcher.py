@@ -240,6 +240,16 @@ def test_bad_config_or_missing_tool_is_one_line_and_exit_2(
     _one_error_line(site.run(str(site.config(content))), *fragments)
 
 
+def test_pixi_env_name_without_a_manifest_is_one_line_and_exit_2(site: Site) -> None:
+    _executable(site.tools / "pixi", STAND_IN_PIXI)
+    _one_error_line(
+        site.run(str(site.config({"PIXI_ENV": "mantid_dev"}))),
+        "PIXI_ENV 'mantid_dev'",
+        f"pixi manifest {site.root}/app/pixi.toml not found",
+        "LIVEREDUCE_PIXI_MANIFEST",
+    )
+
+
 def test_conda_env_that_does_not_exist_is_one_line_and_exit_2(site: Site) -> None:
     _executable(site.tools / "conda", STAND_IN_CONDA)
     done = site.run(str(site.config({"CONDA_ENV": "gone"})))

@@ -79,3 +79,17 @@ def test_watchdog_interval_is_half_of_watchdog_usec():
     assert notify.watchdog_interval_s(own) == 1.0
     other = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
     assert notify.watchdog_interval_s(other) is None
+
+
+def test_a_full_receiver_queue_does_not_block(receiver, monkeypatch):
+    monkeypatch.setattr(notify, "SEND_TIMEOUT_S", 0.05)
+    path, _ = receiver  # never read, so its queue fills up (net.unix.max_dgram_qlen)
+    env = {"NOTIFY_SOCKET": path}
+    sent = 0
+    while notify.status(f"n {sent}", env=env):
+        sent += 1
+        assert sent < 100_000, "the queue never filled"
+    assert sent >= 1
+    started = time.monotonic()
+    assert notify.status("one more", env=env) is False
+    assert time.monotonic() - started < 20 * notify.SEND_TIMEOUT_S

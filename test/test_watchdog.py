@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -291,9 +292,17 @@ def test_process_checks_every_interval_rereads_the_config_and_stops_on_sigterm(
         deadline = time.monotonic() + 30
         while sum("healthy" in line for line in lines) < 2 and time.monotonic() < deadline:
             lines.append(process.stderr.readline())
-        proc.config.write_text(
-            json.dumps({"instrument": "NOMAD", "watchdog": {"interval": 1, "threshold": 45}})
+        changed = proc.root / "changed.conf"
+        changed.write_text(
+            json.dumps(
+                {
+                    "instrument": "NOMAD",
+                    "update_every": 1,
+                    "watchdog": {"interval": 1, "threshold": 45},
+                }
+            )
         )
+        changed.replace(proc.config)  # atomic, as an editor's save by rename
         while not any("threshold 45 s" in line for line in lines) and time.monotonic() < deadline:
             lines.append(process.stderr.readline())
         process.send_signal(signal.SIGTERM)
@@ -308,3 +317,51 @@ def test_process_checks_every_interval_rereads_the_config_and_stops_on_sigterm(
     assert "healthy: last progress" in text
     assert "threshold 45 s" in text
     assert "stopping on SIGTERM" in text
+
+
+POLKIT_HARNESS = """
+// stand-in for polkit's JavaScript API (tests only): collects the rule, then asks it
+const rules = [];
+const polkit = {Result: {YES: "yes", NO: "no", NOT_HANDLED: null}, addRule: (r) => rules.push(r)};
+%s
+const [user, unit, verb, id] = process.argv.slice(2);
+const action = {id: id, lookup: (key) => ({unit: unit, verb: verb})[key]};
+console.log(JSON.stringify(rules.map((rule) => rule(action, {user: user}))));
+"""
+
+
+@pytest.mark.parametrize(
+    ("user", "unit", "verb", "action_id", "answer"),
+    [
+        (
+            "snsdata",
+            "livereduce.service",
+            "restart",
+            "org.freedesktop.systemd1.manage-units",
+            "yes",
+        ),
+        ("snsdata", "livereduce.service", "start", "org.freedesktop.systemd1.manage-units", "yes"),
+        ("snsdata", "livereduce.service", "stop", "org.freedesktop.systemd1.manage-units", "yes"),
+        ("snsdata", "livereduce.service", "enable", "org.freedesktop.systemd1.manage-units", None),
+        ("snsdata", "sshd.service", "restart", "org.freedesktop.systemd1.manage-units", None),
+        ("alice", "livereduce.service", "restart", "org.freedesktop.systemd1.manage-units", None),
+        ("snsdata", "livereduce.service", "restart", "org.freedesktop.login1.reboot", None),
+    ],
+)
+def test_polkit_rule_lets_snsdata_start_stop_restart_livereduce_only(
+    tmp_path: Path, user: str, unit: str, verb: str, action_id: str, answer: str | None
+) -> None:
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node (to run the polkit rule's JavaScript) is not installed")
+    rule = (Path(__file__).resolve().parents[1] / "50-snsdata-livereduce.rules").read_text()
+    script = tmp_path / "rule.js"
+    script.write_text(POLKIT_HARNESS % rule)
+    done = subprocess.run(
+        [node, str(script), user, unit, verb, action_id],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert json.loads(done.stdout) == [answer]

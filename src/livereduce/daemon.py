@@ -342,7 +342,11 @@ class Supervisor:
         except queue.Empty:
             return
         while True:
-            self.handle(event)
+            try:
+                self.handle(event)
+            except Exception:
+                # One event that cannot be handled must not take the supervision down.
+                log.exception("event_failed: %r", event)
             try:
                 event = self._events.get_nowait()
             except queue.Empty:
@@ -351,13 +355,16 @@ class Supervisor:
     def _next_wakeup_s(self) -> float:
         now = self._clock()
         deadlines = [now + MAX_WAIT_S, self._last_status_write_s + STATUS_REFRESH_S]
+        if self._status_dirty:
+            deadlines.append(self._last_status_write_s + STATUS_MIN_INTERVAL_S)
         worker = self.worker
         if worker is not None:
             if worker.kill_at_s is not None:
                 deadlines.append(worker.kill_at_s)
             if worker.reports_closed:
                 deadlines.append(now + 0.05)  # the exit status follows the pipe's EOF closely
-            deadlines.append(worker.last_beat_s + self.config.heartbeat_timeout)
+            if not worker.stop_reason:
+                deadlines.append(worker.last_beat_s + self.config.heartbeat_timeout)
             if self.memory.enabled:
                 deadlines.append(self.memory.next_check_s)
         elif self.want_worker and self.exit_status is None:
@@ -485,8 +492,8 @@ class Supervisor:
                 log.error("script_syntax_error: %s", problem)
             if self.worker is not None and not self.worker.stop_reason:
                 log.error(
-                    "scripts_not_reloaded: worker pid %d keeps running the previous scripts until "
-                    "they are fixed",
+                    "scripts_not_reloaded: worker pid %d is not restarted for a script that "
+                    "does not compile; saving a fixed script restarts it",
                     self.worker.pid,
                 )
                 return
@@ -498,17 +505,18 @@ class Supervisor:
     def _handle_config_changed(self, event: ConfigChanged) -> None:
         if self.exit_status is not None:
             return
-        if event.new_md5 is not None:
-            try:
-                load_config(event.path)
-            except ConfigError as error:
-                log.error(
-                    "config_change_rejected: %s, but it cannot be used: %s; running on with the "
-                    "configuration read at start",
-                    event.describe(),
-                    error,
-                )
-                return
+        try:
+            load_config(event.path)
+        except ConfigError as error:
+            # A half-edited or deleted file: exiting now would leave systemd starting a process
+            # that fails (exit 2) until the start limit; the settings in force are still good.
+            log.error(
+                "config_change_rejected: %s, but it cannot be used: %s; running on with the "
+                "configuration read at start",
+                event.describe(),
+                error,
+            )
+            return
         log.warning("config_changed: %s: exiting for systemd to start it anew", event.describe())
         self._shutdown(DaemonExit.OK, "configuration changed")
 
@@ -701,6 +709,7 @@ class Supervisor:
     def _keepalive(self, now: float) -> None:
         if self._watchdog_interval_s is None or now < self._next_watchdog_s:
             return
+        self._next_watchdog_s = now + self._watchdog_interval_s
         worker = self.worker
         hung = (
             worker is not None
@@ -711,7 +720,6 @@ class Supervisor:
         if hung:
             return  # no progress: systemd's watchdog may act before the heartbeat timeout does
         notify.watchdog()
-        self._next_watchdog_s = now + self._watchdog_interval_s
 
     def _publish(self, now: float) -> None:
         self._update_state()

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
+SEND_TIMEOUT_S = 0.5
+"""Longest a notification may wait for room in the receiver's queue before it is dropped."""
+
 
 def _address(value: str) -> str | bytes:
     # sd_notify(3): a leading '@' names a socket in the abstract namespace (leading NUL byte).
@@ -36,6 +39,9 @@ def notify(message: str, *, env: Mapping[str, str] | None = None) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # A datagram send blocks while the receiver's queue is full; never hang the
+            # supervisor's loop on systemd (or on a test that stopped reading).
+            sock.settimeout(SEND_TIMEOUT_S)
             sock.connect(_address(target))
             sock.sendall(message.encode())
     except OSError as error:

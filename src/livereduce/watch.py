@@ -328,6 +328,11 @@ class Watcher:
             self._notifier.process_events()
 
     def _on_inotify(self, event: pyinotify.Event) -> None:
+        if event.mask & pyinotify.IN_Q_OVERFLOW:
+            # Events were lost: compare everything once the files are quiet.
+            self._refresh_needed = True
+            self._activity("inotify", None)
+            return
         path = Path(event.pathname)
         if event.mask & _SELF_EVENTS:
             self._refresh_needed = True

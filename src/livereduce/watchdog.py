@@ -264,10 +264,21 @@ def _micro(value: str | None) -> float | None:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="livereduce-watchdog", description=__doc__.split("\n")[0])
-    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG_PATH))
+    parser = argparse.ArgumentParser(
+        prog="livereduce-watchdog",
+        description="Restart livereduce.service when its status file shows no progress for "
+        "watchdog.threshold seconds; leave it alone when it was stopped (docs/systemd.md).",
+    )
+    parser.add_argument(
+        "config", nargs="?", default=str(DEFAULT_CONFIG_PATH), help="default %(default)s"
+    )
     parser.add_argument("--unit", default=UNIT, help="unit to watch (default %(default)s)")
-    parser.add_argument("--status-file", type=Path, help="the daemon's status file")
+    parser.add_argument(
+        "--status-file",
+        type=Path,
+        help=f"the daemon's status file (default: the config's status_file, else "
+        f"{SYSTEMD_STATUS_FILE})",
+    )
     parser.add_argument("--systemctl", default="systemctl", help="systemctl program")
     parser.add_argument("--log-file", type=Path, help="also log to this file")
     parser.add_argument("--once", action="store_true", help="check once and exit")

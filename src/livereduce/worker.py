@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from livereduce.config import Config, ConfigError, Engine as EngineChoice, config_from_mapping
+from livereduce.config import Config, ConfigError, config_from_mapping
+from livereduce.config import Engine as EngineChoice
 from livereduce.engine import Engine, EngineUnavailable, choose_engine
 from livereduce.listeners.base import ListenerError
 from livereduce.logsetup import configure_logging
@@ -35,7 +36,9 @@ def read_config(stream: Any) -> Config:
         message = json.load(stream)
         raw, path = message["raw"], message.get("path")
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ConfigError(None, None, f"the worker's standard input is not a configuration message: {error}") from None
+        raise ConfigError(
+            None, None, f"the worker's standard input is not a configuration message: {error}"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(None, None, "the worker's configuration message has no 'raw' object")
     return config_from_mapping(raw, Path(path) if path else None, check_scripts=False)
@@ -82,13 +85,13 @@ def run_worker(config: Config, report_fd: int) -> WorkerExit:
         log.info("engine_chosen: %s (%s)", choice, reason)
         engine = make_engine(choice, config)
     except (EngineUnavailable, ConfigError, ValueError) as error:
-        log.error("worker_boot_failed: %s", error)  # noqa: TRY400 - the message names the problem
+        log.error("worker_boot_failed: %s", error)
         _final(reporter, f"cannot start: {error}")
         return WorkerExit.BOOT_FAILURE
     try:
         return engine.run(stop, reporter)
     except ListenerError as error:
-        log.error("listener_failed: %s", error)  # noqa: TRY400
+        log.error("listener_failed: %s", error)
         _final(reporter, f"listener failed: {error}")
         return WorkerExit.ENGINE_FAILURE
     except Exception as error:
@@ -105,14 +108,16 @@ def _final(reporter: _Reporter, error: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the WorkerExit status."""
-    parser = argparse.ArgumentParser(prog="python -m livereduce.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m livereduce.worker", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--report-fd", type=int, required=True, help="pipe fd for progress reports")
     args = parser.parse_args(argv)
     try:
         config = read_config(sys.stdin)
     except ConfigError as error:
         logging.basicConfig(level=logging.INFO)
-        log.error("worker_boot_failed: %s", error)  # noqa: TRY400
+        log.error("worker_boot_failed: %s", error)
         return WorkerExit.BOOT_FAILURE
     configure_logging(config, process="worker")
     return int(run_worker(config, args.report_fd))

@@ -95,7 +95,7 @@ class AdaraClient:
         self._sock = sock
         self.last_receive_monotonic = time.monotonic()
         self._thread = threading.Thread(
-            target=self._read, name=f"adara-client-{self.address}", daemon=True
+            target=self._read, args=(sock,), name=f"adara-client-{self.address}", daemon=True
         )
         self._thread.start()
 
@@ -123,9 +123,7 @@ class AdaraClient:
         """The failure that ended the connection, once get() has delivered it."""
         return self._ended
 
-    def _read(self) -> None:
-        assert self._sock is not None
-        sock = self._sock
+    def _read(self, sock: socket.socket) -> None:
         while not self._closed.is_set():
             try:
                 data = sock.recv(RECV_BYTES)

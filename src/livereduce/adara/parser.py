@@ -62,6 +62,7 @@ class StreamParser:
 
     Counters: ``packets`` (decoded packets yielded), ``skipped`` (Counter of format word ->
     packets skipped because no decoder exists), ``offset`` (stream bytes consumed so far).
+    Not thread-safe: one thread feeds and iterates.
     """
 
     def __init__(self, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES):
@@ -142,13 +143,14 @@ class StreamParser:
         while True:
             if self._position == len(self._head) and self._tail:
                 self._next_piece()
+            buffered = len(self._head) - self._position + self._tail_bytes
             header = self._header
             if header is None:
-                if self.buffered < HEADER_SIZE:
+                if buffered < HEADER_SIZE:
                     return None
                 header = self._read_header()
             size = HEADER_SIZE + header.payload_length
-            if self.buffered < size:
+            if buffered < size:
                 return None
             offset = self._consumed
             self._header = None
@@ -185,8 +187,11 @@ class StreamParser:
     def _peek(self, size: int) -> bytes:
         """The next ``size`` buffered bytes (there are at least that many), without joining
         the rest of the buffer."""
-        parts = [self._head[self._position : self._position + size]]
-        have = len(parts[0])
+        first = self._head[self._position : self._position + size]
+        if len(first) == size:
+            return first
+        parts = [first]
+        have = len(first)
         for piece in self._tail:
             if have >= size:
                 break

@@ -62,11 +62,8 @@ def join_packets(stream: RunStream, i: int) -> list[bytes]:
     """What a client joining ``stream`` at item ``i`` gets first: the join head, then the
     latest value of every PV sent before item ``i`` (an SMS replays its variable cache)."""
     slots = stream.variable_slot[:i]
-    seen = slots >= 0
-    latest: dict[int, int] = {}
-    for index in np.flatnonzero(seen):
-        latest[int(slots[index])] = int(index)
-    return [*stream.join_head, *(stream.items[j] for j in sorted(latest.values()))]
+    latest = {int(slots[k]): k for k in np.flatnonzero(slots >= 0).tolist()}
+    return [*stream.join_head, *(stream.items[k] for k in sorted(latest.values()))]
 
 
 def build_run_stream(run: RunFile) -> RunStream:
@@ -95,8 +92,8 @@ def build_run_stream(run: RunFile) -> RunStream:
     keys.append(np.repeat(pulse_keys, per_pulse))
     slots.append(np.full(len(pulse_packets), -1, dtype=np.int32))
 
-    all_keys = np.concatenate(keys) if keys else np.empty(0, np.int64)
-    all_slots = np.concatenate(slots) if slots else np.empty(0, np.int32)
+    all_keys = np.concatenate(keys)
+    all_slots = np.concatenate(slots)
     order = np.argsort(all_keys, kind="stable")
     end_run = packets.encode(
         packets.RunStatus(
@@ -203,6 +200,13 @@ def _pulse_packets(run: RunFile) -> list[bytes]:
             )
     charge = np.rint(run.proton_charge_pc / 10.0).astype(np.int64).tolist()
     times = run.pulse_times_ns.tolist()
+    # most pulses of a real run have no events: their (immutable) sections are shared
+    no_banks = (packets.SourceSection(source_id=SOURCE_ID),)
+    no_monitor_events = {
+        m.ident: packets.MonitorSection(monitor_id=m.ident, source_id=SOURCE_ID)
+        for m in run.monitors
+    }
+    monitor_bounds = [m.pulse_begin.tolist() for m in run.monitors]
     out: list[bytes] = []
     for p in range(run.pulse_count):
         preamble = {
@@ -210,30 +214,23 @@ def _pulse_packets(run: RunFile) -> list[bytes]:
             "pulse_charge_10pc": charge[p],
             "cycle": p % CYCLE_COUNT,
         }
-        out.append(
-            packets.encode(
-                packets.BankedEvent(
-                    sources=(
-                        packets.SourceSection(source_id=SOURCE_ID, banks=tuple(banks_of_pulse[p])),
-                    ),
-                    **preamble,
-                )
-            )
+        banks = banks_of_pulse[p]
+        sources = (
+            (packets.SourceSection(source_id=SOURCE_ID, banks=tuple(banks)),) if banks else no_banks
         )
+        out.append(packets.encode(packets.BankedEvent(sources=sources, **preamble)))
         if run.monitors:
-            out.append(
-                packets.encode(
-                    packets.BeamMonitorEvent(
-                        monitors=tuple(
-                            packets.MonitorSection.from_arrays(
-                                m.ident,
-                                m.tof_100ns[m.pulse_begin[p] : m.pulse_begin[p + 1]],
-                                source_id=SOURCE_ID,
-                            )
-                            for m in run.monitors
-                        ),
-                        **preamble,
+            sections = []
+            for m, bounds in zip(run.monitors, monitor_bounds, strict=True):
+                lo, hi = bounds[p], bounds[p + 1]
+                sections.append(
+                    packets.MonitorSection.from_arrays(
+                        m.ident, m.tof_100ns[lo:hi], source_id=SOURCE_ID
                     )
+                    if hi > lo
+                    else no_monitor_events[m.ident]
                 )
+            out.append(
+                packets.encode(packets.BeamMonitorEvent(monitors=tuple(sections), **preamble))
             )
     return out

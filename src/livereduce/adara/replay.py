@@ -49,6 +49,8 @@ HEARTBEAT_S = 1.0
 """Idle time after which a client gets a heartbeat; well under any stale-stream timeout."""
 SEND_BATCH_BYTES = 256 * 1024
 """Packets are joined into sends of about this size: few syscalls, prompt pacing and stop."""
+PULSE_PERIOD_S = 1 / 60
+"""The SNS accelerator's pulse period: the shortest time a run takes on the timeline."""
 HELLO_TIMEOUT_S = 60.0
 """A connection that has not said hello by then is closed (a port scan, a wrong client)."""
 
@@ -77,7 +79,10 @@ class _Timeline:
         self._durations = [self._duration(s) for s in streams]
 
     def _duration(self, stream: RunStream) -> float:
-        return float(stream.offsets_s[-1]) / self.speed if self.speed > 0 else 0.0
+        # at least one 60 Hz pulse period, so that --loop over one-pulse files still advances
+        return (
+            max(float(stream.offsets_s[-1]), PULSE_PERIOD_S) / self.speed if self.speed > 0 else 0.0
+        )
 
     def stream(self, n: int) -> RunStream:
         """The run at timeline position ``n``."""
@@ -166,6 +171,7 @@ class _Client:
         self.sock = sock
         self.peer = peer
         self.sent_packets = 0
+        self.start_request = "no hello"
         self._last_send = time.monotonic()
         self.thread = threading.Thread(target=self._run, name=f"replay-{peer}", daemon=True)
 
@@ -173,7 +179,8 @@ class _Client:
         reason = "closed by the server"
         try:
             start = self._read_hello()
-            log.info("client %s said hello (start %s)", self.peer, _describe_start(start))
+            self.start_request = _describe_start(start)
+            log.debug("client %s said hello (start %s)", self.peer, self.start_request)
             if self.server.timeline.start():
                 self._stream(_Position(0, 0))  # the first client starts the timeline
             else:
@@ -188,7 +195,11 @@ class _Client:
             with contextlib.suppress(OSError):
                 self.sock.close()
             log.info(
-                "client %s disconnected (%s) after %d packets", self.peer, reason, self.sent_packets
+                "client %s disconnected (%s) after %d packets (start %s)",
+                self.peer,
+                reason,
+                self.sent_packets,
+                self.start_request,
             )
             self.server._forget(self)
 
@@ -201,7 +212,9 @@ class _Client:
             except TimeoutError as exc:
                 raise _ClientGone(f"no client hello within {HELLO_TIMEOUT_S:.0f} s") from exc
             if not data:
-                raise _ClientGone("closed by the client before its hello")
+                raise _ClientGone(
+                    "server stopping" if self.server.stopping else "closed before its hello"
+                )
             for packet in parser.feed(data):
                 if isinstance(packet, packets.ClientHello):
                     self.sock.settimeout(None)
@@ -345,16 +358,15 @@ class ReplayServer:
             ", loop" if self.timeline.loop else "",
         )
         self._accept_thread = threading.Thread(
-            target=self._accept, name="replay-accept", daemon=True
+            target=self._accept, args=(sock,), name="replay-accept", daemon=True
         )
         self._accept_thread.start()
         return self
 
-    def _accept(self) -> None:
-        assert self._listener is not None
+    def _accept(self, listening: socket.socket) -> None:
         while not self.stopping:
             try:
-                sock, address = self._listener.accept()
+                sock, address = listening.accept()
             except OSError:
                 return  # the listening socket was closed by stop()
             peer = f"{address[0]}:{address[1]}"

@@ -149,7 +149,10 @@ def _read(path: Path, h5: h5py.File) -> RunFile:
     )
     if not event_groups:
         raise RunFileError(f"{path}: /entry has no bank<N>_events group")
-    pulses_ns = _times_ns(path, entry[event_groups[0]]["event_time_zero"])
+    first = entry[event_groups[0]]
+    if not isinstance(first.get("event_time_zero"), h5py.Dataset):
+        raise RunFileError(f"{path}: {first.name} has no event_time_zero")
+    pulses_ns = _times_ns(path, first["event_time_zero"])
     banks = tuple(_event_group(path, entry, name, pulses_ns) for name in event_groups)
     monitors = tuple(
         _event_group(path, entry, name, pulses_ns)
@@ -160,7 +163,7 @@ def _read(path: Path, h5: h5py.File) -> RunFile:
     name_ds = instrument.get("name")
     return RunFile(
         path=path,
-        run_number=int(_text(path, entry, "run_number")),
+        run_number=_run_number(path, entry),
         title=_text(path, entry, "title", ""),
         experiment=_text(path, entry, "experiment_identifier", ""),
         start_time_ns=_start_time_ns(path, entry, pulses_ns),
@@ -177,6 +180,13 @@ def _read(path: Path, h5: h5py.File) -> RunFile:
         monitors=monitors,
         logs=_logs(path, entry),
     )
+
+
+def _run_number(path: Path, entry: h5py.Group) -> int:
+    text = _text(path, entry, "run_number")
+    if not text.strip().isdigit():
+        raise RunFileError(f"{path}: /entry/run_number {text!r} is not a run number")
+    return int(text)
 
 
 def _bank_sort_key(name: str) -> tuple[int, str]:

@@ -72,8 +72,10 @@ class Accumulation:
         else:
             try:
                 self._root.check(chunk)
-            except SCIPP_ERRORS as error:
-                raise AccumulationError(f"cannot {method} this chunk to the accumulation: {error}") from None
+            except (AccumulationError, *SCIPP_ERRORS) as error:
+                raise AccumulationError(
+                    f"cannot {method} this chunk to the accumulation: {error}"
+                ) from None
             self._root.add(chunk)
         self.version += 1
 
@@ -102,7 +104,7 @@ def _is_binned(value: Any) -> bool:
     return isinstance(value, sc.DataArray | sc.Variable) and value.bins is not None
 
 
-def _make_node(value: Any, method: AccumulationMethod) -> _Node:
+def _make_node(value: Any, method: AccumulationMethod) -> _Node:  # noqa: PLR0911 - one per rule
     if isinstance(value, sc.DataGroup):
         return _GroupNode(value, method)
     if not isinstance(value, sc.DataArray | sc.Dataset | sc.Variable):
@@ -158,7 +160,9 @@ class _GroupNode(_Node):
     def check(self, value: Any) -> None:
         if not isinstance(value, sc.DataGroup) or set(value) != set(self._items):
             got = sorted(value) if isinstance(value, sc.DataGroup) else type(value).__name__
-            raise AccumulationError(f"expected a DataGroup with items {sorted(self._items)}, got {got}")
+            raise AccumulationError(
+                f"expected a DataGroup with items {sorted(self._items)}, got {got}"
+            )
         for key, node in self._items.items():
             try:
                 node.check(value[key])
@@ -182,11 +186,15 @@ class _SumNode(_Node):
 
     def check(self, value: Any) -> None:
         if type(value) is not type(self._sum):
-            raise AccumulationError(f"expected a {type(self._sum).__name__}, got {type(value).__name__}")
+            raise AccumulationError(
+                f"expected a {type(self._sum).__name__}, got {type(value).__name__}"
+            )
         if _is_binned(value):
             raise AccumulationError("the accumulation holds a histogram; the chunk holds events")
         if value.sizes != self._sum.sizes:
-            raise AccumulationError(f"expected sizes {dict(self._sum.sizes)}, got {dict(value.sizes)}")
+            raise AccumulationError(
+                f"expected sizes {dict(self._sum.sizes)}, got {dict(value.sizes)}"
+            )
         if isinstance(value, sc.DataArray | sc.Dataset):
             _check_coords(self._sum, value)
         if isinstance(value, sc.DataArray | sc.Variable) and value.unit != self._sum.unit:
@@ -203,7 +211,9 @@ def _check_coords(accumulated: Any, value: Any) -> None:
     for name, coord in accumulated.coords.items():
         other = value.coords.get(name)
         if other is None or not sc.identical(coord, other):
-            raise AccumulationError(f"coordinate '{name}' differs from the accumulation's; Add needs equal coordinates")
+            raise AccumulationError(
+                f"coordinate '{name}' differs from the accumulation's; Add needs equal coordinates"
+            )
 
 
 class _JoinNode(_Node):
@@ -214,8 +224,14 @@ class _JoinNode(_Node):
         self._pieces = [value]
 
     def check(self, value: Any) -> None:
-        if type(value) is not type(self._pieces[-1]) or not value.dims or value.dims[0] != self._dim:
-            raise AccumulationError(f"expected a {type(self._pieces[-1]).__name__} with first dimension '{self._dim}'")
+        if (
+            type(value) is not type(self._pieces[-1])
+            or not value.dims
+            or value.dims[0] != self._dim
+        ):
+            raise AccumulationError(
+                f"expected a {type(self._pieces[-1]).__name__} with first dimension '{self._dim}'"
+            )
         _check_join(self._pieces[-1], value, self._dim)
 
     def add(self, value: Any) -> None:
@@ -236,7 +252,9 @@ class _MergeNode(_Node):
     def check(self, value: Any) -> None:
         first = self._pieces[0]
         if type(value) is not type(first) or value.sizes != first.sizes or not _is_binned(value):
-            raise AccumulationError(f"expected binned data of sizes {dict(first.sizes)}, got {dict(value.sizes)}")
+            raise AccumulationError(
+                f"expected binned data of sizes {dict(first.sizes)}, got {dict(value.sizes)}"
+            )
         if isinstance(first, sc.DataArray | sc.Dataset):
             _check_coords(first, value)
 
@@ -275,7 +293,11 @@ class _EventBufferNode(_Node):
                 f"the chunk's events have fields {_layout(table)}, the accumulation's {layout}"
             )
         probe = value[self._dim, :1]
-        _check_join(self._outer[-1], _outer(probe, np.zeros((probe.sizes[self._dim], 2), np.int64)), self._dim)
+        _check_join(
+            self._outer[-1],
+            _outer(probe, np.zeros((probe.sizes[self._dim], 2), np.int64)),
+            self._dim,
+        )
 
     def add(self, value: Any) -> None:
         table = _table(value)
@@ -290,7 +312,12 @@ class _EventBufferNode(_Node):
         count = int(end[-1]) - first if len(end) else 0
         self._reserve(table, count)
         if count:
-            _copy_fields(table[self._event_dim, first : first + count], self._buffer, self._event_dim, self._size)
+            _copy_fields(
+                table[self._event_dim, first : first + count],
+                self._buffer,
+                self._event_dim,
+                self._size,
+            )
         starts = begin - first + self._size
         self._outer.append(_outer(value, np.stack([starts, end - first + self._size], axis=-1)))
         self._size += count
@@ -299,7 +326,9 @@ class _EventBufferNode(_Node):
         capacity = self._buffer.sizes[self._event_dim] if self._buffer is not None else 0
         if self._size + count <= capacity:
             return
-        grown = _empty_like(table, self._event_dim, max(2 * capacity, self._size + count, _MIN_CAPACITY))
+        grown = _empty_like(
+            table, self._event_dim, max(2 * capacity, self._size + count, _MIN_CAPACITY)
+        )
         if self._buffer is not None and self._size:
             _copy_fields(self._buffer[self._event_dim, : self._size], grown, self._event_dim, 0)
         self._buffer = grown
@@ -313,7 +342,8 @@ class _EventBufferNode(_Node):
             begin=sc.array(dims=[self._dim], values=ranges[:, 0], unit=None),
             end=sc.array(dims=[self._dim], values=ranges[:, 1], unit=None),
             dim=self._event_dim,
-            data=self._buffer.copy(deep=False),
+            # The used part only (a view): scipp's HDF5 writer writes a binned buffer whole.
+            data=self._buffer[self._event_dim, : self._size].copy(deep=False),
         )
         coords = {**self._fixed_coords, **outer.coords}
         return sc.DataArray(data, coords=coords, masks=dict(outer.masks))
@@ -358,7 +388,11 @@ def _layout(table: sc.DataArray) -> tuple:
 def _empty_like(table: sc.DataArray, dim: str, capacity: int) -> sc.DataArray:
     def empty(var: sc.Variable) -> sc.Variable:
         return sc.empty(
-            dims=[dim], shape=[capacity], dtype=var.dtype, unit=var.unit, with_variances=var.variances is not None
+            dims=[dim],
+            shape=[capacity],
+            dtype=var.dtype,
+            unit=var.unit,
+            with_variances=var.variances is not None,
         )
 
     return sc.DataArray(

@@ -80,7 +80,13 @@ def to_histogram(result: Any) -> Any:
 
 def _has_data(chunk: Chunk) -> bool:
     monitors = sum(m.bins.size().sum().value for m in chunk.monitors.values() if m.bins is not None)
-    return chunk.event_count > 0 or monitors > 0 or chunk.begins_run or chunk.ends_run or chunk.data_reset
+    return (
+        chunk.event_count > 0
+        or monitors > 0
+        or chunk.begins_run
+        or chunk.ends_run
+        or chunk.data_reset
+    )
 
 
 class EmbeddedEngine:
@@ -110,7 +116,9 @@ class EmbeddedEngine:
         self._run_logs: dict[str, list[sc.DataArray]] = {}
         self._replace_next = True
         self._received_data = False
-        self.progress = Progress(state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name)
+        self.progress = Progress(
+            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+        )
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -125,7 +133,8 @@ class EmbeddedEngine:
         self._set(WorkerState.CONNECTING, f"starting {self.listener.name}")
         report(self.progress)
         log.info(
-            "engine_started: embedded engine, listener %s, start_from %s, update_every %g s, %s, preserve_events %s",
+            "engine_started: embedded engine, listener %s, start_from %s, update_every %g s, "
+            "accumulation %s, preserve_events %s",
             self.listener.name, self.config.start_from, self.config.update_every,
             self.config.accum_method, self.config.preserve_events,
         )  # fmt: skip
@@ -133,7 +142,7 @@ class EmbeddedEngine:
             self.listener.start(self.config.start_from)
             return self._loop(stop, report)
         except ListenerError as error:
-            log.error("listener_failed: %s", error)  # noqa: TRY400 - the message says it all
+            log.error("listener_failed: %s", error)
             self._set(WorkerState.ERROR, f"listener failed: {error}", last_error=str(error))
             report(self.progress)
             return WorkerExit.ENGINE_FAILURE
@@ -156,7 +165,15 @@ class EmbeddedEngine:
             elif now - last_report >= HEARTBEAT_INTERVAL_S:
                 report(self.progress)
                 last_report = now
-            stop.wait(max(0.0, min(next_chunk - self._clock(), HEARTBEAT_INTERVAL_S - (self._clock() - last_report))))
+            stop.wait(
+                max(
+                    0.0,
+                    min(
+                        next_chunk - self._clock(),
+                        HEARTBEAT_INTERVAL_S - (self._clock() - last_report),
+                    ),
+                )
+            )
         log.info("engine_stopping: %s", stop.reason or "stop requested")
         return WorkerExit.STOPPED
 
@@ -214,17 +231,28 @@ class EmbeddedEngine:
 
     def _process(self, chunk: Chunk, began: float, extracted: float) -> StepOutcome:
         run = self._run_context()
-        result = self._script("processing", self.config.existing_scripts()[0], chunk.events, run, chunk.monitors)
+        result = self._script(
+            "processing", self.config.existing_scripts()[0], chunk.events, run, chunk.monitors
+        )
         processed = self._clock()
         if isinstance(result, ScriptFailure):
-            return self._lost(chunk, result.summary(), result.traceback, began, extracted, processed)
+            return self._lost(
+                chunk,
+                result.summary(),
+                result.traceback,
+                began=began,
+                extracted=extracted,
+                processed=processed,
+            )
         if not self.config.preserve_events:
             result = to_histogram(result)
         method, replace = self.config.accum_method, self._replace_next
         try:
             self.accumulation.accumulate(method, result, replace=replace)
         except AccumulationError as error:
-            return self._lost(chunk, str(error), "", began, extracted, processed)
+            return self._lost(
+                chunk, str(error), "", began=began, extracted=extracted, processed=processed
+            )
         try:
             self._monitors.accumulate(method, sc.DataGroup(dict(chunk.monitors)), replace=replace)
         except AccumulationError as error:
@@ -242,8 +270,12 @@ class EmbeddedEngine:
             self._output_version += 1
             wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
         written = self._clock()
-        self.progress = self.progress.with_(chunks=self.progress.chunks + 1, last_chunk_time=time.time())
-        self._set(WorkerState.RUNNING, f"{self._describe(chunk)}: chunk {self.progress.chunks} processed")
+        self.progress = self.progress.with_(
+            chunks=self.progress.chunks + 1, last_chunk_time=time.time()
+        )
+        self._set(
+            WorkerState.RUNNING, f"{self._describe(chunk)}: chunk {self.progress.chunks} processed"
+        )
         return StepOutcome(
             events=chunk.event_count,
             processed=True,
@@ -263,7 +295,7 @@ class EmbeddedEngine:
             monitors = self._monitors.value()
         except SCIPP_ERRORS as error:
             self._count_error(f"cannot read the accumulation: {error}")
-            log.error("accumulation_unreadable: %s", error)  # noqa: TRY400
+            log.error("accumulation_unreadable: %s", error)
             return None
         script = self.config.existing_scripts()[1]
         if script is None:
@@ -285,16 +317,32 @@ class EmbeddedEngine:
         outcome = runner.run(data, run, monitors)
         return outcome.failure if outcome.failure is not None else outcome.output
 
-    def _lost(self, chunk: Chunk, summary: str, trace: str, began: float, extracted: float, processed: float) -> StepOutcome:
+    def _lost(
+        self,
+        chunk: Chunk,
+        summary: str,
+        trace: str,
+        *,
+        began: float,
+        extracted: float,
+        processed: float,
+    ) -> StepOutcome:
         self._count_error(summary)
-        log.error("chunk_lost: %s: %s%s", self._describe(chunk), summary, f"\n{trace}" if trace else "")
+        log.error(
+            "chunk_lost: %s: %s%s", self._describe(chunk), summary, f"\n{trace}" if trace else ""
+        )
         self._set(WorkerState.RUNNING, f"{self._describe(chunk)}: chunk lost: {summary}")
         return StepOutcome(
-            events=chunk.event_count, failed=True, extract_s=extracted - began, process_s=processed - extracted
+            events=chunk.event_count,
+            failed=True,
+            extract_s=extracted - began,
+            process_s=processed - extracted,
         )
 
     def _count_error(self, summary: str) -> None:
-        self.progress = self.progress.with_(errors=self.progress.errors + 1, last_error=summary[-500:])
+        self.progress = self.progress.with_(
+            errors=self.progress.errors + 1, last_error=summary[-500:]
+        )
 
     # -- run transitions -----------------------------------------------------------------
 
@@ -310,7 +358,10 @@ class EmbeddedEngine:
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
         if behavior is RunTransitionBehavior.STOP:
-            self._set(WorkerState.RUN_ENDED, f"run {run.number} ended; run_transition Stop: monitoring stopped")
+            self._set(
+                WorkerState.RUN_ENDED,
+                f"run {run.number} ended; run_transition Stop: monitoring stopped",
+            )
             return True
         return False
 

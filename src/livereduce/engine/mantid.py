@@ -116,7 +116,7 @@ def resolve_instrument(config_service: Any, name: str) -> MantidInstrument:
     current = config_service.getFacility().name()
     if facility != current:
         log.info(
-            "instrument %s belongs to facility %s: switching Mantid from %s",
+            "facility_switched: instrument %s belongs to facility %s, Mantid's default was %s",
             info.name(),
             facility,
             current,
@@ -171,7 +171,7 @@ def listener_settings(config: Config) -> dict[str, str]:
         key = LISTENER_SETTINGS.get((config.listener, option))
         if key is None:
             log.warning(
-                "listener_options.%s has no Mantid equivalent; ignored by the Mantid engine", option
+                "listener_option_ignored: listener_options.%s has no Mantid equivalent", option
             )
             continue
         settings[key] = str(int(value)) if float(value).is_integer() else str(value)
@@ -223,7 +223,9 @@ def start_live_data_properties(
     return properties
 
 
-_CONFIG_KEY_OF = {"PeriodList": "periods", "SpectraList": "spectra"}
+LISTENER_PROPERTIES = {"PeriodList": "periods", "SpectraList": "spectra"}
+"""StartLiveData properties declared by the listener, not by StartLiveData itself, and the
+configuration keys they come from (mantid-live-data.md §1)."""
 
 
 def create_start_live_data(api: ModuleType, properties: Mapping[str, Any]) -> Any:
@@ -234,14 +236,15 @@ def create_start_live_data(api: ModuleType, properties: Mapping[str, Any]) -> An
     algorithm = api.AlgorithmManager.create("StartLiveData")
     algorithm.setRethrows(True)
     for name, value in properties.items():
-        if name not in algorithm:
-            key = _CONFIG_KEY_OF.get(name, name)
+        if name not in algorithm and name in LISTENER_PROPERTIES:
             listener = properties.get("Listener") or "its Facilities.xml listener"
             raise MantidBootError(
-                f"key '{key}': StartLiveData for {properties['Instrument']} with {listener} has no "
-                f"{name} property (only listeners that declare it, such as ISISHistoDataListener, "
-                "take it)"
+                f"key '{LISTENER_PROPERTIES[name]}': StartLiveData for {properties['Instrument']} "
+                f"with {listener} has no {name} property (only listeners that declare it, such "
+                "as ISISHistoDataListener, take it)"
             )
+        if name not in algorithm:
+            raise MantidBootError(f"this Mantid's StartLiveData has no {name} property")
         try:
             algorithm.setProperty(name, value)
         except (ValueError, RuntimeError, TypeError) as error:
@@ -401,7 +404,10 @@ class MantidEngine:
         except MantidBootError as error:
             return _failed(report, progress, WorkerExit.BOOT_FAILURE, str(error))
         progress = progress.with_(instrument=instrument.name)
-        log.info("StartLiveData(%s)", ", ".join(f"{k}={v!r}" for k, v in properties.items()))
+        log.info(
+            "start_live_data: StartLiveData(%s)",
+            ", ".join(f"{k}={v!r}" for k, v in properties.items()),
+        )
         updates = _OutputUpdates()
         observer = _observe_output(api, config.output_workspace, updates)
         watch = _Watch(
@@ -417,7 +423,7 @@ class MantidEngine:
 def _failed(
     report: Callable[[Progress], None], progress: Progress, code: WorkerExit, message: str
 ) -> WorkerExit:
-    log.error("Mantid engine: %s", message)
+    log.error("mantid_failed: %s", message)
     report(
         progress.with_(
             state=WorkerState.ERROR, detail=message, errors=progress.errors + 1, last_error=message
@@ -483,7 +489,7 @@ class _Watch:
         if self.monitor.isExecuted():
             if self.engine.config.run_transition is RunTransitionBehavior.STOP:
                 message = "the run ended and run_transition is Stop: live data monitoring stopped"
-                log.info(message)
+                log.info("run_ended: %s", message)
                 self._send(WorkerState.RUN_ENDED, message)
                 return WorkerExit.STOPPED
             return self._fail("MonitorLiveData ended although run_transition is not Stop")
@@ -512,7 +518,7 @@ class _Watch:
         chunks, chunk_at, chunk_wall = self.updates.snapshot()
         if chunks != self.reported_chunks:
             if self.stalled:
-                log.info("chunks arrive again (%d so far): heartbeats resume", chunks)
+                log.info("heartbeats_resumed: chunks arrive again (%d so far)", chunks)
             self.stalled = False
             self.progress = self.progress.with_(chunks=chunks, last_chunk_time=chunk_wall)
             self.reported_chunks = chunks
@@ -540,7 +546,8 @@ class _Watch:
         if not self.stalled:
             self.stalled = True
             log.warning(
-                "no chunk for %.0f s (update_every %g s) and Mantid is not waiting for data: "
+                "heartbeats_stopped: no chunk for %.0f s (update_every %g s) and Mantid is not "
+                "waiting for data: "
                 "heartbeats stop so that the supervisor restarts the worker",
                 since,
                 update_every,
@@ -561,26 +568,31 @@ class _Watch:
     def _stop(self, reason: str) -> WorkerExit:
         wait_s = min(self.engine.config.stop_timeout / 2, CANCEL_WAIT_MAX_S)
         if self.monitor is None and self.thread.is_alive():
-            log.info("stop requested (%s): cancelling StartLiveData", reason)
+            log.info("engine_stopping: %s: cancelling StartLiveData", reason)
             if not _cancel(self.start, "StartLiveData", lambda: not self.thread.is_alive(), wait_s):
                 log.warning(
-                    "StartLiveData still runs %.1f s after cancel; leaving it to the process exit",
+                    "start_still_running: StartLiveData still runs %.1f s after cancel; "
+                    "leaving it to the process exit",
                     wait_s,
                 )
                 return WorkerExit.STOPPED
             if "ok" in self.outcome:
                 self.monitor = self.start.getProperty("MonitorLiveData").value
         if self.monitor is not None:
-            log.info("stop requested (%s): cancelling MonitorLiveData", reason)
+            log.info("engine_stopping: %s: cancelling MonitorLiveData", reason)
             began = time.monotonic()
             if _cancel(
                 self.monitor, "MonitorLiveData", lambda: not self.monitor.isRunning(), wait_s
             ):
-                log.info("MonitorLiveData stopped %.1f s after cancel", time.monotonic() - began)
+                log.info(
+                    "monitor_stopped: MonitorLiveData stopped %.1f s after cancel",
+                    time.monotonic() - began,
+                )
             else:
                 log.warning(
-                    "MonitorLiveData still runs %.1f s after cancel; leaving it to the process "
-                    "exit (the supervisor kills the worker after stop_timeout)",
+                    "monitor_still_running: MonitorLiveData still runs %.1f s after cancel; "
+                    "leaving it to the process exit (the supervisor kills the worker after "
+                    "stop_timeout)",
                     wait_s,
                 )
         return WorkerExit.STOPPED

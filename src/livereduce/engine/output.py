@@ -10,6 +10,7 @@ ends and stops force a write, so finished runs are always complete on disk.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 class OutputWriter:
     """Writes one output workspace; ``clock`` is monotonic seconds (injected by tests)."""
 
-    def __init__(self, output_dir: Path, name: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, output_dir: Path, name: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = Path(output_dir) / f"{name}.h5"
         self._name = name
         self._clock = clock
@@ -64,7 +67,8 @@ class OutputWriter:
             os.replace(temporary, target)
         except (OSError, *SCIPP_ERRORS) as error:
             log.error("output_write_failed: cannot write %s: %s", target, error)
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             return False
         return True
 
@@ -82,6 +86,7 @@ class OutputWriter:
             os.replace(temporary, kept)
         except OSError as error:
             log.error("output_keep_failed: cannot keep %s as %s: %s", self.path, kept, error)
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             return None
         return kept

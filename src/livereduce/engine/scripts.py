@@ -89,7 +89,9 @@ class ScriptRunner:
         try:
             source = self.path.read_bytes()
         except OSError as error:
-            return ScriptFailure(script=self.path, line=None, message=f"cannot read the {self.role} script: {error}")
+            return ScriptFailure(
+                script=self.path, line=None, message=f"cannot read the {self.role} script: {error}"
+            )
         digest = hashlib.md5(source, usedforsecurity=False).digest()
         if digest != self._digest:
             self._digest = digest
@@ -101,7 +103,10 @@ class ScriptRunner:
                 line = getattr(error, "lineno", None)
                 text = "".join(traceback.format_exception_only(type(error), error)).rstrip()
                 self._compile_failure = ScriptFailure(
-                    script=self.path, line=line, message=f"{type(error).__name__}: {getattr(error, 'msg', error)}", traceback=text
+                    script=self.path,
+                    line=line,
+                    message=f"{type(error).__name__}: {getattr(error, 'msg', error)}",
+                    traceback=text,
                 )
         return self._compile_failure
 
@@ -124,17 +129,21 @@ class ScriptRunner:
         }
         try:
             exec(self._code, namespace)  # noqa: S102 - running the user's script is the job
-        except (Exception, SystemExit) as error:
+        except (Exception, SystemExit) as error:  # noqa: BLE001 - any script fault loses one chunk
             return ScriptResult(failure=self._failure_from(error))
         output = namespace.get("output")
         if not isinstance(output, SCIPP_OUTPUT_TYPES):
-            got = "nothing (output was not assigned)" if output is None else f"a {type(output).__name__}"
+            got = (
+                "nothing (output was not assigned)"
+                if output is None
+                else f"a {type(output).__name__}"
+            )
             return ScriptResult(
                 failure=ScriptFailure(
                     script=self.path,
                     line=None,
-                    message=f"the {self.role} script must assign a scipp DataArray, Dataset, DataGroup "
-                    f"or Variable to 'output', got {got}",
+                    message=f"the {self.role} script must assign a scipp DataArray, Dataset, "
+                    f"DataGroup or Variable to 'output', got {got}",
                 )
             )
         return ScriptResult(output=output)
@@ -151,5 +160,7 @@ class ScriptRunner:
                 line = walk.tb_lineno
             walk = walk.tb_next
         text = "".join(traceback.format_exception(type(error), error, tb)).rstrip()
-        message = "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
+        message = (
+            "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
+        )
         return ScriptFailure(script=self.path, line=line, message=message, traceback=text)

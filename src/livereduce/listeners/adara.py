@@ -9,12 +9,16 @@ its packets into per-run buffers (mantid-live-data.md §3.2.4 for what Mantid do
   real banks only (the error and unmapped pseudo-banks are dropped, as Mantid does), time of
   flight = 100 ns units / 10 -> µs (plus the source's TOF offset when not yet corrected); the
   pulse charge (10 pC units) becomes the ``proton_charge`` log in pC;
-- beam monitor events -> ``monitor<ID>`` (``event_id`` = the monitor ID);
+- beam monitor events -> ``monitor<ID>`` (``event_id`` = the monitor ID; once seen in a run,
+  a monitor is in every later chunk of the run, with no events when none arrived);
 - device descriptors name the PVs; variable values become logs (u32 values of ``integer`` PVs
   are signed 32-bit, as Mantid reads them).
 
 :meth:`AdaraListener.extract_data` never blocks: it hands over what arrived since the previous
-call; a chunk never spans two runs (``ends_run`` / ``begins_run``).
+call (an empty chunk when in a run and nothing new came, also while reconnecting: the run
+goes on at the SMS); a chunk never spans two runs (``ends_run`` / ``begins_run``). It raises
+NotYet, saying why, when there is nothing to hand over outside a run: not connected yet,
+reconnecting, or waiting for a run to start.
 
 When the SMS goes away (closes cleanly, closes inside a packet, resets, or sends nothing, not
 even heartbeats, for ``stale_timeout_sec``), the listener logs why at once, drops the incomplete
@@ -141,7 +145,10 @@ class _Segment:
         self.logs: dict[str, _Log] = {}
 
     def continuation(self) -> _Segment:
-        return _Segment(self.run, begins_run=False)
+        """The next interval of the same run; monitors seen in the run stay in every chunk."""
+        following = _Segment(self.run, begins_run=False)
+        following.monitors = {name: _Events() for name in self.monitors}
+        return following
 
     def add_log(self, name: str, pv_type: str, units: str, time_ns: int, value: object) -> None:
         entry = self.logs.get(name)
@@ -305,8 +312,17 @@ class AdaraListener:
                     )
                 continue
             got_packets = True
-            with self._lock:
-                self._handle(packet)
+            try:
+                with self._lock:
+                    self._handle(packet)
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
+                # one packet the listener cannot use must not stop the stream
+                log.error(
+                    "%s packet (header time %d ns) not used: %s",
+                    type(packet).__name__,
+                    packet.timestamp_ns,
+                    exc,
+                )
         return "closed", got_packets
 
     # ------------------------------------------------------------------ packets (under _lock)
@@ -385,7 +401,8 @@ class AdaraListener:
         log.info("%s run %d", "joined" if joined else "new", number)
 
     def _close_open(self) -> None:
-        assert self._open is not None
+        if self._open is None:
+            return
         self._open.ends_run = True
         self._finished.append(self._open)
         self._open = None

@@ -100,7 +100,9 @@ class NexusListener:
 
     def _open(self) -> None:
         with h5py.File(self._path, "r") as h5:
-            entry_name = next((k for k in h5 if h5[k].attrs.get("NX_class") in (b"NXentry", "NXentry")), None)
+            entry_name = next(
+                (k for k in h5 if h5[k].attrs.get("NX_class") in (b"NXentry", "NXentry")), None
+            )
             if entry_name is None:
                 raise ValueError("no NXentry group")
             entry = h5[entry_name]
@@ -113,18 +115,25 @@ class NexusListener:
             offset_ns = _iso_to_unix_ns(_text_attr(times, "offset") or _text(entry, "start_time"))
             pulse_s = np.asarray(times[()], dtype=np.float64)
             for name in bank_names[1:]:
-                if entry[name]["event_time_zero"].shape != pulse_s.shape:
-                    raise ValueError(f"/{entry_name}/{name} has a different pulse count than {bank_names[0]}")
+                if not np.array_equal(entry[name]["event_time_zero"][()], pulse_s):
+                    raise ValueError(
+                        f"/{entry_name}/{name} has other pulses than {bank_names[0]}: "
+                        "banks are merged pulse by pulse"
+                    )
             monitor_names = [
-                k for k in entry
-                if entry[k].attrs.get("NX_class") in (b"NXmonitor", "NXmonitor") and "event_time_zero" in entry[k]
-            ]  # fmt: skip
+                k
+                for k in entry
+                if entry[k].attrs.get("NX_class") in (b"NXmonitor", "NXmonitor")
+                and "event_time_zero" in entry[k]
+            ]
             start = _text(entry, "start_time")
             run_text = _text(entry, "run_number")
             self._run = RunInfo(
                 number=int(run_text) if run_text.strip().isdigit() else 0,
                 title=_text(entry, "title"),
-                start_time=datetime.fromtimestamp(_iso_to_unix_ns(start) / 1e9, tz=UTC) if start else None,
+                start_time=datetime.fromtimestamp(_iso_to_unix_ns(start) / 1e9, tz=UTC)
+                if start
+                else None,
                 instrument=_text(entry["instrument"], "name") if "instrument" in entry else "",
                 experiment=_text(entry, "experiment_identifier"),
                 geometry_xml=_text(entry["instrument"]["instrument_xml"], "data")
@@ -133,7 +142,9 @@ class NexusListener:
             )
             self._logs = _read_logs(entry["DASlogs"]) if "DASlogs" in entry else {}
         # Pulse times can step backward in real files; release by the latest time seen so far.
-        self._pulse_offset_s = np.maximum.accumulate(pulse_s - pulse_s[0]) if pulse_s.size else pulse_s
+        self._pulse_offset_s = (
+            np.maximum.accumulate(pulse_s - pulse_s[0]) if pulse_s.size else pulse_s
+        )
         self._pulse_ns = offset_ns + np.round(pulse_s * 1e9).astype(np.int64)
         self._file = snx.File(self._path, "r")
         entry_group = self._file[entry_name]
@@ -162,7 +173,9 @@ class NexusListener:
             )
         first, stop = self._next, self._stop_pulse()
         events = self._read_events(first, stop)
-        monitors = {name: self._read_monitor(group, first, stop) for name, group in self._monitors.items()}
+        monitors = {
+            name: self._read_monitor(group, first, stop) for name, group in self._monitors.items()
+        }
         chunk = Chunk(
             events=events,
             monitors=monitors,
@@ -232,10 +245,14 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
         if values.shape[:1] != times.shape or values.ndim > 2:
             continue
         try:
-            offset_ns = _iso_to_unix_ns(_text_attr(times, "offset")) if "offset" in times.attrs else 0
+            offset_ns = (
+                _iso_to_unix_ns(_text_attr(times, "offset")) if "offset" in times.attrs else 0
+            )
         except ValueError:
             continue
-        times_ns = offset_ns + np.round(np.asarray(times[()], dtype=np.float64) * 1e9).astype(np.int64)
+        times_ns = offset_ns + np.round(np.asarray(times[()], dtype=np.float64) * 1e9).astype(
+            np.int64
+        )
         raw = values[()]
         dims = ["time"] if raw.ndim == 1 else ["time", "value_index"]
         if raw.dtype.kind in "SO":
@@ -243,10 +260,19 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
                 continue
             data = sc.array(dims=dims, values=[_decode(v) for v in raw])
         else:
-            data = sc.array(dims=dims, values=_scipp_dtype(raw), unit=_unit(_text_attr(values, "units")))
+            data = sc.array(
+                dims=dims, values=_scipp_dtype(raw), unit=_unit(_text_attr(values, "units"))
+            )
         logs[name] = (
             times_ns,
-            sc.DataArray(data, coords={"time": sc.array(dims=["time"], values=times_ns.astype("datetime64[ns]"), unit="ns")}),
+            sc.DataArray(
+                data,
+                coords={
+                    "time": sc.array(
+                        dims=["time"], values=times_ns.astype("datetime64[ns]"), unit="ns"
+                    )
+                },
+            ),
         )
     return logs
 
@@ -278,4 +304,6 @@ def from_config(config: Config) -> NexusListener:
     if not path.is_file():
         raise ConfigError(config.path, "address", f"NeXus event file {path} does not exist")
     options = config.listener_options
-    return NexusListener(path, chunks=int(options.get("chunks", 0)), speed=float(options.get("speed", 0.0)))
+    return NexusListener(
+        path, chunks=int(options.get("chunks", 0)), speed=float(options.get("speed", 0.0))
+    )

@@ -43,11 +43,8 @@ class Workspace:
     """A workspace: its name and the chunk number that produced it."""
 
     def __init__(self, name: str, chunk: int) -> None:
-        self._name = name
+        self.name = name
         self.chunk = chunk
-
-    def name(self) -> str:
-        return self._name
 
 
 class AnalysisDataServiceObserver:
@@ -128,9 +125,6 @@ class MonitorLiveData:
     def start(self) -> None:
         self._thread.start()
 
-    def name(self) -> str:
-        return "MonitorLiveData"
-
     def isRunning(self) -> bool:
         _standin.record("MonitorLiveData.isRunning")
         return self._state == "running"
@@ -197,8 +191,6 @@ class StartLiveData:
         self._values: dict[str, Any] = dict(self._BASE)
         self._set: dict[str, Any] = {}
         self._cancelled = threading.Event()
-        self._running = False
-        self._executed = False
 
     def __contains__(self, name: str) -> bool:
         _standin.record("StartLiveData.__contains__", name=name)
@@ -259,12 +251,6 @@ class StartLiveData:
         _standin.record("StartLiveData.getProperty", name=name)
         return _Property(self._values[name])
 
-    def isRunning(self) -> bool:
-        return self._running
-
-    def isExecuted(self) -> bool:
-        return self._executed
-
     def cancel(self) -> None:
         _standin.record("StartLiveData.cancel")
         if _standin.env_str("CANCEL") == "block":
@@ -273,7 +259,6 @@ class StartLiveData:
 
     def execute(self) -> bool:
         _standin.record("StartLiveData.execute", properties=self._set)
-        self._running = True
         try:
             self._execute()
         except RuntimeError as error:
@@ -281,9 +266,6 @@ class StartLiveData:
                 "error", "StartLiveData", f"Error in execution of algorithm StartLiveData:\n{error}"
             )
             raise
-        finally:
-            self._running = False
-        self._executed = True
         return True
 
     def _execute(self) -> None:

@@ -42,9 +42,6 @@ class InstrumentInfo:
     def facility(self) -> FacilityInfo:
         return FacilityInfo(self._facility)
 
-    def __str__(self) -> str:
-        return self._name
-
 
 _SNS = "SNSLiveEventDataListener"
 INSTRUMENTS = tuple(

@@ -1,0 +1,86 @@
+"""The ``livereduce`` command line: version, configuration errors (exit 2), start-up log."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from livereduce import __version__
+from livereduce.cli import main
+from test_supervisor import STOP_TIMEOUT_S, Daemon
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY = REPO / "scripts" / "livereduce.py"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+    )
+
+
+@pytest.mark.parametrize("command", [[str(ENTRY)], ["-m", "livereduce"]])
+def test_version(tmp_path, command):
+    result = run(*command, "--version", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"livereduce {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "file not found"),
+        ("{\n  'instrument': 1\n}", "invalid JSON at line 2 column 3"),
+        (
+            '{"instrument": "HYSPEC", "update_every": "often"}',
+            "key 'update_every': expected a number > 0",
+        ),
+        ('{"instrument": "HYSPEC", "accum_method": "Sum"}', "expected one of Add, Replace, Append"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_message(tmp_path, content, expected):
+    conf = tmp_path / "livereduce.conf"
+    if content is not None:
+        conf.write_text(content)
+    result = run(str(ENTRY), str(conf), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"livereduce: configuration file {conf}")
+    assert expected in lines[0]
+    assert not (tmp_path / "livereduce.log").exists()
+
+
+def test_main_returns_2_in_process(tmp_path, capsys):
+    assert main([str(tmp_path / "absent.conf")]) == 2
+    assert "absent.conf: file not found" in capsys.readouterr().err
+
+
+def test_startup_log_and_unknown_keys(tmp_path):
+    lr = Daemon(tmp_path, spelling_mistake=1, system_mem_limit_perc=55, mem_check_interval_sec=3)
+    try:
+        lr.start()
+        lr.running()
+        lr.send(signal.SIGTERM)
+        assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 0
+        first = [line.split(": ", 1)[1] for line in lr.log().splitlines()[:5]]
+    finally:
+        lr.close()
+    assert first[0] == f"livereduce_starting: version {__version__}, user '{getpass.getuser()}'"
+    assert first[1] == f"python: {sys.version.split()[0]} at {sys.executable}"
+    assert first[2] == f"config_file: {lr.conf}"
+    name, effective = first[3].split(": ", 1)
+    assert name == "effective_configuration"
+    effective = json.loads(effective)
+    assert effective["system_mem_limit_perc"] == 55
+    assert effective["mem_check_interval_sec"] == 3
+    assert effective["update_every"] == lr.raw["update_every"]
+    assert effective["heartbeat_timeout"] == lr.raw["heartbeat_timeout_sec"]
+    assert first[4].startswith("config_unknown_keys: ")
+    assert first[4].endswith("unknown key(s) ignored: spelling_mistake")

@@ -1,0 +1,365 @@
+"""The adara listener: real runs through livereduce-replay into chunks, and an SMS that goes
+away (killed and restarted, closing cleanly, closing inside a header, going silent)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import scipp as sc
+
+from livereduce.adara import packets
+from livereduce.adara.metadata_xml import ProcessVariable, device_xml
+from livereduce.adara.replay import ReplayServer
+from livereduce.config import StartFrom, config_from_mapping
+from livereduce.listeners import adara
+from livereduce.listeners.base import Chunk, Listener, NotYet
+from test_adara_client import T0, FakeSms, heartbeat, new_run
+from test_adara_replay import file_events, file_logs, sorted_rows
+
+SMALL = "REF_L_184978.nxs.h5"
+
+
+@pytest.fixture
+def sms_factory():
+    made: list[FakeSms] = []
+
+    def make(script) -> FakeSms:
+        made.append(FakeSms(script))
+        return made[-1]
+
+    yield make
+    for sms in made:
+        sms.close()
+
+
+def collect(listener: adara.AdaraListener, runs: int, timeout_s: float = 60.0) -> list[Chunk]:
+    """Chunks until ``runs`` chunks with ends_run, extracting every 0.1 s."""
+    chunks: list[Chunk] = []
+    deadline = time.monotonic() + timeout_s
+    while sum(c.ends_run for c in chunks) < runs:
+        assert time.monotonic() < deadline, f"{len(chunks)} chunks, no END_RUN in {timeout_s} s"
+        with contextlib.suppress(NotYet):
+            chunks.append(listener.extract_data())
+        time.sleep(0.1)
+    return chunks
+
+
+def rows(chunks: list[Chunk]) -> np.ndarray:
+    """(event_id, tof in 100 ns, pulse ns) of every event of ``chunks``, sorted."""
+    ids, tofs, pulses = [], [], []
+    for chunk in chunks:
+        events = chunk.events.copy()
+        events.bins.coords["pulse"] = sc.bins_like(events, events.coords["event_time_zero"])
+        table = events.bins.concat().value
+        ids.append(table.coords["event_id"].values)
+        tofs.append(np.rint(table.coords["event_time_offset"].values.astype(np.float64) * 10))
+        pulses.append(table.coords["pulse"].values.astype("datetime64[ns]").astype(np.int64))
+    return sorted_rows(np.concatenate(ids), np.concatenate(tofs), np.concatenate(pulses))
+
+
+def accumulate_like_the_engine(chunks: list[Chunk]) -> dict[int, list[Chunk]]:
+    """Run number -> the chunks that make up its accumulation: a chunk with begins_run or
+    data_reset starts it over (Replace), every other chunk is added."""
+    runs: dict[int, list[Chunk]] = collections.defaultdict(list)
+    for chunk in chunks:
+        assert chunk.run is not None
+        if chunk.begins_run or chunk.data_reset:
+            runs[chunk.run.number] = []
+        runs[chunk.run.number].append(chunk)
+    return runs
+
+
+def expected_rows(path) -> np.ndarray:
+    truth = file_events(path)
+    return sorted_rows(truth["event_id"], truth["tof_100ns"], truth["pulse_ns"])
+
+
+def test_two_runs_give_chunks_that_never_span_a_run_and_equal_the_files(shared_data):
+    files = [shared_data / "REF_L_184977.nxs.h5", shared_data / SMALL]
+    with ReplayServer(files, port=0, speed=0) as server:
+        listener = adara.AdaraListener("127.0.0.1", server.port)
+        assert isinstance(listener, Listener)
+        listener.start(StartFrom.START_OF_RUN)
+        try:
+            chunks = collect(listener, runs=2)
+        finally:
+            listener.close()
+    numbers = [c.run.number for c in chunks]
+    assert numbers == sorted(numbers)  # 184977 chunks, then 184978 chunks
+    for number, path in zip((184977, 184978), files, strict=True):
+        mine = [c for c in chunks if c.run.number == number]
+        assert mine[0].begins_run
+        assert not any(c.begins_run for c in mine[1:])
+        assert mine[-1].ends_run
+        assert not any(c.ends_run for c in mine[:-1])
+        np.testing.assert_array_equal(rows(mine), expected_rows(path))
+        run = mine[-1].run
+        assert run.instrument == "REF_L"
+        assert run.title == f"Direct Beam thru Air-{3 if number == 184977 else 4}."
+        assert run.experiment.startswith("IPTS-")
+        with h5py.File(path, "r") as h5:
+            assert run.geometry_xml == h5["entry/instrument/instrument_xml/data"][0].decode()
+        # logs: every DASlog value, and the pulse charges as proton_charge (pC)
+        logs = collections.defaultdict(list)
+        for chunk in mine:
+            for name, log in chunk.logs.items():
+                logs[name].extend(np.asarray(log.values).tolist())
+        expected = file_logs(path)
+        assert {k: logs[k] for k in expected} == expected
+        assert len(logs["proton_charge"]) == sum(c.events.sizes["event_time_zero"] for c in mine)
+    assert not any(c.data_reset for c in chunks)
+
+
+def test_monitor_events_come_as_monitor2(shared_data):
+    path = shared_data / "HYS_178921.nxs.h5"
+    with ReplayServer([path], port=0, speed=0) as server:
+        listener = adara.AdaraListener("127.0.0.1", server.port)
+        listener.start(StartFrom.START_OF_RUN)
+        try:
+            chunks = collect(listener, runs=1)
+        finally:
+            listener.close()
+    with_monitor = [c for c in chunks if "monitor2" in c.monitors]
+    monitor_counts = sum(int(c.monitors["monitor2"].bins.size().sum().value) for c in with_monitor)
+    assert monitor_counts == 692
+    first = next(i for i, c in enumerate(chunks) if "monitor2" in c.monitors)
+    assert len(with_monitor) == len(chunks) - first  # every chunk after the first one has it
+    assert sum(c.event_count for c in chunks) == 26_938
+
+
+def _start_replay(path, port: int, speed: float) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "livereduce.adara.replay",
+            str(path),
+            "--port",
+            str(port),
+            "--speed",
+            str(speed),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("listening on 127.0.0.1:"), line
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+def test_replay_killed_and_restarted_mid_run_loses_nothing_and_counts_nothing_twice(
+    shared_data, caplog
+):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    path = shared_data / SMALL
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = _start_replay(path, port, speed=20)  # 76 s of pulses in about 4 s
+    listener = adara.AdaraListener("127.0.0.1", port, reconnect_max_s=1.0)
+    listener.start(StartFrom.START_OF_RUN)
+    chunks: list[Chunk] = []
+    second = None
+    try:
+        deadline = time.monotonic() + 30
+        while sum(c.event_count for c in chunks) < 20_000:  # well into the run
+            assert time.monotonic() < deadline
+            with contextlib.suppress(NotYet):
+                chunks.append(listener.extract_data())
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = _start_replay(path, port, speed=20)
+        chunks += collect(listener, runs=1)
+    finally:
+        listener.close()
+        _stop(first)
+        if second is not None:
+            _stop(second)
+
+    resets = [c for c in chunks if c.data_reset]
+    assert len(resets) == 1
+    assert not resets[0].begins_run
+    (run,) = accumulate_like_the_engine(chunks).values()
+    np.testing.assert_array_equal(rows(run), expected_rows(path))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(re.search(r"closed the connection.*reconnection attempt 2 in", m) for m in messages)
+    assert any("replayed from its start after the reconnect" in m for m in messages)
+
+
+def _listener_for(sms: FakeSms, **options) -> adara.AdaraListener:
+    listener = adara.AdaraListener("127.0.0.1", sms.port, **options)
+    listener.start(StartFrom.NOW)
+    return listener
+
+
+def _wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("tail", "logged"),
+    [
+        (heartbeat(), "closed the connection"),
+        (heartbeat()[:9], "closed the connection; 9 bytes of an incomplete packet dropped"),
+    ],
+    ids=["clean-close", "close-mid-header"],
+)
+def test_sms_closing_is_logged_and_the_listener_reconnects_asking_for_the_run_start(
+    sms_factory, caplog, tail, logged
+):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    closed_at: list[float] = []
+
+    def script(sock: socket.socket) -> None:
+        sock.sendall(new_run() + tail)
+        sock.close()
+        closed_at.append(time.time())
+
+    sms = sms_factory(script)
+    listener = _listener_for(sms, reconnect_max_s=0.5)
+    try:
+        _wait_for(lambda: len(sms.hellos) >= 3)
+        chunk = listener.extract_data()
+        assert chunk.run.number == 7
+    finally:
+        started = time.monotonic()
+        listener.close()
+        closed_s = time.monotonic() - started
+    assert closed_s < 2.5
+    assert sms.hellos[0].start_time_ns == packets.START_NOW  # start_from now
+    assert {h.start_time_ns for h in sms.hellos[1:]} == {packets.START_OF_RUN}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    first = next(r for r in warnings if "reconnection attempt 2 in 0.5 s" in r.getMessage())
+    assert logged in first.getMessage()
+    # logged as it happens, well within any update_every (the listener polls every 0.25 s)
+    assert first.created - closed_at[0] < 2.0
+
+
+def test_silent_sms_is_a_stale_stream_and_reconnects_with_growing_backoff(sms_factory, caplog):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    quiet = threading.Event()
+    sms = sms_factory(lambda sock: quiet.wait(20))
+    listener = _listener_for(sms, stale_timeout_s=0.3, reconnect_max_s=30)
+    try:
+        _wait_for(lambda: len(sms.hellos) >= 3)
+        with pytest.raises(NotYet, match=r"stale stream|connected to the SMS"):
+            listener.extract_data()  # nothing ever arrived: NotYet, at once
+    finally:
+        started = time.monotonic()
+        listener.close()
+        closed_s = time.monotonic() - started
+        quiet.set()
+    assert closed_s < 2.5
+    stale = [r.getMessage() for r in caplog.records if "stale stream" in r.getMessage()]
+    assert len(stale) >= 2
+    delays = [float(re.search(r"in ([\d.]+) s$", m).group(1)) for m in stale]
+    assert delays[:2] == [0.5, 1.0]
+
+
+def test_refused_connection_is_retried_and_extract_data_says_why(caplog):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        listener = adara.AdaraListener("127.0.0.1", port, reconnect_max_s=0.2)
+        listener.start(StartFrom.START_OF_RUN)
+        try:
+            _wait_for(lambda: sum("cannot connect" in r.getMessage() for r in caplog.records) >= 2)
+            with pytest.raises(NotYet, match="cannot connect to the SMS"):
+                listener.extract_data()
+        finally:
+            listener.close()
+
+
+def test_from_config_reads_address_and_listener_options(tmp_path):
+    config = config_from_mapping(
+        {
+            "instrument": "HYSPEC",
+            "listener": "adara",
+            "address": "127.0.0.1:31999",
+            "script_dir": str(tmp_path),
+            "listener_options": {
+                "stale_timeout_sec": 7,
+                "reconnect_max_sec": 3,
+                "connect_timeout_sec": 2,
+            },
+        },
+        None,
+        check_scripts=False,
+    )
+    listener = adara.from_config(config)
+    assert (listener.host, listener.port) == ("127.0.0.1", 31999)
+    assert (listener.stale_timeout_s, listener.reconnect_max_s, listener.connect_timeout_s) == (
+        7.0,
+        3.0,
+        2.0,
+    )
+    assert listener.name == "adara 127.0.0.1:31999"
+
+
+def test_backoff_doubles_up_to_the_maximum():
+    assert [adara.backoff_s(a, 3.0) for a in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_bad_descriptor_and_unknown_variables_are_logged_and_the_stream_goes_on(
+    sms_factory, caplog
+):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    good = device_xml(
+        "dev", [ProcessVariable(pv_id=1, name="SampleTemp", pv_type="double", units="K")]
+    )
+    stream = b"".join(
+        packets.encode(p)
+        for p in (
+            packets.DeviceDescriptor(timestamp_ns=T0, device_id=5, xml="<device><oops"),
+            packets.VariableDouble(timestamp_ns=T0, device_id=5, variable_id=1, value=1.0),
+            packets.DeviceDescriptor(timestamp_ns=T0, device_id=6, xml=good),
+            packets.VariableDouble(timestamp_ns=T0 + 1, device_id=6, variable_id=1, value=4.5),
+        )
+    )
+    done = threading.Event()
+    sms = sms_factory(lambda sock: (sock.sendall(new_run() + stream), done.wait(10)))
+    listener = _listener_for(sms)
+    temperatures = []
+
+    def got_temperature() -> bool:
+        with contextlib.suppress(NotYet):
+            log = listener.extract_data().logs.get("SampleTemp")
+            temperatures.extend([] if log is None else log.values.tolist())
+        return bool(temperatures)
+
+    try:
+        _wait_for(got_temperature)
+    finally:
+        listener.close()
+        done.set()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("device descriptor 5 ignored" in m and "not well-formed" in m for m in messages)
+    assert any("device 5 variable 1 ignored" in m for m in messages)
+    assert temperatures == [4.5]
+    assert len(sms.hellos) == 1  # the connection stayed up
