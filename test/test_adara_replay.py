@@ -389,12 +389,15 @@ def _start_cli(*args: str) -> tuple[subprocess.Popen, int]:
     return proc, int(match.group(1))
 
 
-def test_cli_serves_on_loopback_logs_clients_and_runs_and_stops_on_sigterm(shared_data):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_cli_serves_on_loopback_logs_clients_and_runs_and_stops_on_a_signal(
+    shared_data, stop_signal
+):
     proc, port = _start_cli(str(shared_data / SMALL), "--port", "0", "--speed", "0")
     try:
         with Capture(port) as capture:
             capture.until_end_runs(1)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         _, log = proc.communicate(timeout=10)
         assert proc.returncode == 0
     finally:

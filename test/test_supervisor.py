@@ -272,15 +272,16 @@ def test_without_inotify_the_periodic_check_picks_up_an_edit(daemon):
     lr = daemon(poll_interval_sec=poll_s).start(env={"LIVEREDUCE_INOTIFY": "0"})
     first = lr.running(version="v1")
     assert "by a content check every 1 s" in lr.log()
-    saved = time.monotonic()
+    saved = time.time()
     lr.proc.write_text(proc_script(lr.marker, "v2"))
     lr.running(after_pid=first, version="v2")
-    elapsed = time.monotonic() - saved
-    latency = lr.status()["last_reload_latency_s"]
-    # poll interval + the debounce that proves the content settled + start-up + one chunk
-    assert latency <= elapsed
-    assert elapsed < poll_s + DEBOUNCE_S + UPDATE_EVERY_S + 5.0
-    assert lr.restarts() == 1
+    status = lr.status()
+    assert status["restarts"] == 1
+    # Seen within one poll interval plus the debounce that proves the content settled; the
+    # new worker's start-up and first chunk come on top (logged as last_reload_latency_s).
+    detected = status["restart_history"][0]["time"] - saved
+    assert detected <= poll_s + 2 * DEBOUNCE_S + 0.5
+    assert detected < status["last_reload_latency_s"] <= time.time() - saved + 0.05  # coarse mtime
     assert "seen by poll" in lr.log()
 
 
@@ -434,6 +435,7 @@ def test_lifecycle_signals_rotation_and_notify(daemon):
     first = lr.running()
     assert any(m.startswith("READY=1") for m in lr.messages())
     lr.wait_for(lambda _: lr.messages().count("WATCHDOG=1") >= 2, "WATCHDOG=1 keep-alives")
+    assert "NOTIFY_SOCKET" not in psutil.Process(first).environ()  # only the main PID notifies
     lr.wait_for(
         lambda _: any("STATUS=running: run 1, " in m for m in lr.messages()), "STATUS= running"
     )

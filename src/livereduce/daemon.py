@@ -286,6 +286,7 @@ class Supervisor:
         self._next_watchdog_s = 0.0
         self._last_status_write_s = -1e9
         self._status_dirty = True
+        self._status_error = ""
         self._last_notify_status_s = -1e9
         self._last_notify_text = ""
 
@@ -818,8 +819,11 @@ class Supervisor:
             return
         try:
             write_status(self.config.status_file, self.status())
+            self._status_error = ""
         except OSError as error:
-            log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
+            if str(error) != self._status_error:  # once per distinct error, not every 2 s
+                log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
+            self._status_error = str(error)
         self._last_status_write_s = now
         self._status_dirty = False
 
