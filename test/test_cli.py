@@ -57,6 +57,22 @@ def test_configuration_errors_exit_2_with_one_message(tmp_path, content, expecte
     assert not (tmp_path / "livereduce.log").exists()
 
 
+def test_engine_mantid_without_mantid_exits_2(tmp_path):
+    conf = tmp_path / "livereduce.conf"
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "reduce_HYS_live_proc.py").write_text("output = input\n")
+    conf.write_text(
+        json.dumps({"instrument": "HYSPEC", "engine": "mantid", "script_dir": "scripts"})
+    )
+    result = run(str(ENTRY), str(conf), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"livereduce: configuration file {conf}: key 'engine': engine 'mantid' is configured but "
+        "no module named 'mantid' in this Python\n"
+    )
+
+
 def test_main_returns_2_in_process(tmp_path, capsys):
     assert main([str(tmp_path / "absent.conf")]) == 2
     assert "absent.conf: file not found" in capsys.readouterr().err

@@ -624,11 +624,6 @@ def test_engine_auto_without_mantid_uses_the_embedded_engine_and_says_why(
     assert code == 0, daemon.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 6: cli.py/daemon.py do not call choose_engine before spawning the worker, so "
-    "the supervisor backs off and retries instead of exiting 2",
-)
 def test_engine_mantid_without_mantid_exits_2_at_start(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:

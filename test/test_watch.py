@@ -225,3 +225,15 @@ def test_resync_takes_the_current_content_as_known(watch, files):
     proc.write_text("output = input  # changed, then resynced\n")
     watcher.resync()
     assert drain(events, quiet_s=2.0) == []
+
+
+def test_an_unreadable_script_is_not_a_change(watch, files, caplog):
+    proc, _, _ = files
+    _, events = watch()
+    proc.unlink()
+    proc.mkdir()  # exists but cannot be read as a file, like EIO/ESTALE on NFS
+    assert drain(events) == []
+    assert "file_unreadable" in caplog.text
+    proc.rmdir()
+    proc.write_text("output = input  # back\n")
+    assert [e.paths for e in drain(events)] == [(proc,)]

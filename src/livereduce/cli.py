@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from livereduce import __version__
 from livereduce.config import Config, ConfigError, load_config
 from livereduce.daemon import DaemonExit, run_daemon
+from livereduce.engine import EngineUnavailable, choose_engine
 from livereduce.logsetup import configure_logging
 
 log = logging.getLogger("livereduce")
@@ -35,6 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"livereduce {__version__}")
     return parser
+
+
+def check_engine(config: Config) -> None:
+    """Raise ConfigError (key ``engine``) when the configured engine cannot run in this Python:
+    the worker runs with the same interpreter, so ``engine: mantid`` without Mantid could only
+    fail at every start (issue 6). Looks for the module only; nothing is imported."""
+    try:
+        choose_engine(config)
+    except EngineUnavailable as error:
+        raise ConfigError(config.path, "engine", str(error)) from None
 
 
 def log_startup(config: Config) -> None:
@@ -59,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings: list[str] = []
     try:
         config = load_config(args.config, warn=warnings.append)
+        check_engine(config)
     except ConfigError as error:
         print(f"livereduce: {error}", file=sys.stderr)
         return int(DaemonExit.CONFIG_ERROR)

@@ -487,6 +487,16 @@ class Supervisor:
         if self.exit_status is not None:
             return
         existing = [p for p in self.config.existing_scripts() if p is not None]
+        if not existing:
+            # Both scripts gone at once is what an unmounted network filesystem looks like; a
+            # worker without scripts would publish unreduced data as if all were well.
+            log.error(
+                "scripts_missing: %s; no processing script exists in %s; the worker is left "
+                "as it is until one appears",
+                event.describe(),
+                self.config.script_dir,
+            )
+            return
         problems = syntax_errors(existing)
         if problems:
             for problem in problems:

@@ -109,10 +109,14 @@ WatchEvent = ScriptsChanged | ConfigChanged
 
 
 def file_md5(path: Path) -> str | None:
-    """md5 hex digest of the file's bytes, None when it does not exist or cannot be read."""
+    """md5 hex digest of the file's bytes, None when it does not exist.
+
+    Raises OSError when it exists but cannot be read (EIO or ESTALE of a network filesystem,
+    permissions): that is not a change of content.
+    """
     try:
         return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -174,6 +178,8 @@ class Watcher:
         self.use_inotify = use_inotify
         self._clock = clock
         self._lock = threading.Lock()
+        self._unreadable: set[Path] = set()
+        self._known: dict[Path, str | None] = {}
         self._known = self._snapshot()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -195,7 +201,18 @@ class Watcher:
         return self.scripts + ((self.config,) if self.config is not None else ())
 
     def _snapshot(self) -> dict[Path, str | None]:
-        return {path: file_md5(path) for path in self.files}
+        snapshot = {}
+        for path in self.files:
+            try:
+                snapshot[path] = file_md5(path)
+                self._unreadable.discard(path)
+            except OSError as error:
+                # Unreadable for now (a network filesystem hiccup): taken as unchanged.
+                if path not in self._unreadable:
+                    log.warning("file_unreadable: %s: %s; taken as unchanged", path, error)
+                self._unreadable.add(path)
+                snapshot[path] = self._known.get(path)
+        return snapshot
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -304,7 +321,8 @@ class Watcher:
                 now = self._clock()
                 timeout = min(STOP_CHECK_S, max(next_poll_s - now, 0.0))
                 if self._last_activity_s is not None:
-                    timeout = min(timeout, max(self._last_activity_s + self.debounce_s - now, 0.0))
+                    quiet_s = MAX_OPEN_WRITER_S if self._open_writers else self.debounce_s
+                    timeout = min(timeout, max(self._last_activity_s + quiet_s - now, 0.0))
                 self._wait(timeout)
                 now = self._clock()
                 if self._refresh_needed and self._manager is not None:

@@ -110,7 +110,12 @@ class EmbeddedEngine:
         self.writer = OutputWriter(config.output_dir, config.output_workspace, clock=clock)
         self._output: Any = None
         self._output_version = 0
-        self._runners: dict[str, ScriptRunner] = {}
+        proc, post = config.existing_scripts()
+        self._runners = {
+            role: ScriptRunner(path, role, self.workspaces)
+            for role, path in (("processing", proc), ("post-processing", post))
+            if path is not None
+        }
         self._run: RunInfo | None = None
         self._run_open = False
         self._run_logs: dict[str, list[sc.DataArray]] = {}
@@ -231,9 +236,7 @@ class EmbeddedEngine:
 
     def _process(self, chunk: Chunk, began: float, extracted: float) -> StepOutcome:
         run = self._run_context()
-        result = self._script(
-            "processing", self.config.existing_scripts()[0], chunk.events, run, chunk.monitors
-        )
+        result = self._script("processing", chunk.events, run, chunk.monitors)
         processed = self._clock()
         if isinstance(result, ScriptFailure):
             return self._lost(
@@ -297,23 +300,20 @@ class EmbeddedEngine:
             self._count_error(f"cannot read the accumulation: {error}")
             log.error("accumulation_unreadable: %s", error)
             return None
-        script = self.config.existing_scripts()[1]
-        if script is None:
+        if "post-processing" not in self._runners:
             return accumulated
         view = accumulated.copy(deep=False) if hasattr(accumulated, "copy") else accumulated
-        result = self._script("post-processing", script, view, run, dict(monitors or {}))
+        result = self._script("post-processing", view, run, dict(monitors or {}))
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
             log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)
             return None
         return result
 
-    def _script(self, role: str, path: Any, data: Any, run: RunContext, monitors: Any) -> Any:
-        if path is None:
-            return data
+    def _script(self, role: str, data: Any, run: RunContext, monitors: Any) -> Any:
         runner = self._runners.get(role)
-        if runner is None or runner.path != path:
-            runner = self._runners[role] = ScriptRunner(path, role, self.workspaces)
+        if runner is None:
+            return data
         outcome = runner.run(data, run, monitors)
         return outcome.failure if outcome.failure is not None else outcome.output
 

@@ -15,7 +15,6 @@ script file and line, and the caller loses that chunk only.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 import traceback
 from collections.abc import Mapping, MutableMapping
@@ -70,7 +69,11 @@ class ScriptResult:
 
 
 class ScriptRunner:
-    """Runs one script file; recompiles only when the file's content changes.
+    """Runs one script file, read and compiled once, when the runner is made.
+
+    The worker makes its runners at start and the supervisor restarts the worker when a script
+    changes (after the save has gone quiet), so a half-written save is never loaded and every
+    chunk of one worker runs the same code.
 
     ``path``: the script; ``role``: 'processing' or 'post-processing' (for messages);
     ``workspaces``: the dict shared by both scripts of one worker.
@@ -80,10 +83,9 @@ class ScriptRunner:
         self.path = Path(path)
         self.role = role
         self._workspaces = workspaces
-        self._digest = b""
-        self._code: CodeType | None = None
-        self._compile_failure: ScriptFailure | None = None
         self._logger = logging.getLogger(f"livereduce.script.{self.path.stem}")
+        self._code: CodeType | None = None
+        self._load_failure = self._load()
 
     def _load(self) -> ScriptFailure | None:
         try:
@@ -92,30 +94,23 @@ class ScriptRunner:
             return ScriptFailure(
                 script=self.path, line=None, message=f"cannot read the {self.role} script: {error}"
             )
-        digest = hashlib.md5(source, usedforsecurity=False).digest()
-        if digest != self._digest:
-            self._digest = digest
-            try:
-                self._code = compile(source, str(self.path), "exec")
-                self._compile_failure = None
-            except (SyntaxError, ValueError) as error:
-                self._code = None
-                line = getattr(error, "lineno", None)
-                text = "".join(traceback.format_exception_only(type(error), error)).rstrip()
-                self._compile_failure = ScriptFailure(
-                    script=self.path,
-                    line=line,
-                    message=f"{type(error).__name__}: {getattr(error, 'msg', error)}",
-                    traceback=text,
-                )
-        return self._compile_failure
+        try:
+            self._code = compile(source, str(self.path), "exec")
+        except (SyntaxError, ValueError) as error:
+            text = "".join(traceback.format_exception_only(type(error), error)).rstrip()
+            return ScriptFailure(
+                script=self.path,
+                line=getattr(error, "lineno", None),
+                message=f"{type(error).__name__}: {getattr(error, 'msg', error)}",
+                traceback=text,
+            )
+        return None
 
     def run(self, data: Any, run: RunContext, monitors: Mapping[str, sc.DataArray]) -> ScriptResult:
         """Execute the script on ``data`` (the ``input`` global). Never raises for a fault of
         the script; returns its ``output`` or the failure."""
-        failure = self._load()
-        if failure is not None:
-            return ScriptResult(failure=failure)
+        if self._load_failure is not None:
+            return ScriptResult(failure=self._load_failure)
         namespace: dict[str, Any] = {
             "__name__": f"__livereduce_{self.role.replace('-', '_')}__",
             "__file__": str(self.path),
