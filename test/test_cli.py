@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -100,3 +102,21 @@ def test_startup_log_and_unknown_keys(tmp_path):
     assert effective["heartbeat_timeout"] == lr.raw["heartbeat_timeout_sec"]
     assert first[4].startswith("config_unknown_keys: ")
     assert first[4].endswith("unknown key(s) ignored: spelling_mistake")
+
+
+def test_sigabrt_leaves_the_supervisor_stack_on_stderr(tmp_path):
+    lr = Daemon(tmp_path)
+    worker = None
+    try:
+        lr.start()
+        worker = lr.running()
+        lr.send(signal.SIGABRT)
+        assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == -signal.SIGABRT
+    finally:
+        lr.close()
+        if worker is not None:  # orphaned by the abort; under systemd the cgroup kill ends it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+    stderr = lr.stderr.read_text()
+    assert "Fatal Python error: Aborted" in stderr
+    assert 'File "' in stderr

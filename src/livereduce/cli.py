@@ -9,6 +9,7 @@ other exit statuses are :class:`livereduce.daemon.DaemonExit`.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import getpass
 import json
 import logging
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"livereduce: {error}", file=sys.stderr)
         return int(DaemonExit.CONFIG_ERROR)
     configure_logging(config, process="supervisor")
+    # A supervisor killed by systemd's watchdog (SIGABRT) then leaves its stack in the journal.
+    faulthandler.enable()
     log_startup(config)
     for warning in warnings:
         log.warning("config_unknown_keys: %s", warning)

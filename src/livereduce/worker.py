@@ -13,6 +13,7 @@ away (BrokenPipeError on the report pipe) counts as a stop request.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import sys
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("worker_boot_failed: %s", error)
         return WorkerExit.BOOT_FAILURE
     configure_logging(config, process="worker")
+    # A hung worker killed with SIGABRT shows where it hung (e.g. inside a user script).
+    faulthandler.enable()
     return int(run_worker(config, args.report_fd))
 
 

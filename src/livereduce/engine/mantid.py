@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -140,25 +140,18 @@ def existing_scripts(config: Config, short_name: str) -> tuple[Path | None, Path
         if "script_dir" in config.raw
         else Path(f"/SNS/{short_name}/shared/livereduce")
     )
-    proc = folder / f"reduce_{short_name}_live_proc.py"
-    post = folder / f"reduce_{short_name}_live_post_proc.py"
-    found = (
-        proc if _non_empty(proc) else None,
-        post if config.post_process and _non_empty(post) else None,
+    named = replace(
+        config, instrument=replace(config.instrument, short_name=short_name), script_dir=folder
     )
+    found = named.existing_scripts()
     if found == (None, None):
-        wanted = f"'{proc.name}'" + (f" or '{post.name}'" if config.post_process else "")
+        wanted = f"'{named.proc_script.name}'"
+        if config.post_process:
+            wanted += f" or '{named.post_proc_script.name}'"
         raise MantidBootError(
             f"no processing script in {folder}: need at least one non-empty {wanted}"
         )
     return found
-
-
-def _non_empty(path: Path) -> bool:
-    try:
-        return path.is_file() and path.stat().st_size > 0
-    except OSError:
-        return False
 
 
 def listener_settings(config: Config) -> dict[str, str]:
