@@ -30,7 +30,7 @@ import pytest
 import scipp as sc
 
 from livereduce.adara.replay import ReplayServer
-from livereduce.daemon import Backoff
+from livereduce.backoff import Backoff
 from livereduce.memory import memory_limit
 from livereduce.watch import DEBOUNCE_S
 

@@ -12,6 +12,11 @@ Worker exits are mapped to actions by their :class:`~livereduce.protocol.WorkerE
 until a script change or SIGHUP; a boot failure backs off hard; a crash backs off with a growing
 delay; every restart is logged with its reason and counted in the status file. The process exit
 statuses are :class:`DaemonExit` (docs/operations.md).
+
+This module makes the decisions and writes the supervisor's log lines; the parts it uses each
+have one job: events.py (what comes off the queue), worker_process.py (spawn, reports, signals,
+reaping), backoff.py (restart reasons and delays), publish.py (when the status file and
+STATUS= are written).
 """
 
 from __future__ import annotations
@@ -22,48 +27,37 @@ import logging
 import os
 import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
 from livereduce import __version__, notify
+from livereduce.backoff import STABLE_AFTER_S, Backoffs, RestartReason, classify_exit
 from livereduce.config import Config, ConfigError, load_config
+from livereduce.events import (
+    BadReport,
+    Event,
+    ReportsClosed,
+    SignalReceived,
+    WorkerReport,
+)
 from livereduce.memory import MemoryExceeded, MemoryGuard, resident_bytes
-from livereduce.protocol import Progress, ReportReader, WorkerExit, WorkerState
-from livereduce.status import write_status
+from livereduce.protocol import Progress, WorkerExit, WorkerState
+from livereduce.publish import StatusPublisher
 from livereduce.watch import ConfigChanged, ScriptsChanged, Watcher
+from livereduce.worker_process import Worker, describe_exit, spawn, worker_command
 
 log = logging.getLogger(__name__)
-
-STABLE_AFTER_S = 60.0
-"""A worker that has run this long without trouble counts as started: the backoffs reset
-(supervisor's ``startsecs``, STYLE.md §4)."""
 
 HUNG_STOP_GRACE_S = 5.0
 """SIGTERM -> SIGKILL grace for a worker whose heartbeat stopped: it is stuck, a long wait only
 delays the replacement."""
 
-STATUS_REFRESH_S = 2.0
-"""The status file is rewritten at least this often (and on every report, at most every
-STATUS_MIN_INTERVAL_S), so its ``updated`` field shows the supervisor is alive."""
-STATUS_MIN_INTERVAL_S = 0.2
-NOTIFY_STATUS_MIN_INTERVAL_S = 1.0
-"""STATUS= to systemd at most once a second: it is for people reading ``systemctl status``."""
-
 MAX_WAIT_S = 1.0
 """The loop ticks at least once a second (reaping, deadlines) even when nothing happens."""
-
-RATE_WINDOW_S = 10.0
-"""events/s is measured over the reports of the last 10 seconds."""
-
-SUPERVISOR_ONLY_ENV = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 HISTORY_LENGTH = 20
 """Restarts kept (with time, reason and detail) in the status file."""
@@ -76,19 +70,6 @@ class DaemonExit(IntEnum):
     INTERNAL_ERROR = 1  # a fault in the supervisor itself; the traceback is in the log
     CONFIG_ERROR = 2  # the configuration cannot be used; one message on stderr
     QUIT = 131  # SIGQUIT: the state was logged, then the process quit (128 + SIGQUIT)
-
-
-class RestartReason(StrEnum):
-    """Why the worker was restarted (status file ``restart_history``)."""
-
-    SCRIPTS_CHANGED = "scripts_changed"
-    SIGHUP = "sighup"
-    MEMORY = "memory_exceeded"
-    HEARTBEAT = "heartbeat_timeout"
-    CRASHED = "worker_crashed"
-    ENGINE_FAILURE = "engine_failure"
-    BOOT_FAILURE = "boot_failure"
-    EXITED = "worker_exited"
 
 
 class State(StrEnum):
@@ -105,128 +86,15 @@ class State(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True, slots=True)
-class SignalReceived:
-    """A signal arrived (queued by the handler, handled by the loop)."""
-
-    signum: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerReport:
-    """A report (heartbeat) from the worker ``pid``, read at monotonic ``received_s``."""
-
-    pid: int
-    progress: Progress
-    received_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class ReportsClosed:
-    """The worker ``pid`` closed its report pipe (it exited, or is about to)."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class BadReport:
-    """The worker ``pid`` wrote something that is not a report."""
-
-    pid: int
-    message: str
-
-
-Event = SignalReceived | WorkerReport | ReportsClosed | BadReport | ScriptsChanged | ConfigChanged
-
-
-class Backoff:
-    """Delays before restarting after repeated failures: ``first_s`` for the first, then
-    ``base_s`` doubling up to ``max_s``; :meth:`reset` once a worker ran stably."""
-
-    def __init__(self, *, first_s: float, base_s: float, max_s: float) -> None:
-        self.first_s = first_s
-        self.base_s = base_s
-        self.max_s = max_s
-        self.failures = 0
-
-    def next_delay_s(self) -> float:
-        """The delay for this failure (and count it)."""
-        if self.failures == 0:
-            delay = self.first_s
-        else:
-            delay = min(self.base_s * 2 ** (self.failures - 1), self.max_s)
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        """Forget earlier failures."""
-        self.failures = 0
-
-
-def _default_backoffs() -> dict[RestartReason, Backoff]:
-    crash = {"first_s": 1.0, "base_s": 2.0, "max_s": 60.0}
-    return {
-        RestartReason.MEMORY: Backoff(first_s=0.0, base_s=2.0, max_s=300.0),
-        RestartReason.HEARTBEAT: Backoff(first_s=0.0, base_s=5.0, max_s=300.0),
-        RestartReason.CRASHED: Backoff(**crash),
-        RestartReason.ENGINE_FAILURE: Backoff(**crash),
-        RestartReason.EXITED: Backoff(**crash),
-        RestartReason.BOOT_FAILURE: Backoff(first_s=5.0, base_s=10.0, max_s=600.0),
-    }
-
-
-@dataclass(slots=True)
-class Worker:
-    """One worker process, its report reader thread, and what the supervisor knows of it."""
-
-    process: subprocess.Popen[bytes]
-    started_s: float
-    last_beat_s: float
-    progress: Progress | None = None
-    stop_reason: str = ""
-    stop_requested_s: float = 0.0
-    kill_at_s: float | None = None
-    killed: bool = False
-    reports_closed: bool = False
-    stable: bool = False
-    rates: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
-
-    @property
-    def pid(self) -> int:
-        """The worker's process id."""
-        return self.process.pid
-
-    def events_per_s(self) -> float:
-        """Events received per second over the last RATE_WINDOW_S of reports."""
-        if len(self.rates) < 2:
-            return 0.0
-        (t0, e0), (t1, e1) = self.rates[0], self.rates[-1]
-        return (e1 - e0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def worker_command(report_fd: int) -> list[str]:
-    """The worker program's argv (protocol.py): this Python, ``-m livereduce.worker``."""
-    return [sys.executable, "-m", "livereduce.worker", "--report-fd", str(report_fd)]
-
-
-def worker_environment() -> dict[str, str]:
-    """The supervisor's environment less systemd's notify and watchdog variables: only the
-    supervisor (the unit's main process) talks to systemd."""
-    return {k: v for k, v in os.environ.items() if k not in SUPERVISOR_ONLY_ENV}
-
-
-def _read_reports(
-    pid: int, fd: int, put: Callable[[Event], None], clock: Callable[[], float]
-) -> None:
-    reader = ReportReader()
-    with os.fdopen(fd, "rb", buffering=0) as pipe:
-        while data := pipe.read(65536):
-            try:
-                for progress in reader.feed(data):
-                    put(WorkerReport(pid, progress, clock()))
-            except ValueError as error:
-                put(BadReport(pid, str(error)))
-    put(ReportsClosed(pid))
+STATE_OF_WORKER = {
+    WorkerState.STARTING: State.STARTING,
+    WorkerState.CONNECTING: State.CONNECTING,
+    WorkerState.WAITING_FOR_RUN: State.WAITING_FOR_RUN,
+    WorkerState.RUNNING: State.RUNNING,
+    WorkerState.RUN_ENDED: State.RUN_ENDED,
+    WorkerState.ERROR: State.RUNNING,  # a script error loses one chunk; the reduction goes on
+}
+"""The supervisor's state while its worker reports ``WorkerState``."""
 
 
 def syntax_errors(paths: Sequence[Path]) -> list[str]:
@@ -272,7 +140,7 @@ class Supervisor:
         self.next_start_s = 0.0
         self.exit_status: DaemonExit | None = None
         self.state = State.STARTING
-        self.backoffs = _default_backoffs()
+        self.backoffs = Backoffs()
         self.memory = MemoryGuard(config.system_mem_limit_perc, config.mem_check_interval_sec)
         self.watcher: Watcher | None = None
         self.restart_count = 0
@@ -284,11 +152,7 @@ class Supervisor:
         self._ready_sent = False
         self._watchdog_interval_s = notify.watchdog_interval_s()
         self._next_watchdog_s = 0.0
-        self._last_status_write_s = -1e9
-        self._status_dirty = True
-        self._status_error = ""
-        self._last_notify_status_s = -1e9
-        self._last_notify_text = ""
+        self.publisher = StatusPublisher(config.status_file)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -297,9 +161,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signum, self._on_signal)
         self._start_watcher()
-        problems = syntax_errors([p for p in self.config.existing_scripts() if p is not None])
-        for problem in problems:
-            log.error("script_syntax_error: %s", problem)
+        self._report_syntax_errors(self._existing_scripts())
         notify.status("starting the worker")
         try:
             while self.exit_status is None or self.worker is not None:
@@ -309,7 +171,7 @@ class Supervisor:
             if self.watcher is not None:
                 self.watcher.stop()
             if self.worker is not None:  # only after an internal error: leave no child behind
-                self._signal_worker(self.worker, signal.SIGKILL)
+                self.worker.send(signal.SIGKILL)
                 self.worker.process.wait()
                 self.worker = None
             self.state = State.STOPPED
@@ -336,6 +198,17 @@ class Supervisor:
         )
         self.watcher.start()
 
+    def _existing_scripts(self) -> list[Path]:
+        return [p for p in self.config.existing_scripts() if p is not None]
+
+    @staticmethod
+    def _report_syntax_errors(scripts: Sequence[Path]) -> bool:
+        """Log each script in ``scripts`` that does not compile; True if one does not."""
+        problems = syntax_errors(scripts)
+        for problem in problems:
+            log.error("script_syntax_error: %s", problem)
+        return bool(problems)
+
     def _wait_and_handle(self) -> None:
         timeout = max(self._next_wakeup_s() - self._clock(), 0.0)
         try:
@@ -355,9 +228,7 @@ class Supervisor:
 
     def _next_wakeup_s(self) -> float:
         now = self._clock()
-        deadlines = [now + MAX_WAIT_S, self._last_status_write_s + STATUS_REFRESH_S]
-        if self._status_dirty:
-            deadlines.append(self._last_status_write_s + STATUS_MIN_INTERVAL_S)
+        deadlines = [now + MAX_WAIT_S, self.publisher.next_write_s()]
         worker = self.worker
         if worker is not None:
             if worker.kill_at_s is not None:
@@ -414,7 +285,7 @@ class Supervisor:
                         sig.name,
                         self.worker.pid,
                     )
-                    self._kill(self.worker)
+                    self.worker.kill()
                 return
             self._shutdown(DaemonExit.OK, f"received {sig.name}")
         elif sig is signal.SIGHUP:
@@ -448,21 +319,15 @@ class Supervisor:
         if worker is None or worker.pid != event.pid:
             return  # a report still in the pipe of a worker already replaced
         progress = event.progress
-        previous = worker.progress
-        worker.progress = progress
+        previous = worker.record(progress, event.received_s)
         self.last_progress = progress
-        worker.last_beat_s = event.received_s
-        worker.rates.append((event.received_s, progress.events))
-        while worker.rates and event.received_s - worker.rates[0][0] > RATE_WINDOW_S:
-            worker.rates.popleft()
-        self._status_dirty = True
+        self.publisher.dirty = True
         if previous is None or previous.state != progress.state:
             detail = f" ({progress.detail})" if progress.detail else ""
             log.info("worker_state: pid %d: %s%s", worker.pid, progress.state, detail)
         if not worker.stable and event.received_s - worker.started_s >= STABLE_AFTER_S:
             worker.stable = True
-            for backoff in self.backoffs.values():
-                backoff.reset()
+            self.backoffs.reset()
         if progress.chunks >= 1 and self._pending_change is not None:
             change, requested_s = self._pending_change
             if worker.started_s >= requested_s:
@@ -480,13 +345,12 @@ class Supervisor:
             or progress.state in (WorkerState.WAITING_FOR_RUN, WorkerState.RUN_ENDED)
         ):
             self._ready_sent = True
-            notify.ready(self._status_line())
-            self._last_notify_status_s = self._clock()
+            self.publisher.notify_ready(self._status_line(), self._clock())
 
     def _handle_scripts_changed(self, event: ScriptsChanged) -> None:
         if self.exit_status is not None:
             return
-        existing = [p for p in self.config.existing_scripts() if p is not None]
+        existing = self._existing_scripts()
         if not existing:
             # Both scripts gone at once is what an unmounted network filesystem looks like; a
             # worker without scripts would publish unreduced data as if all were well.
@@ -497,20 +361,16 @@ class Supervisor:
                 self.config.script_dir,
             )
             return
-        problems = syntax_errors(existing)
-        if problems:
-            for problem in problems:
-                log.error("script_syntax_error: %s", problem)
-            if self.worker is not None and not self.worker.stop_reason:
-                log.error(
-                    "scripts_not_reloaded: worker pid %d is not restarted for a script that "
-                    "does not compile; saving a fixed script restarts it",
-                    self.worker.pid,
-                )
-                return
+        compiles = not self._report_syntax_errors(existing)
+        if not compiles and self.worker is not None and not self.worker.stop_reason:
+            log.error(
+                "scripts_not_reloaded: worker pid %d is not restarted for a script that "
+                "does not compile; saving a fixed script restarts it",
+                self.worker.pid,
+            )
+            return
         self._pending_change = (event, self._clock())
-        for backoff in self.backoffs.values():
-            backoff.reset()
+        self.backoffs.reset()
         self._restart(RestartReason.SCRIPTS_CHANGED, event.describe(), delay_s=0.0)
 
     def _handle_config_changed(self, event: ConfigChanged) -> None:
@@ -553,38 +413,26 @@ class Supervisor:
         self.next_start_s = now + delay_s
         self.backoff_reason = str(reason) if delay_s > 0 else ""
         self.state = State.RESTARTING
-        self._status_dirty = True
+        self.publisher.dirty = True
         if self.worker is not None and not self.worker.stop_reason:
             grace = self.config.stop_timeout if grace_s is None else grace_s
             self._stop_worker(self.worker, f"{reason}: {detail}", grace_s=grace)
 
     def _stop_worker(self, worker: Worker, reason: str, *, grace_s: float) -> None:
-        worker.stop_reason = reason
-        worker.stop_requested_s = self._clock()
-        worker.kill_at_s = self._clock() + grace_s
         log.info("worker_stopping: pid %d (SIGTERM, SIGKILL after %g s)", worker.pid, grace_s)
-        self._signal_worker(worker, signal.SIGTERM)
-
-    def _kill(self, worker: Worker) -> None:
-        worker.killed = True
-        worker.kill_at_s = None
-        self._signal_worker(worker, signal.SIGKILL)
-
-    @staticmethod
-    def _signal_worker(worker: Worker, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.send_signal(sig)
+        worker.stop(reason, now_s=self._clock(), grace_s=grace_s)
 
     def _failure_restart(
         self, reason: RestartReason, detail: str, *, grace_s: float | None = None
     ) -> None:
-        delay = self.backoffs[reason].next_delay_s()
+        backoff = self.backoffs[reason]
+        delay = backoff.next_delay_s()
         if delay > 0:
             log.warning(
                 "restart_backoff: %s repeats (%d in a row without a stable worker): waiting %.1f s "
                 "before the next start",
                 reason,
-                self.backoffs[reason].failures,
+                backoff.failures,
                 delay,
             )
         self._restart(reason, detail, delay_s=delay, grace_s=grace_s)
@@ -619,17 +467,17 @@ class Supervisor:
         worker = self.worker
         if worker is None:
             return
-        status = worker.process.poll()
+        status = worker.poll()
         if status is None:
             return
         self.worker = None
-        self._status_dirty = True
+        self.publisher.dirty = True
         uptime = now - worker.started_s
         if worker.stop_reason:
             log.info(
                 "worker_ended: pid %d ended with %s after %.1f s (%s)",
                 worker.pid,
-                _describe_exit(status),
+                describe_exit(status),
                 uptime,
                 worker.stop_reason,
             )
@@ -646,9 +494,9 @@ class Supervisor:
             self.want_worker = False
             self.state = State.RUN_ENDED
             return
-        reason, level = _classify_exit(status)
+        reason, level = classify_exit(status)
         detail = (
-            f"worker pid {worker.pid} ended on its own with {_describe_exit(status)} "
+            f"worker pid {worker.pid} ended on its own with {describe_exit(status)} "
             f"after {uptime:.1f} s"
         )
         if status == -signal.SIGKILL:
@@ -665,7 +513,7 @@ class Supervisor:
                 worker.pid,
                 now - worker.stop_requested_s,
             )
-            self._kill(worker)
+            worker.kill()
 
     def _converge(self, now: float) -> None:
         if self.worker is not None or not self.want_worker or self.exit_status is not None:
@@ -676,46 +524,25 @@ class Supervisor:
         self._spawn(now)
 
     def _spawn(self, now: float) -> None:
-        read_fd, write_fd = os.pipe()
-        os.set_inheritable(write_fd, True)
         try:
-            process = subprocess.Popen(
-                self._command(write_fd),
-                stdin=subprocess.PIPE,
-                pass_fds=(write_fd,),
-                env=worker_environment(),
+            worker = spawn(
+                self.config,
+                command=self._command,
+                put=self._events.put,
+                clock=self._clock,
+                now_s=now,
             )
         except OSError:
-            os.close(read_fd)
             log.exception("worker_spawn_failed: cannot start the worker program")
             self._failure_restart(
                 RestartReason.BOOT_FAILURE, "the worker program could not be started"
             )
             return
-        finally:
-            os.close(write_fd)
-        worker = Worker(process=process, started_s=now, last_beat_s=now)
         self.worker = worker
         self.state = State.STARTING
         self.backoff_reason = ""
-        self._status_dirty = True
-        threading.Thread(
-            target=_read_reports,
-            args=(process.pid, read_fd, self._events.put, self._clock),
-            name=f"reports-{process.pid}",
-            daemon=True,
-        ).start()
-        assignment = {
-            "path": str(self.config.path) if self.config.path else None,
-            "raw": dict(self.config.raw),
-        }
-        if process.stdin is not None:  # always set by stdin=PIPE
-            try:
-                process.stdin.write(json.dumps(assignment).encode())
-                process.stdin.close()
-            except BrokenPipeError:
-                pass  # the worker died at once; reaping tells why
-        log.info("worker_started: pid %d", process.pid)
+        self.publisher.dirty = True
+        log.info("worker_started: pid %d", worker.pid)
 
     def _keepalive(self, now: float) -> None:
         if self._watchdog_interval_s is None or now < self._next_watchdog_s:
@@ -734,14 +561,7 @@ class Supervisor:
 
     def _publish(self, now: float) -> None:
         self._update_state()
-        text = self._status_line()
-        if (
-            text != self._last_notify_text
-            and now - self._last_notify_status_s >= NOTIFY_STATUS_MIN_INTERVAL_S
-        ):
-            notify.status(text)
-            self._last_notify_text = text
-            self._last_notify_status_s = now
+        self.publisher.notify_status(self._status_line(), now)
         self._write_status(now)
 
     def _update_state(self) -> None:
@@ -751,15 +571,7 @@ class Supervisor:
         worker = self.worker
         if worker is None or worker.stop_reason or worker.progress is None:
             return
-        mapping = {
-            WorkerState.STARTING: State.STARTING,
-            WorkerState.CONNECTING: State.CONNECTING,
-            WorkerState.WAITING_FOR_RUN: State.WAITING_FOR_RUN,
-            WorkerState.RUNNING: State.RUNNING,
-            WorkerState.RUN_ENDED: State.RUN_ENDED,
-            WorkerState.ERROR: State.RUNNING,
-        }
-        self.state = mapping[worker.progress.state]
+        self.state = STATE_OF_WORKER[worker.progress.state]
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -820,41 +632,9 @@ class Supervisor:
         }
 
     def _write_status(self, now: float, *, force: bool = False) -> None:
-        since = now - self._last_status_write_s
-        if (
-            not force
-            and since < STATUS_REFRESH_S
-            and not (self._status_dirty and since >= STATUS_MIN_INTERVAL_S)
-        ):
-            return
-        try:
-            write_status(self.config.status_file, self.status())
-            self._status_error = ""
-        except OSError as error:
-            if str(error) != self._status_error:  # once per distinct error, not every 2 s
-                log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
-            self._status_error = str(error)
-        self._last_status_write_s = now
-        self._status_dirty = False
-
-
-def _describe_exit(status: int) -> str:
-    if status < 0:
-        return f"signal {signal.Signals(-status).name}"
-    with contextlib.suppress(ValueError):
-        return f"exit status {status} ({WorkerExit(status).name})"
-    return f"exit status {status}"
-
-
-def _classify_exit(status: int) -> tuple[RestartReason, int]:
-    """Restart reason and log level for a worker exit the supervisor did not ask for."""
-    if status == WorkerExit.BOOT_FAILURE:
-        return RestartReason.BOOT_FAILURE, logging.ERROR
-    if status == WorkerExit.ENGINE_FAILURE:
-        return RestartReason.ENGINE_FAILURE, logging.ERROR
-    if status == WorkerExit.STOPPED:
-        return RestartReason.EXITED, logging.WARNING
-    return RestartReason.CRASHED, logging.ERROR
+        error = self.publisher.write(now, self.status, force=force)
+        if error is not None:
+            log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
 
 
 def run_daemon(config: Config) -> int:
