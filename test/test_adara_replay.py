@@ -25,7 +25,7 @@ import scippnexus as snx
 from livereduce.adara import packets
 from livereduce.adara.client import AdaraClient
 from livereduce.adara.metadata_xml import parse_device_xml, parse_runinfo_xml
-from livereduce.adara.replay import ReplayServer
+from livereduce.adara.replay import ReplayServer, main
 from livereduce.adara.runfile import RunFileError, read_run_file
 
 HYS = "HYS_178921.nxs.h5"
@@ -423,6 +423,14 @@ def test_cli_rejects_a_file_that_is_not_an_event_file(tmp_path):
     )
     assert result.returncode == 2
     assert str(bad) in result.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_cli_rejects_a_port_out_of_range(tmp_path, port, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main([str(tmp_path / "run.nxs.h5"), "--port", port])
+    assert caught.value.code == 2
+    assert f"expected a port from 0 to 65535, got '{port}'" in capsys.readouterr().err
 
 
 def _write_run(path: Path, *, run_number: bytes = b"42", bank: bool = True) -> None:

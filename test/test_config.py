@@ -229,6 +229,11 @@ def test_nexus_listener_needs_a_file_path(tmp_path, script_dir):
     base = {"instrument": "HYSPEC", "script_dir": str(script_dir), "listener": "nexus"}
     with pytest.raises(ConfigError, match="path of a NeXus event file"):
         load_config(write(tmp_path, base))
+    with pytest.raises(ConfigError, match=r"NeXus event file .*run\.nxs\.h5 does not exist"):
+        load_config(write(tmp_path, base | {"address": "run.nxs.h5"}))
+    with pytest.raises(ConfigError, match=r"NeXus event file .*scripts is not a file"):
+        load_config(write(tmp_path, base | {"address": "scripts"}))
+    (tmp_path / "run.nxs.h5").write_bytes(b"")
     config = load_config(write(tmp_path, base | {"address": "run.nxs.h5"}))
     assert config.address == str(tmp_path / "run.nxs.h5")
 

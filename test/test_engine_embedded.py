@@ -235,6 +235,17 @@ def test_post_processing_failure_keeps_the_last_output(tmp_path):
     assert engine.progress.chunks == 2
 
 
+def test_output_write_failure_is_an_error_in_the_status(tmp_path):
+    (tmp_path / "blocker").write_text("a file where the output folder should be")
+    config = make_config(tmp_path, output_dir="blocker/out")
+    engine = drive(config, run_chunks(1, 2, ends=False))
+    assert engine.progress.chunks == 2
+    assert engine.progress.errors == 2
+    assert engine.progress.last_error.startswith(
+        f"cannot write {tmp_path / 'blocker' / 'out' / 'result.h5'}: "
+    )
+
+
 def test_run_script_globals(tmp_path):
     chunk = Chunk(
         events=events(0, 2, 1, 0),

@@ -78,6 +78,10 @@ def make_config(
     script_dir = tmp_path / "scripts"
     script_dir.mkdir(exist_ok=True)
     raw = {"script_dir": str(script_dir), **raw}
+    if raw.get("listener") == "nexus":  # the configuration insists the event file exists
+        event_file = tmp_path / raw["address"]
+        event_file.parent.mkdir(parents=True, exist_ok=True)
+        event_file.touch()
     short = config_from_mapping(
         raw, tmp_path / "livereduce.conf", check_scripts=False
     ).instrument.short_name
@@ -224,7 +228,7 @@ def test_defaults_give_the_predecessors_arguments(calls: Calls, tmp_path: Path) 
         ),
         pytest.param(
             {
-                "instrument": "POWGEN", "listener": "nexus", "address": "/data/PG3_1.nxs.h5",
+                "instrument": "POWGEN", "listener": "nexus", "address": "data/PG3_1.nxs.h5",
                 "listener_options": {"chunks": 4},
             },
             ("proc",),

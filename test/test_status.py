@@ -176,3 +176,17 @@ def test_console_script_is_installed(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "chunks:       12" in result.stdout
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    path = tmp_path / "status.json"
+    write_status(path, sample())
+    with subprocess.Popen(
+        ["livereduce-status", "--file", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as process:
+        process.stdout.close()  # like `| head -0`
+        stderr = process.stderr.read().decode()
+        assert process.wait(timeout=60) == 0
+    assert stderr == ""

@@ -304,6 +304,13 @@ first=$(prop livereduce MainPID)
 systemctl restart livereduce
 note "restart-rc $?"
 systemctl show livereduce -p ActiveState -p SubState -p MainPID > $OUT/restarted.txt
+systemctl reload livereduce
+note "reload-rc $?"
+for _ in $(seq 50); do
+    journalctl -u livereduce --no-pager -o cat | grep -q "worker_restart.*SIGHUP" && break
+    sleep 0.2
+done
+systemctl show livereduce -p ActiveState -p MainPID > $OUT/reloaded.txt
 t0=$(date +%s.%N)
 systemctl stop livereduce
 t1=$(date +%s.%N)
@@ -340,6 +347,11 @@ journalctl -u livereduce --no-pager -o cat > $OUT/unit-journal.txt
     assert "restart-rc 0" in notes
     assert restarted["ActiveState"] == "active"
     assert restarted["MainPID"] != started["MainPID"]
+    # reload: SIGHUP to the daemon, which stays (same main PID) and restarts its worker
+    assert "reload-rc 0" in notes
+    reloaded = container.values("reloaded.txt")
+    assert reloaded == {"ActiveState": "active", "MainPID": restarted["MainPID"]}
+    assert re.search(r"worker_restart.*SIGHUP", journal), journal[-3000:]
     # stop: within TimeoutStopSec (45 s) and nothing left behind
     seconds = float(re.search(r"stop-seconds (\S+)", notes).group(1))
     assert seconds < 45

@@ -114,6 +114,10 @@ def test_runs_reports_and_stops_on_sigterm(tmp_path, start_worker):
     assert report.errors == 1
     assert "reduce_FAKE_live_proc.py:3: RuntimeError: second chunk is bad" in report.last_error
     assert report.pid == worker.process.pid
+    worker.process.send_signal(signal.SIGHUP)  # the supervisor's signal: ignored here
+    chunks = report.chunks
+    worker.wait_for(lambda r: r.chunks >= chunks + 2)
+    assert worker.process.poll() is None
     began = time.monotonic()
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(10) == WorkerExit.STOPPED

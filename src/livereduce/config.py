@@ -294,7 +294,11 @@ def config_from_mapping(
     if listener is ListenerKind.NEXUS:
         if not address:
             reader.fail("address", "the nexus listener needs the path of a NeXus event file")
-        address = str(reader.resolve(address))
+        event_file = reader.resolve(address)
+        if not event_file.is_file():
+            state = "is not a file" if event_file.exists() else "does not exist"
+            reader.fail("address", f"NeXus event file {event_file} {state}")
+        address = str(event_file)
 
     base = path.parent if path else Path.cwd()
     script_dir = reader.path("script_dir", Path(f"/SNS/{instrument.short_name}/shared/livereduce"))

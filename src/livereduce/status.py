@@ -197,8 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             message += f"; looked in {', '.join(str(p) for p in candidates)}"
         print(f"livereduce-status: {message}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(status, indent=1, sort_keys=True))
-    else:
-        print(format_status(status))
+    text = json.dumps(status, indent=1, sort_keys=True) if args.json else format_status(status)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `livereduce-status | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

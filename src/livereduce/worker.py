@@ -16,6 +16,7 @@ import argparse
 import faulthandler
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,9 @@ def run_worker(config: Config, report_fd: int) -> WorkerExit:
     """Choose the engine, run it until it stops, and map failures to exit statuses."""
     stop = StopToken()
     stop.install()
+    # SIGHUP is the supervisor's to act on (it restarts this worker); `systemctl kill -s HUP`
+    # sends it to every process of the unit, and its default action would kill us mid-write.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reporter = _Reporter(ReportWriter(report_fd), stop)
     try:
         choice, reason = choose_engine(config)

@@ -272,6 +272,8 @@ class EmbeddedEngine:
             self._output = output
             self._output_version += 1
             wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            if self.writer.failure:
+                self._count_error(self.writer.failure)
         written = self._clock()
         self.progress = self.progress.with_(
             chunks=self.progress.chunks + 1, last_chunk_time=time.time()

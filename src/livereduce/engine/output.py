@@ -39,11 +39,14 @@ class OutputWriter:
         self._next_allowed = 0.0
         self.last_write_s = 0.0
         self.pending = False
+        self.failure = ""
 
     def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
-        the file was written. A failed write is logged; the previous file stays."""
+        the file was written. A failed write is logged and described in ``failure`` (empty
+        after any call that did not fail); the previous file stays."""
+        self.failure = ""
         if workspace is None or version == self._written_version:
             self.pending = False
             return False
@@ -66,7 +69,8 @@ class OutputWriter:
             workspace.save_hdf5(temporary)
             os.replace(temporary, target)
         except (OSError, *SCIPP_ERRORS) as error:
-            log.error("output_write_failed: cannot write %s: %s", target, error)
+            self.failure = f"cannot write {target}: {error}"
+            log.error("output_write_failed: %s", self.failure)
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
             return False
