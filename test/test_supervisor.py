@@ -384,6 +384,9 @@ def test_config_change_exits_0_and_identical_rewrite_does_nothing(daemon):
     lr.conf.write_text("{not json")  # a half-edited file: keep running on the old settings
     lr.wait_for(lambda _: "config_change_rejected" in lr.log(), "the rejected config change")
     assert lr.process.poll() is None
+    lr.conf.write_text(text)  # the typo fixed: the configuration in use again, nothing to do
+    lr.wait_for(lambda _: "config_restored" in lr.log(), "the restored config")
+    lr.stays(0, pid, quiet_s=3 * DEBOUNCE_S)
 
     replace_file(lr.conf, json.dumps({**lr.raw, "update_every": 0.3}))
     assert lr.exit_status(timeout_s=20) == 0

@@ -47,7 +47,7 @@ from livereduce.events import (
 from livereduce.memory import MemoryExceeded, MemoryGuard, resident_bytes
 from livereduce.protocol import Progress, WorkerExit, WorkerState
 from livereduce.publish import StatusPublisher
-from livereduce.watch import ConfigChanged, ScriptsChanged, Watcher
+from livereduce.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
 from livereduce.worker_process import Worker, describe_exit, spawn, worker_command
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,9 @@ class Supervisor:
         scripts = [self.config.proc_script]
         if self.config.post_process:
             scripts.append(self.config.post_proc_script)
+        # What "changed" means for the configuration: different from the file this process
+        # runs with, not from the last (possibly rejected) edit.
+        self._config_md5 = file_md5(self.config.path) if self.config.path else None
         self.watcher = Watcher(
             scripts,
             self.config.path,
@@ -375,6 +378,12 @@ class Supervisor:
 
     def _handle_config_changed(self, event: ConfigChanged) -> None:
         if self.exit_status is not None:
+            return
+        if event.new_md5 == self._config_md5:
+            log.info(
+                "config_restored: %s: the content is again the configuration in use; nothing to do",
+                event.describe(),
+            )
             return
         try:
             load_config(event.path)

@@ -74,8 +74,9 @@ class ScriptsChanged:
     """Processing scripts changed content, appeared or disappeared.
 
     ``paths``: the scripts that changed; ``detected_by``: 'inotify', 'poll' or a signal name;
-    ``saved_at``: Unix time of the save (the newest mtime of the changed files, or the time the
-    change was seen when a file was deleted), to measure save -> first chunk.
+    ``saved_at``: Unix time of the save: when the first event of the burst was seen (for the
+    periodic check, the file's mtime when it falls inside the last interval), to measure
+    save -> first chunk.
     """
 
     paths: tuple[Path, ...]
@@ -189,6 +190,7 @@ class Watcher:
         self._last_activity_s: float | None = None
         self._pending_snapshot: dict[Path, str | None] | None = None
         self._pending_source = ""
+        self._first_seen = 0.0
         self._touched: set[Path] = set()
         self._open_writers: set[Path] = set()
         self._refresh_needed = False
@@ -371,6 +373,7 @@ class Watcher:
     def _activity(self, source: str, path: Path | None) -> None:
         if self._last_activity_s is None:
             self._pending_source = source
+            self._first_seen = time.time()
         self._last_activity_s = self._clock()
         self._pending_snapshot = self._snapshot()
         if path is not None:
@@ -418,9 +421,14 @@ class Watcher:
             return
         scripts = tuple(p for p in changed if p in self.scripts)
         if scripts:
-            mtimes = [m for m in map(_mtime, scripts) if m is not None]
-            deleted = len(mtimes) < len(scripts)
-            saved_at = time.time() if deleted or not mtimes else max(mtimes)
+            saved_at = self._first_seen
+            if source == "poll":
+                # The periodic check sees a save up to one interval late; the file's mtime says
+                # when it happened, trusted only inside that interval (copies keep old mtimes,
+                # and a network filesystem's clock may be off).
+                mtimes = [m for m in map(_mtime, scripts) if m is not None]
+                if mtimes and saved_at - self.poll_interval_s <= max(mtimes) <= saved_at:
+                    saved_at = max(mtimes)
             self._emit(ScriptsChanged(paths=scripts, detected_by=source, saved_at=saved_at))
         if self.config is not None and self.config in changed:
             self._emit(
