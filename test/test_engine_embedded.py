@@ -312,6 +312,21 @@ def test_data_reset_replaces_the_accumulation(tmp_path):
     reset = Chunk(events=chunks[2].events, run=chunks[2].run, data_reset=True)
     engine = drive(make_config(tmp_path), [chunks[0], chunks[1], reset])
     assert sc.identical(engine.accumulation.value(), chunks[2].events)
+    assert engine.progress.events == 70  # the replayed run is not counted twice
+
+
+def test_a_listener_that_lost_its_server_mid_run_is_reported(tmp_path):
+    chunks = run_chunks(1, 1, ends=False)
+    empty = Chunk(events=events(0, 0, 0, 0), run=chunks[0].run)
+    listener = ChunkList([chunks[0], empty])
+    listener.connected = False
+    listener.state = "the SMS closed the connection; reconnecting (attempt 2 in 1.0 s)"
+    engine = EmbeddedEngine(make_config(tmp_path), listener)
+    listener.start(StartFrom.START_OF_RUN)
+    engine.step()
+    engine.step()
+    assert engine.progress.state is WorkerState.CONNECTING
+    assert engine.progress.detail == listener.state
 
 
 def test_empty_chunks_are_not_processed(tmp_path):

@@ -121,6 +121,7 @@ class EmbeddedEngine:
         self._run_logs: dict[str, list[sc.DataArray]] = {}
         self._replace_next = True
         self._received_data = False
+        self._run_events = 0
         self.progress = Progress(
             state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
         )
@@ -200,12 +201,10 @@ class EmbeddedEngine:
             self._set(state, str(waiting))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
         extracted = self._clock()
-        events = chunk.event_count
         self._received_data = True
-        self.progress = self.progress.with_(events=self.progress.events + events)
+        self._count_events(chunk)
         if not _has_data(chunk):
-            state = WorkerState.RUNNING if self._run_open else WorkerState.WAITING_FOR_RUN
-            self._set(state, "no new data" if self._run_open else "waiting for a run")
+            self._report_idle()
             return StepOutcome(waiting=True, extract_s=extracted - began)
         if self._new_run_without_end(chunk):
             finished = self._end_run(self._run)
@@ -224,6 +223,24 @@ class EmbeddedEngine:
             finished = self._end_run(chunk.run)
             outcome = dataclasses.replace(outcome, finished=finished)
         return outcome
+
+    def _count_events(self, chunk: Chunk) -> None:
+        events = self.progress.events
+        if chunk.data_reset:
+            # The run is streamed again from its first pulse: its events so far come again.
+            events -= self._run_events
+        if chunk.begins_run or chunk.data_reset:
+            self._run_events = 0
+        self._run_events += chunk.event_count
+        self.progress = self.progress.with_(events=events + chunk.event_count)
+
+    def _report_idle(self) -> None:
+        if not self._run_open:
+            self._set(WorkerState.WAITING_FOR_RUN, "waiting for a run")
+        elif getattr(self.listener, "connected", True):
+            self._set(WorkerState.RUNNING, "no new data")
+        else:
+            self._set(WorkerState.CONNECTING, getattr(self.listener, "state", "reconnecting"))
 
     def _new_run_without_end(self, chunk: Chunk) -> bool:
         return (

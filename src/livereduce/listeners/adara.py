@@ -206,6 +206,17 @@ class AdaraListener:
         self._unknown_pvs: set[tuple[int, int]] = set()
         self._dropped_outside_run = 0
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the SMS is open now."""
+        return self._client is not None
+
+    @property
+    def state(self) -> str:
+        """What the listener is doing, in words: connecting, waiting for a run, in run N, or
+        why the connection ended and when the next attempt comes."""
+        return self._state
+
     # ------------------------------------------------------------------ Listener contract
 
     def start(self, start_from: StartFrom) -> None:

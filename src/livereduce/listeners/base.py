@@ -84,7 +84,9 @@ class Listener(Protocol):
     module ``livereduce.listeners.<kind>`` has ``from_config(config) -> Listener``."""
 
     name: str
-    """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'."""
+    """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'. A listener that talks to
+    a server may also have ``connected`` (bool) and ``state`` (str, what it is doing in words);
+    the engine reports them while a run's data stop coming."""
 
     def start(self, start_from: StartFrom) -> None:
         """Connect (or open) and begin collecting; from the start of the current run or now.
