@@ -116,6 +116,13 @@ def test_format_for_people():
     assert "memory_exceeded: worker uses 1100 MiB" in text
     assert "errors:       1 (last: reduce_HYS_live_proc.py line 3: ValueError)" in text
     assert "stale" not in text
+    assert "SCRIPTS:" not in text
+
+
+def test_format_shows_scripts_that_are_not_running():
+    problem = "saved script not loaded, the worker runs the previous version: x.py:3: bad"
+    text = format_status(sample(scripts_problem=problem), now=1012.5)
+    assert f"SCRIPTS:      {problem}" in text
 
 
 def test_format_warns_about_a_dead_supervisor():

@@ -325,6 +325,9 @@ def test_vim_double_save_and_a_syntax_error(daemon):
     lr.wait_for(lambda _: "script_syntax_error" in lr.log(), "the syntax error in the log")
     line = broken.splitlines().index("output = (input") + 1
     assert f"script_syntax_error: {lr.proc}:{line}: '(' was never closed" in lr.log()
+    problem = lr.wait_for(lambda s: s.get("scripts_problem"), "the problem in the status")
+    assert problem.startswith("saved script not loaded, the worker runs the previous version: ")
+    assert f"{lr.proc}:{line}: '(' was never closed" in problem
     restarts = lr.restarts()
     time.sleep(4 * DEBOUNCE_S)
     assert lr.process.poll() is None
@@ -332,6 +335,7 @@ def test_vim_double_save_and_a_syntax_error(daemon):
 
     lr.proc.write_text(proc_script(lr.marker, "v5"))  # still watching: the fix is picked up
     lr.running(after_pid=pid, version="v5")
+    assert lr.status()["scripts_problem"] == ""
 
 
 def test_a_script_written_in_pieces_restarts_once_after_the_last_write(daemon):

@@ -149,6 +149,8 @@ class Supervisor:
         self.backoff_reason = ""
         self._pending_change: tuple[ScriptsChanged, float] | None = None
         self.last_reload_latency_s: float | None = None
+        self.scripts_problem = ""
+        """Why the scripts on disk are not the ones running (empty when they are)."""
         self._ready_sent = False
         self._watchdog_interval_s = notify.watchdog_interval_s()
         self._next_watchdog_s = 0.0
@@ -205,12 +207,12 @@ class Supervisor:
         return [p for p in self.config.existing_scripts() if p is not None]
 
     @staticmethod
-    def _report_syntax_errors(scripts: Sequence[Path]) -> bool:
-        """Log each script in ``scripts`` that does not compile; True if one does not."""
+    def _report_syntax_errors(scripts: Sequence[Path]) -> list[str]:
+        """Log each script in ``scripts`` that does not compile; returns the problems."""
         problems = syntax_errors(scripts)
         for problem in problems:
             log.error("script_syntax_error: %s", problem)
-        return bool(problems)
+        return problems
 
     def _wait_and_handle(self) -> None:
         timeout = max(self._next_wakeup_s() - self._clock(), 0.0)
@@ -363,15 +365,24 @@ class Supervisor:
                 event.describe(),
                 self.config.script_dir,
             )
+            self.scripts_problem = (
+                f"no processing script in {self.config.script_dir}: "
+                "the worker runs on with the scripts it started with"
+            )
             return
-        compiles = not self._report_syntax_errors(existing)
-        if not compiles and self.worker is not None and not self.worker.stop_reason:
+        problems = self._report_syntax_errors(existing)
+        if problems and self.worker is not None and not self.worker.stop_reason:
             log.error(
                 "scripts_not_reloaded: worker pid %d is not restarted for a script that "
                 "does not compile; saving a fixed script restarts it",
                 self.worker.pid,
             )
+            self.scripts_problem = (
+                "saved script not loaded, the worker runs the previous version: "
+                + "; ".join(problems)
+            )
             return
+        self.scripts_problem = ""
         self._pending_change = (event, self._clock())
         self.backoffs.reset()
         self._restart(RestartReason.SCRIPTS_CHANGED, event.describe(), delay_s=0.0)
@@ -634,6 +645,7 @@ class Supervisor:
             "restarts": self.restart_count,
             "restart_history": list(self.restart_history),
             "last_reload_latency_s": self.last_reload_latency_s,
+            "scripts_problem": self.scripts_problem,
             "supervisor_pid": os.getpid(),
             "version": __version__,
             "config": str(self.config.path) if self.config.path else None,

@@ -43,6 +43,8 @@ FIELDS = {
     "memory_limit_bytes": "the worker's memory limit, bytes (null: no limit)",
     "restarts": "worker restarts since the supervisor started",
     "restart_history": "the last restarts: [{time (Unix s), reason, detail}]",
+    "last_reload_latency_s": "seconds from the last script save to the new worker's first chunk",
+    "scripts_problem": "why the scripts on disk are not the ones running (empty when they are)",
     "supervisor_pid": "pid of the supervisor",
     "version": "livereduce version",
     "config": "configuration file",
@@ -142,6 +144,8 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
         f"restarts:     {get('restarts', 0)}",
     ]
+    if get("scripts_problem"):
+        lines.append(f"SCRIPTS:      {get('scripts_problem')}")
     for entry in get("restart_history") or []:
         detail = f": {entry.get('detail')}" if entry.get("detail") else ""
         lines.append(f"  {_stamp(entry.get('time', 0))} {entry.get('reason', '?')}{detail}")
