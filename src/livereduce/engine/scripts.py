@@ -131,7 +131,7 @@ class ScriptRunner:
             got = (
                 "nothing (output was not assigned)"
                 if output is None
-                else f"a {type(output).__name__}"
+                else f"a value of type {type(output).__name__}"
             )
             return ScriptResult(
                 failure=ScriptFailure(
