@@ -168,6 +168,12 @@ def test_bad_json_names_line_and_column(tmp_path):
     assert caught.value.path == path
 
 
+def test_a_key_given_twice(tmp_path):
+    path = write(tmp_path, '{"instrument": "HYSPEC", "update_every": 5, "update_every": 50}')
+    with pytest.raises(ConfigError, match="key 'update_every': given twice; keep one"):
+        load_config(path)
+
+
 def test_json_that_is_not_an_object(tmp_path):
     with pytest.raises(ConfigError, match="must hold a JSON object, not list"):
         load_config(write(tmp_path, [1, 2]))

@@ -225,6 +225,23 @@ def default_instrument_name(properties: tuple[Path, ...] = MANTID_PROPERTIES) ->
     return name
 
 
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice is an error (json.loads would keep the last one
+    silently, and which one an editor shows first is anybody's guess)."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
 def load_config(
     path: str | os.PathLike[str] | None,
     *,
@@ -255,7 +272,9 @@ def load_config(
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(chosen, None, f"cannot be read: {error}") from None
         try:
-            raw = json.loads(text)
+            raw = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKeyError as error:
+            raise ConfigError(chosen, error.key, "given twice; keep one") from None
         except json.JSONDecodeError as error:
             raise ConfigError(
                 chosen,
