@@ -176,6 +176,24 @@ def test_a_full_queue_holds_the_reader_back_without_losing_packets(sms_factory):
     assert isinstance(failure, ConnectionLost)
 
 
+def test_close_with_a_full_queue_stops_the_reader_at_once(sms_factory, caplog):
+    sms = sms_factory(lambda sock: sock.sendall(b"".join(heartbeat(i) for i in range(2000))))
+    client = AdaraClient("127.0.0.1", sms.port, queue_packets=4)
+    client.connect()
+    time.sleep(0.3)  # the reader holds ~2000 parsed packets and waits for 4 slots
+    client.close()
+    assert "did not stop" not in caplog.text
+    assert not [t for t in threading.enumerate() if t.name.startswith("adara-client-")]
+
+
+def test_connecting_twice_is_refused(sms_factory):
+    sms = sms_factory(lambda sock: sock.sendall(heartbeat()))
+    with AdaraClient("127.0.0.1", sms.port) as client:
+        with pytest.raises(RuntimeError, match="already connected"):
+            client.connect()
+        assert isinstance(client.get(2.0), packets.Heartbeat)
+
+
 def test_connect_refused_raises_oserror():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

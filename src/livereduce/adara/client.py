@@ -80,7 +80,11 @@ class AdaraClient:
         self.parser = StreamParser()
 
     def connect(self) -> None:
-        """Connect, send the client hello and start the reader thread."""
+        """Connect, send the client hello and start the reader thread.
+        Raises OSError when the SMS cannot be reached, RuntimeError when already connected
+        (a second reader would feed the same parser)."""
+        if self._sock is not None:
+            raise RuntimeError(f"already connected to the SMS at {self.address}")
         sock = socket.create_connection(self._host_port, timeout=self.connect_timeout_s)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -146,6 +150,8 @@ class AdaraClient:
             try:
                 for packet in feed:
                     self._put(packet)
+                    if self._closed.is_set():
+                        return True  # the rest of this read is not wanted any more
                 return True
             except AdaraProtocolError as exc:
                 self._put(exc)
