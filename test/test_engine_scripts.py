@@ -58,7 +58,10 @@ def test_syntax_error_names_the_line(tmp_path):
 
 @pytest.mark.parametrize(
     ("source", "got"),
-    [("output = 3\n", "got a value of type int"), ("pass\n", "got nothing (output was not assigned)")],
+    [
+        ("output = 3\n", "got a value of type int"),
+        ("pass\n", "got nothing (output was not assigned)"),
+    ],
 )
 def test_output_must_be_a_scipp_object(tmp_path, source, got):
     failure = runner(tmp_path, source).run(sc.scalar(1.0), RUN, {}).failure
