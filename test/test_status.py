@@ -125,6 +125,13 @@ def test_format_shows_scripts_that_are_not_running():
     assert f"SCRIPTS:      {problem}" in text
 
 
+def test_format_warns_about_a_file_not_rewritten():
+    assert "not rewritten" not in format_status(sample(), now=1010.0 + 9)
+    text = format_status(sample(), now=1010.0 + 30)
+    assert "WARNING: not rewritten for 30 s (it should be every 2 s)" in text
+    assert "not rewritten" not in format_status(sample(state="stopped"), now=1010.0 + 30)
+
+
 def test_format_warns_about_a_dead_supervisor():
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

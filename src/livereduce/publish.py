@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from livereduce import notify
-from livereduce.status import write_status
+from livereduce.status import WRITE_EVERY_S, write_status
 
-STATUS_REFRESH_S = 2.0
+STATUS_REFRESH_S = WRITE_EVERY_S
 """The status file is rewritten at least this often (and on every report, at most every
 STATUS_MIN_INTERVAL_S), so its ``updated`` field shows the supervisor is alive."""
 STATUS_MIN_INTERVAL_S = 0.2

@@ -21,6 +21,12 @@ import psutil
 
 from livereduce.config import ConfigError, load_config
 
+WRITE_EVERY_S = 2.0
+"""The supervisor rewrites the file at least this often (docs/operations.md)."""
+
+STALE_AFTER_S = 5 * WRITE_EVERY_S
+"""An older file is flagged: a few missed writes are load, not a fault."""
+
 SYSTEMD_STATUS_FILE = Path("/run/livereduce/status.json")
 """Where the service's status file is under systemd (``RuntimeDirectory=livereduce``)."""
 
@@ -104,6 +110,15 @@ def _stamp(then: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(then))
 
 
+def _overdue(status: Mapping[str, Any], now: float) -> bool:
+    updated = status.get("updated")
+    return (
+        status.get("state") != "stopped"
+        and isinstance(updated, int | float)
+        and now - updated > STALE_AFTER_S
+    )
+
+
 def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str:
     """The status as lines for a person (``livereduce-status`` without ``--json``)."""
     now = time.time() if now is None else now
@@ -115,6 +130,11 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
     pid = get("supervisor_pid")
     if isinstance(pid, int) and get("state") != "stopped" and not psutil.pid_exists(pid):
         lines.append(f"WARNING: supervisor pid {pid} is not running: this status is stale")
+    elif _overdue(status, now):
+        lines.append(
+            f"WARNING: not rewritten for {now - get('updated'):.0f} s (it should be every "
+            f"{WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
+        )
     state = str(get("state", "?"))
     if get("detail"):
         state += f" ({get('detail')})"
