@@ -567,7 +567,6 @@ class Supervisor:
     def _keepalive(self, now: float) -> None:
         if self._watchdog_interval_s is None or now < self._next_watchdog_s:
             return
-        self._next_watchdog_s = now + self._watchdog_interval_s
         worker = self.worker
         hung = (
             worker is not None
@@ -576,7 +575,10 @@ class Supervisor:
             > min(self.config.heartbeat_timeout, self._watchdog_interval_s)
         )
         if hung:
-            return  # no progress: systemd's watchdog may act before the heartbeat timeout does
+            # No progress: no ping, and the next tick asks again, so that a worker that beats
+            # again (or its replacement) is vouched for at once, not an interval later.
+            return
+        self._next_watchdog_s = now + self._watchdog_interval_s
         notify.watchdog()
 
     def _publish(self, now: float) -> None:
