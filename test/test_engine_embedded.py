@@ -315,6 +315,16 @@ def test_data_reset_replaces_the_accumulation(tmp_path):
     assert engine.progress.events == 70  # the replayed run is not counted twice
 
 
+@pytest.mark.parametrize(("heard", "state"), [(False, "connecting"), (True, "waiting_for_run")])
+def test_before_any_data_the_listener_says_whether_a_run_is_awaited(tmp_path, heard, state):
+    listener = ChunkList([])
+    listener.waiting_for_run = heard
+    engine = EmbeddedEngine(make_config(tmp_path), listener)
+    listener.start(StartFrom.START_OF_RUN)
+    engine.step()
+    assert engine.progress.state == state
+
+
 def test_a_listener_that_lost_its_server_mid_run_is_reported(tmp_path):
     chunks = run_chunks(1, 1, ends=False)
     empty = Chunk(events=events(0, 0, 0, 0), run=chunks[0].run)

@@ -25,7 +25,7 @@ from livereduce.adara.metadata_xml import ProcessVariable, device_xml
 from livereduce.adara.replay import ReplayServer
 from livereduce.config import StartFrom, config_from_mapping
 from livereduce.listeners import adara
-from livereduce.listeners.base import Chunk, Listener, NotYet
+from livereduce.listeners.base import Chunk, Listener, ListenerError, NotYet
 from test_adara_client import T0, FakeSms, heartbeat, new_run
 from test_adara_replay import file_events, file_logs, sorted_rows
 
@@ -279,6 +279,41 @@ def test_silent_sms_is_a_stale_stream_and_reconnects_with_growing_backoff(sms_fa
     assert len(stale) >= 2
     delays = [float(re.search(r"in ([\d.]+) s$", m).group(1)) for m in stale]
     assert delays[:2] == [0.5, 1.0]
+
+
+def test_waiting_for_a_run_only_once_the_sms_has_spoken(sms_factory):
+    speak = threading.Event()
+
+    def script(sock):
+        speak.wait(10)
+        sock.sendall(heartbeat())
+        time.sleep(10)
+
+    sms = sms_factory(script)
+    listener = _listener_for(sms, stale_timeout_s=30)
+    try:
+        _wait_for(lambda: listener.connected)
+        assert not listener.waiting_for_run  # a silent SMS is not a run-wait state
+        assert listener.state.endswith("nothing received yet")
+        speak.set()
+        _wait_for(lambda: listener.waiting_for_run)
+        with pytest.raises(NotYet, match="waiting for a run"):
+            listener.extract_data()
+    finally:
+        listener.close()
+
+
+def test_a_dead_connection_thread_is_a_listener_error(caplog):
+    # An address that passes the configuration's host:port check but that the socket layer
+    # rejects with an exception other than OSError (the host label is over 63 characters).
+    listener = adara.AdaraListener("x" * 70 + ".invalid", 31415)
+    listener.start(StartFrom.NOW)
+    try:
+        _wait_for(lambda: "adara_listener_failed" in caplog.text)
+        with pytest.raises(ListenerError, match="connection thread stopped: UnicodeError"):
+            listener.extract_data()
+    finally:
+        listener.close()
 
 
 def test_refused_connection_is_retried_and_extract_data_says_why(caplog):

@@ -196,9 +196,10 @@ class EmbeddedEngine:
         began = self._clock()
         try:
             chunk = self.listener.extract_data()
-        except NotYet as waiting:
-            state = WorkerState.WAITING_FOR_RUN if self._received_data else WorkerState.CONNECTING
-            self._set(state, str(waiting))
+        except NotYet as not_yet:
+            waiting = self._received_data or getattr(self.listener, "waiting_for_run", False)
+            state = WorkerState.WAITING_FOR_RUN if waiting else WorkerState.CONNECTING
+            self._set(state, str(not_yet))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
         extracted = self._clock()
         self._received_data = True

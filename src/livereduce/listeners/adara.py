@@ -52,7 +52,7 @@ from livereduce.adara.metadata_xml import (
     parse_runinfo_xml,
 )
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.listeners.base import Chunk, NotYet, RunInfo, make_events
+from livereduce.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -193,6 +193,8 @@ class AdaraListener:
         self._client: AdaraClient | None = None
         self._start_from = StartFrom.START_OF_RUN
         self._state = "not started"
+        self._heard = False
+        self._failure: str | None = None
         self.connections = 0
         """Successful connections so far (the first one included)."""
         # run state, guarded by _lock
@@ -210,6 +212,11 @@ class AdaraListener:
     def connected(self) -> bool:
         """Whether a connection to the SMS is open now."""
         return self._client is not None
+
+    @property
+    def waiting_for_run(self) -> bool:
+        """Connected, the SMS has sent packets on this connection, and no run is open."""
+        return self.connected and self._heard and self._open is None
 
     @property
     def state(self) -> str:
@@ -230,13 +237,17 @@ class AdaraListener:
 
     def extract_data(self) -> Chunk:
         """What arrived since the previous call, one run at most. Raises NotYet when not in a
-        run and nothing is buffered (the message says what the listener waits for)."""
+        run and nothing is buffered (the message says what the listener waits for), and
+        ListenerError once the connection thread has died and what it received is delivered."""
         with self._lock:
             if self._finished:
                 segment = self._finished.popleft()
             elif self._open is not None:
                 segment = self._open
-                self._open = segment.continuation()
+                # a dead connection thread adds nothing more: deliver what it had, then fail
+                self._open = segment.continuation() if self._failure is None else None
+            elif self._failure is not None:
+                raise ListenerError(self._failure)
             else:
                 raise NotYet(self._state)
             self._delivered_run = segment.run.number
@@ -254,6 +265,14 @@ class AdaraListener:
     # ------------------------------------------------------------------ connection thread
 
     def _run(self) -> None:
+        try:
+            self._connect_and_consume()
+        except Exception as exc:  # reported to the engine, which ends the worker
+            log.exception("adara_listener_failed: the connection thread stopped")
+            with self._lock:
+                self._failure = f"the ADARA connection thread stopped: {type(exc).__name__}: {exc}"
+
+    def _connect_and_consume(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             reconnect = self.connections > 0
@@ -279,7 +298,10 @@ class AdaraListener:
             self.connections += 1
             with self._lock:
                 self._reset_pending = reconnect
-                self._state = f"connected to the SMS at {self.host}:{self.port}, waiting for a run"
+                self._heard = False
+                self._state = (
+                    f"connected to the SMS at {self.host}:{self.port}, nothing received yet"
+                )
             log.info(
                 "connected to the SMS at %s:%d (connection %d), asking for %s",
                 self.host,
@@ -322,7 +344,14 @@ class AdaraListener:
                         got_packets,
                     )
                 continue
-            got_packets = True
+            if not got_packets:
+                got_packets = True
+                with self._lock:
+                    self._heard = True  # the SMS is alive: with no run open, we wait for one
+                    if self._open is None:
+                        self._state = (
+                            f"connected to the SMS at {self.host}:{self.port}, waiting for a run"
+                        )
             try:
                 with self._lock:
                     self._handle(packet)
