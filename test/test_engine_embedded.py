@@ -3,6 +3,9 @@ transitions, script failures, the output file, and the loop's stop and heartbeat
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -246,6 +249,25 @@ def test_output_write_failure_is_an_error_in_the_status(tmp_path):
     )
 
 
+def test_temporaries_of_killed_workers_are_removed(tmp_path):
+    with subprocess.Popen(["sleep", "30"]) as alive:
+        dead_pid = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        (tmp_path / f".result.h5.{dead_pid}.tmp").write_bytes(b"x" * 1000)
+        (tmp_path / f".result_7.h5.{dead_pid}.tmp").write_bytes(b"x")
+        (tmp_path / f".result.h5.{alive.pid}.tmp").write_bytes(b"x")
+        (tmp_path / f".other.h5.{dead_pid}.tmp").write_bytes(b"x")
+        OutputWriter(tmp_path, "result")
+        alive.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".result.h5.{alive.pid}.tmp", f".other.h5.{dead_pid}.tmp"]
+    )
+
+
 def test_run_script_globals(tmp_path):
     chunk = Chunk(
         events=events(0, 2, 1, 0),
@@ -264,6 +286,27 @@ def test_run_script_globals(tmp_path):
     )
     engine = drive(make_config(tmp_path, proc), [chunk])
     assert engine.workspaces["run"] == (42, "sample", [1.5])
+
+
+def test_log_values_of_a_chunk_without_events_are_kept(tmp_path):
+    def temperature(kelvin: float, t_ns: int) -> dict[str, sc.DataArray]:
+        return {
+            "temp": sc.DataArray(
+                sc.array(dims=["time"], values=[kelvin], unit="K"),
+                coords={"time": sc.datetimes(dims=["time"], values=[t_ns], unit="ns")},
+            )
+        }
+
+    first, _, third = run_chunks(42, 3, ends=False)
+    beam_off = Chunk(events=events(0, 0, 0, 0), run=first.run, logs=temperature(10.0, 2))
+    chunks = [
+        dataclasses.replace(first, logs=temperature(300.0, 1)),
+        beam_off,
+        third,
+    ]
+    proc = "workspaces['temp'] = run.logs['temp'].values.tolist()\noutput = input\n"
+    engine = drive(make_config(tmp_path, proc), chunks)
+    assert engine.workspaces["temp"] == [300.0, 10.0]
 
 
 def test_rename_keeps_each_finished_run(tmp_path):

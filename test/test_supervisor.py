@@ -450,6 +450,11 @@ def test_hung_script_is_replaced_and_sigterm_still_ends_in_time(daemon):
         "the replacement worker hanging",
     )
     assert "heartbeat_timeout: no heartbeat from worker pid" in lr.log()
+    # the stuck worker was asked with SIGABRT, and its stack shows the line it hung in
+    assert f"worker_stopping: pid {first} (SIGABRT, SIGKILL after" in lr.log()
+    dump = lr.stderr.read_text()
+    assert "Fatal Python error: Aborted" in dump
+    assert f'File "{lr.proc}", line' in dump
     asked = time.monotonic()
     lr.send(signal.SIGTERM)
     assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 0

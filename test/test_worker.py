@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from livereduce.protocol import Progress, ReportReader, WorkerExit, WorkerState
+from livereduce.worker_process import describe_exit
 
 
 class Worker:
@@ -182,3 +183,10 @@ def test_exit_statuses(tmp_path, start_worker, raw, status, message):
     worker = start_worker(raw)
     assert worker.process.wait(20) == status
     assert message in worker.log()
+
+
+def test_exit_descriptions_name_signals_and_statuses():
+    assert describe_exit(-signal.SIGKILL) == "signal SIGKILL"
+    assert describe_exit(-(signal.SIGRTMIN + 1)) == f"signal {signal.SIGRTMIN + 1}"
+    assert describe_exit(4) == "exit status 4 (ENGINE_FAILURE)"
+    assert describe_exit(77) == "exit status 77"

@@ -436,11 +436,23 @@ class Supervisor:
         self.publisher.dirty = True
         if self.worker is not None and not self.worker.stop_reason:
             grace = self.config.stop_timeout if grace_s is None else grace_s
-            self._stop_worker(self.worker, f"{reason}: {detail}", grace_s=grace)
+            # A worker that stopped beating is stuck: SIGABRT makes it dump where (faulthandler,
+            # into the journal) and die, instead of a SIGTERM it is too stuck to act on.
+            signum = signal.SIGABRT if reason is RestartReason.HEARTBEAT else signal.SIGTERM
+            self._stop_worker(self.worker, f"{reason}: {detail}", grace_s=grace, signum=signum)
 
-    def _stop_worker(self, worker: Worker, reason: str, *, grace_s: float) -> None:
-        log.info("worker_stopping: pid %d (SIGTERM, SIGKILL after %g s)", worker.pid, grace_s)
-        worker.stop(reason, now_s=self._clock(), grace_s=grace_s)
+    def _stop_worker(
+        self,
+        worker: Worker,
+        reason: str,
+        *,
+        grace_s: float,
+        signum: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        log.info(
+            "worker_stopping: pid %d (%s, SIGKILL after %g s)", worker.pid, signum.name, grace_s
+        )
+        worker.stop(reason, now_s=self._clock(), grace_s=grace_s, signum=signum)
 
     def _failure_restart(
         self, reason: RestartReason, detail: str, *, grace_s: float | None = None

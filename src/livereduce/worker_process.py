@@ -73,13 +73,20 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(sig)
 
-    def stop(self, reason: str, *, now_s: float, grace_s: float) -> None:
-        """Ask the worker to stop (SIGTERM) for ``reason``; it is due for SIGKILL ``grace_s``
-        after monotonic ``now_s``."""
+    def stop(
+        self,
+        reason: str,
+        *,
+        now_s: float,
+        grace_s: float,
+        signum: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        """Ask the worker to stop (``signum``: SIGTERM, or SIGABRT to have a stuck worker dump
+        its stack) for ``reason``; it is due for SIGKILL ``grace_s`` after monotonic ``now_s``."""
         self.stop_reason = reason
         self.stop_requested_s = now_s
         self.kill_at_s = now_s + grace_s
-        self.send(signal.SIGTERM)
+        self.send(signum)
 
     def kill(self) -> None:
         """SIGKILL, once; the kill deadline is then spent."""
@@ -170,7 +177,10 @@ def describe_exit(status: int) -> str:
     """``status`` (a Popen return code) in words for the log: the signal's name, or the exit
     status with its :class:`~livereduce.protocol.WorkerExit` name when it has one."""
     if status < 0:
-        return f"signal {signal.Signals(-status).name}"
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:  # real-time signals have no name in the enum
+            return f"signal {-status}"
     with contextlib.suppress(ValueError):
         return f"exit status {status} ({WorkerExit(status).name})"
     return f"exit status {status}"

@@ -205,6 +205,8 @@ class EmbeddedEngine:
         self._received_data = True
         self._count_events(chunk)
         if not _has_data(chunk):
+            if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
+                self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
             self._report_idle()
             return StepOutcome(waiting=True, extract_s=extracted - began)
         if self._new_run_without_end(chunk):
@@ -217,13 +219,16 @@ class EmbeddedEngine:
             self._run_logs = {}
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
-        for name, series in chunk.logs.items():
-            self._run_logs.setdefault(name, []).append(series)
+        self._keep_logs(chunk)
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
             outcome = dataclasses.replace(outcome, finished=finished)
         return outcome
+
+    def _keep_logs(self, chunk: Chunk) -> None:
+        for name, series in chunk.logs.items():
+            self._run_logs.setdefault(name, []).append(series)
 
     def _count_events(self, chunk: Chunk) -> None:
         events = self.progress.events

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from livereduce.engine.accumulation import SCIPP_ERRORS
 
 WRITE_SHARE = 0.25
@@ -40,6 +42,18 @@ class OutputWriter:
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary files a killed worker left (``.<name>*.h5.<pid>.tmp`` of processes
+        that are gone): a worker killed during a write leaves one the size of the accumulation,
+        and over months of restarts they would fill the disk."""
+        for stale in self.path.parent.glob(f".{self._name}*.h5.*.tmp"):
+            pid = stale.suffixes[-2].lstrip(".") if len(stale.suffixes) >= 2 else ""
+            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+                    log.info("stale_temporary_removed: %s", stale)
 
     def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
