@@ -463,6 +463,28 @@ def test_hung_script_is_replaced_and_sigterm_still_ends_in_time(daemon):
     assert "worker_killed: pid" in lr.log()
 
 
+def test_programs_a_script_started_go_with_its_worker(daemon, tmp_path):
+    children = tmp_path / "children.txt"
+    start_child = (
+        "import subprocess\n"
+        "if 'child' not in workspaces:\n"
+        "    workspaces['child'] = subprocess.Popen(['sleep', '300'])\n"
+        f"    open({str(children)!r}, 'a').write(f'{{workspaces[\"child\"].pid}}\\n')\n"
+    )
+    lr = daemon()
+    lr.proc.write_text(proc_script(lr.marker, "v1", extra=start_child))
+    lr.start()
+    first = lr.running(version="v1")
+    (child,) = map(int, children.read_text().split())
+    assert alive(child)
+    lr.send(signal.SIGHUP)
+    lr.running(after_pid=first, version="v1")
+    lr.wait_for(lambda _: not alive(child), "the first worker's child gone")
+    lr.send(signal.SIGTERM)
+    assert lr.exit_status(timeout_s=STOP_TIMEOUT_S + 5) == 0
+    assert [pid for pid in map(int, children.read_text().split()) if alive(pid)] == []
+
+
 def test_lifecycle_signals_rotation_and_notify(daemon):
     lr = daemon().start(env={"WATCHDOG_USEC": "1000000"})
     first = lr.running()

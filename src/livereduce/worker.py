@@ -16,6 +16,7 @@ import argparse
 import faulthandler
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-fd", type=int, required=True, help="pipe fd for progress reports")
     args = parser.parse_args(argv)
+    # Programs the scripts start must not hold the report pipe open after this process ends.
+    os.set_inheritable(args.report_fd, False)
     try:
         config = read_config(sys.stdin)
     except ConfigError as error:

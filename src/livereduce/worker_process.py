@@ -41,6 +41,7 @@ class Worker:
     stop_requested_s: float = 0.0
     kill_at_s: float | None = None
     killed: bool = False
+    group_killed: bool = False
     reports_closed: bool = False
     stable: bool = False
     rates: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
@@ -96,8 +97,16 @@ class Worker:
 
     def poll(self) -> int | None:
         """The exit status (reaping the process) once it ended, else None: a
-        :class:`~livereduce.protocol.WorkerExit` value, or minus the killing signal's number."""
-        return self.process.poll()
+        :class:`~livereduce.protocol.WorkerExit` value, or minus the killing signal's number.
+        Once it ended, what is left of its process group (programs its scripts started) is
+        killed: over months of restarts they would pile up, out of the memory guard's sight."""
+        status = self.process.poll()
+        if status is not None and not self.group_killed:
+            self.group_killed = True
+            # The group id cannot be reused while a member lives, so this hits no stranger.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        return status
 
 
 def worker_command(report_fd: int) -> list[str]:
@@ -134,6 +143,9 @@ def spawn(
             stdin=subprocess.PIPE,
             pass_fds=(write_fd,),
             env=worker_environment(),
+            # Its own process group: programs a script starts go with the worker (see poll),
+            # and a terminal's Ctrl-C or `timeout` reaches the supervisor, which decides.
+            process_group=0,
         )
     except OSError:
         os.close(read_fd)
