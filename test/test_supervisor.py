@@ -485,6 +485,26 @@ def test_programs_a_script_started_go_with_its_worker(daemon, tmp_path):
     assert [pid for pid in map(int, children.read_text().split()) if alive(pid)] == []
 
 
+def test_no_worker_is_started_while_no_script_exists(daemon):
+    lr = daemon()
+    lr.start()
+    first = lr.running(version="v1")
+    text = lr.proc.read_text()
+    lr.proc.unlink()  # as an unmounted network filesystem looks: the running worker stays
+    lr.wait_for(lambda _: "scripts_missing" in lr.log(), "the missing scripts in the log")
+    assert alive(first)
+    os.kill(first, signal.SIGKILL)
+    status = lr.wait_for(
+        lambda s: s.get("state") == "backoff" and "until one appears" in s["scripts_problem"] and s,
+        "the supervisor holding without scripts",
+    )
+    assert status["worker_pid"] is None
+    lr.stays(lr.restarts(), None, quiet_s=1.0)
+    lr.proc.write_text(text)
+    lr.running(after_pid=first, version="v1")
+    assert lr.status()["scripts_problem"] == ""
+
+
 def test_lifecycle_signals_rotation_and_notify(daemon):
     lr = daemon().start(env={"WATCHDOG_USEC": "1000000"})
     first = lr.running()

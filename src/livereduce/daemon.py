@@ -553,7 +553,24 @@ class Supervisor:
         if now < self.next_start_s:
             self.state = State.BACKOFF
             return
+        if not self._existing_scripts():
+            self._hold_without_scripts()
+            return
         self._spawn(now)
+
+    def _hold_without_scripts(self) -> None:
+        """No worker while no processing script exists (an unmounted network filesystem looks
+        like this): it would publish unreduced events as the result. A script that appears
+        again is a ScriptsChanged, which restarts as usual."""
+        problem = (
+            f"no processing script in {self.config.script_dir}: no worker runs until one appears"
+        )
+        if self.scripts_problem != problem:
+            log.error("scripts_missing: %s", problem)
+            self.scripts_problem = problem
+            self.publisher.dirty = True
+        self.state = State.BACKOFF
+        self.backoff_reason = "scripts_missing"
 
     def _spawn(self, now: float) -> None:
         try:
