@@ -380,6 +380,10 @@ def test_a_listener_that_lost_its_server_mid_run_is_reported(tmp_path):
     engine.step()
     assert engine.progress.state is WorkerState.CONNECTING
     assert engine.progress.detail == listener.state
+    listener.connected = True  # connected again, the beam still off
+    listener.chunks.append(empty)
+    engine.step()
+    assert engine.progress.state is WorkerState.NO_DATA
 
 
 def test_empty_chunks_are_not_processed(tmp_path):

@@ -136,13 +136,16 @@ def test_a_fresh_chunk_after_a_restart_resets_the_backoff(status_file: Path) -> 
     assert watchdog.restart_gap() == 300
 
 
-def test_waiting_for_a_run_counts_the_status_update_as_progress(status_file: Path) -> None:
+@pytest.mark.parametrize("state", ["waiting_for_run", "no_data", "run_ended"])
+def test_waiting_for_data_counts_the_status_update_as_progress(
+    status_file: Path, state: str
+) -> None:
     systemctl = StandInSystemctl()
-    _status(status_file, state="waiting_for_run", last_chunk_time=NOW - 9000, updated=NOW - 3)
+    _status(status_file, state=state, last_chunk_time=NOW - 9000, updated=NOW - 3)
     decision = _watchdog(status_file, systemctl, Clock()).check()
     assert decision.action is Action.NOTHING
-    assert "last progress 3 s ago (state waiting_for_run)" in decision.reason
-    _status(status_file, state="waiting_for_run", last_chunk_time=None, updated=NOW - 500)
+    assert f"last progress 3 s ago (state {state})" in decision.reason
+    _status(status_file, state=state, last_chunk_time=None, updated=NOW - 500)
     assert _watchdog(status_file, systemctl, Clock()).check().action is Action.RESTART
 
 

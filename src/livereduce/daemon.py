@@ -78,6 +78,7 @@ class State(StrEnum):
     STARTING = "starting"
     CONNECTING = "connecting"
     RUNNING = "running"
+    NO_DATA = "no_data"
     WAITING_FOR_RUN = "waiting_for_run"
     RUN_ENDED = "run_ended"
     RESTARTING = "restarting"
@@ -91,6 +92,7 @@ STATE_OF_WORKER = {
     WorkerState.CONNECTING: State.CONNECTING,
     WorkerState.WAITING_FOR_RUN: State.WAITING_FOR_RUN,
     WorkerState.RUNNING: State.RUNNING,
+    WorkerState.NO_DATA: State.NO_DATA,
     WorkerState.RUN_ENDED: State.RUN_ENDED,
     WorkerState.ERROR: State.RUNNING,  # a script error loses one chunk; the reduction goes on
 }
@@ -628,6 +630,8 @@ class Supervisor:
 
     def _status_line(self) -> str:
         progress = self.worker.progress if self.worker is not None else None
+        if self.state is State.BACKOFF and self.backoff_reason == "scripts_missing":
+            return self.scripts_problem
         if self.state is State.BACKOFF:
             wait = max(self.next_start_s - self._clock(), 0.0)
             reason = self.backoff_reason or "a failure"

@@ -43,6 +43,7 @@ class WorkerState(StrEnum):
     CONNECTING = "connecting"
     WAITING_FOR_RUN = "waiting_for_run"
     RUNNING = "running"
+    NO_DATA = "no_data"  # in a run and connected, but nothing new arrives (beam off, paused)
     RUN_ENDED = "run_ended"  # run_transition Stop: the run is over and monitoring stopped
     ERROR = "error"
 

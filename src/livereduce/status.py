@@ -31,8 +31,8 @@ SYSTEMD_STATUS_FILE = Path("/run/livereduce/status.json")
 """Where the service's status file is under systemd (``RuntimeDirectory=livereduce``)."""
 
 FIELDS = {
-    "state": "supervisor state: starting, running, waiting_for_run, run_ended, backoff, "
-    "restarting, stopping, stopped",
+    "state": "supervisor state: starting, connecting, running, no_data (in a run, nothing new "
+    "arrives), waiting_for_run, run_ended, backoff, restarting, stopping, stopped",
     "detail": "what the worker is doing or waiting for, in words",
     "instrument": "instrument name",
     "engine": "the worker's engine",

@@ -244,7 +244,7 @@ class EmbeddedEngine:
         if not self._run_open:
             self._set(WorkerState.WAITING_FOR_RUN, "waiting for a run")
         elif getattr(self.listener, "connected", True):
-            self._set(WorkerState.RUNNING, "no new data")
+            self._set(WorkerState.NO_DATA, "in a run, no new data (beam off?)")
         else:
             self._set(WorkerState.CONNECTING, getattr(self.listener, "state", "reconnecting"))
 
