@@ -361,6 +361,54 @@ def test_backoff_doubles_up_to_the_maximum():
     assert [adara.backoff_s(a, 3.0) for a in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
 
 
+@pytest.mark.parametrize(
+    ("pv_type", "first", "bad"),
+    [
+        ("double", packets.VariableDouble, ("VariableString", "abc")),
+        ("integer", packets.VariableU32, ("VariableDouble", float("nan"))),
+        ("integer", packets.VariableU32, ("VariableDouble", 1e30)),
+        ("integer", packets.VariableU32, ("VariableDouble", 2.7)),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_skipped_not_the_chunk(
+    sms_factory, caplog, pv_type, first, bad
+):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    pv = ProcessVariable(pv_id=1, name="SampleTemp", pv_type=pv_type, units="K")
+    bad_kind, bad_value = bad
+    stream = b"".join(
+        packets.encode(p)
+        for p in (
+            packets.DeviceDescriptor(timestamp_ns=T0, device_id=6, xml=device_xml("dev", [pv])),
+            first(timestamp_ns=T0 + 1, device_id=6, variable_id=1, value=4),
+            getattr(packets, bad_kind)(
+                timestamp_ns=T0 + 2, device_id=6, variable_id=1, value=bad_value
+            ),
+            first(timestamp_ns=T0 + 3, device_id=6, variable_id=1, value=5),
+        )
+    )
+    done = threading.Event()
+    sms = sms_factory(lambda sock: (sock.sendall(new_run() + stream), done.wait(10)))
+    listener = _listener_for(sms)
+    values = []
+
+    def got_both() -> bool:
+        with contextlib.suppress(NotYet):
+            log = listener.extract_data().logs.get("SampleTemp")
+            values.extend([] if log is None else log.values.tolist())
+        return len(values) >= 2
+
+    try:
+        _wait_for(got_both)
+    finally:
+        listener.close()
+        done.set()
+    assert values == [4, 5]
+    assert f"{bad_kind} value {bad_value!r} of PV SampleTemp (device 6 variable 1) ignored" in (
+        caplog.text
+    )
+
+
 def test_bad_descriptor_and_unknown_variables_are_logged_and_the_stream_goes_on(
     sms_factory, caplog
 ):

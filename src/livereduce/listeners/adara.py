@@ -68,6 +68,10 @@ FIRST_BACKOFF_S = 0.5
 _GET_TIMEOUT_S = 0.25
 """How long the reader waits for a packet before checking for staleness and close()."""
 
+MAX_REPORTED_UNKNOWN_PVS = 100
+"""Variables without a device descriptor are logged once each up to this many: a broken or
+hostile stream must not flood the log (or memory) with one line per variable."""
+
 
 def backoff_s(attempt: int, maximum_s: float) -> float:
     """Wait before connection attempt ``attempt`` + 1 (attempt >= 1): 0.5 s doubling, capped."""
@@ -124,6 +128,23 @@ class _Log:
         return sc.DataArray(data, coords={"time": times})
 
 
+def _coerce(pv_type: str, value: object) -> object:
+    """``value`` as the log's type: str, float, or an int that fits int64. Raises ValueError,
+    TypeError or OverflowError when it cannot be one."""
+    if pv_type == "string":
+        return str(value)
+    if pv_type == "double":
+        if isinstance(value, str):
+            raise TypeError(f"a string value {value!r} for a double PV")
+        return float(value)
+    if isinstance(value, str) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"value {value!r} for an integer PV")
+    number = int(value)
+    if not -(2**63) <= number < 2**63:
+        raise OverflowError(f"value {value!r} does not fit an integer PV")
+    return number
+
+
 def _unit(text: str) -> sc.Unit | None:
     """The PV's unit, or none when scipp does not know the spelling (e.g. 'pixel')."""
     try:
@@ -150,12 +171,20 @@ class _Segment:
         following.monitors = {name: _Events() for name in self.monitors}
         return following
 
-    def add_log(self, name: str, pv_type: str, units: str, time_ns: int, value: object) -> None:
+    def add_log(self, name: str, pv_type: str, units: str, time_ns: int, value: object) -> bool:
+        """Add one value; False (nothing added) when it does not fit the type the log has
+        (a string after doubles, a NaN for an integer PV): one bad value must not cost the
+        chunk when the log is turned into an array."""
         entry = self.logs.get(name)
         if entry is None:
             entry = self.logs[name] = _Log(pv_type, units)
+        try:
+            value = _coerce(entry.pv_type, value)
+        except (ValueError, TypeError, OverflowError):
+            return False
         entry.times_ns.append(time_ns)
         entry.values.append(value)
+        return True
 
     def to_chunk(self) -> Chunk:
         return Chunk(
@@ -206,6 +235,7 @@ class AdaraListener:
         self._geometry = ""
         self._pvs: dict[tuple[int, int], ProcessVariable] = {}
         self._unknown_pvs: set[tuple[int, int]] = set()
+        self._mistyped: set[str] = set()
         self._dropped_outside_run = 0
 
     @property
@@ -471,12 +501,15 @@ class AdaraListener:
         key = (packet.device_id, packet.variable_id)
         pv = self._pvs.get(key)
         if pv is None:
-            if key not in self._unknown_pvs:
+            if key not in self._unknown_pvs and len(self._unknown_pvs) < MAX_REPORTED_UNKNOWN_PVS:
                 self._unknown_pvs.add(key)
                 log.warning(
                     "variable value of device %d variable %d ignored: no device "
-                    "descriptor names it",
+                    "descriptor names it%s",
                     *key,
+                    "; further unknown variables are not logged"
+                    if len(self._unknown_pvs) == MAX_REPORTED_UNKNOWN_PVS
+                    else "",
                 )
             return
         if self._open is None:
@@ -491,7 +524,18 @@ class AdaraListener:
             pv_type = "string"
         else:
             pv_type = "double"
-        self._open.add_log(pv.name, pv_type, pv.units, packet.timestamp_ns, value)
+        added = self._open.add_log(pv.name, pv_type, pv.units, packet.timestamp_ns, value)
+        if not added and pv.name not in self._mistyped:
+            self._mistyped.add(pv.name)
+            log.warning(
+                "%s value %r of PV %s (device %d variable %d) ignored: the log holds %s values; "
+                "further mismatches of this PV are not logged",
+                type(packet).__name__,
+                packet.value,
+                pv.name,
+                *key,
+                self._open.logs[pv.name].pv_type,
+            )
 
     def _banked_event(self, packet: packets.BankedEvent) -> None:
         if self._open is None:
