@@ -316,6 +316,24 @@ def test_a_dead_connection_thread_is_a_listener_error(caplog):
         listener.close()
 
 
+def test_bytes_that_never_complete_a_packet_are_a_stale_stream(sms_factory, caplog):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    quit_drip = threading.Event()
+
+    def drip(sock):  # a header announcing 1 MiB, then one byte every 50 ms
+        sock.sendall(heartbeat()[:4].replace(b"\0\0\0\0", (1 << 20).to_bytes(4, "little")))
+        while not quit_drip.wait(0.05):
+            sock.sendall(b"\0")
+
+    sms = sms_factory(drip)
+    listener = _listener_for(sms, stale_timeout_s=0.5)
+    try:
+        _wait_for(lambda: "stale stream: no complete packet" in caplog.text)
+    finally:
+        quit_drip.set()
+        listener.close()
+
+
 def test_refused_connection_is_retried_and_extract_data_says_why(caplog):
     caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
     with socket.socket() as probe:

@@ -69,9 +69,10 @@ class AdaraClient:
         self._host_port = (host, port)
         self.start_time_ns = start_time_ns
         self.connect_timeout_s = connect_timeout_s
-        self.last_receive_monotonic = time.monotonic()
-        """Monotonic time of the latest bytes from the SMS (heartbeats included)."""
-        self.bytes_received = 0
+        self.last_packet_monotonic = time.monotonic()
+        """Monotonic time of the latest complete packet from the SMS (heartbeats included):
+        bytes that never complete a packet (a drip, a header with a huge length) keep a stream
+        stale."""
         self._queue: queue.Queue[packets.Packet | BaseException] = queue.Queue(queue_packets)
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -97,7 +98,7 @@ class AdaraClient:
             sock.close()
             raise
         self._sock = sock
-        self.last_receive_monotonic = time.monotonic()
+        self.last_packet_monotonic = time.monotonic()
         self._thread = threading.Thread(
             target=self._read, args=(sock,), name=f"adara-client-{self.address}", daemon=True
         )
@@ -137,8 +138,6 @@ class AdaraClient:
             if not data:
                 self._finish(f"the SMS at {self.address} closed the connection")
                 return
-            self.last_receive_monotonic = time.monotonic()
-            self.bytes_received += len(data)
             if not self._decode(data):
                 self._finish(f"stream from the SMS at {self.address} cannot be framed any more")
                 return
@@ -149,6 +148,7 @@ class AdaraClient:
         while True:
             try:
                 for packet in feed:
+                    self.last_packet_monotonic = time.monotonic()
                     self._put(packet)
                     if self._closed.is_set():
                         return True  # the rest of this read is not wanted any more

@@ -366,10 +366,10 @@ class AdaraListener:
                 log.warning("malformed packet from the SMS skipped: %s", exc)
                 continue
             if packet is None:
-                silent_s = time.monotonic() - client.last_receive_monotonic
+                silent_s = time.monotonic() - client.last_packet_monotonic
                 if silent_s > self.stale_timeout_s:
                     return (
-                        f"stale stream: nothing from the SMS at {client.address} for "
+                        f"stale stream: no complete packet from the SMS at {client.address} for "
                         f"{silent_s:.1f} s (stale_timeout_sec {self.stale_timeout_s:g})",
                         got_packets,
                     )
