@@ -3,10 +3,13 @@ background.
 
 A reader thread receives bytes, frames and decodes them with
 :class:`~livereduce.adara.parser.StreamParser` and puts packets on a bounded queue (when the
-consumer falls behind, the thread waits, TCP fills up and the SMS slows down: nothing is
-dropped). Failures travel the same queue, in order, so the consumer sees every packet that came
-before them: :class:`ConnectionLost` when the SMS closes the connection or the network fails
-(saying how many bytes of an incomplete packet were dropped), the parser's
+consumer of this queue falls behind, the thread waits, TCP fills up and the SMS slows down:
+nothing is dropped). The ADARA listener drains the queue at once into its chunk buffer, so
+there the bound is the worker's memory guard, not this queue.
+
+Failures travel the same queue, in order, so the consumer sees every packet that came before
+them: :class:`ConnectionLost` when the SMS closes the connection or the network fails (saying
+how many bytes of an incomplete packet were dropped), the parser's
 :class:`~livereduce.adara.errors.AdaraProtocolError` for a malformed packet. A malformed but
 correctly framed packet is skipped and reading goes on; a framing error ends the connection.
 :meth:`AdaraClient.close` returns within about a second whatever the reader is doing.

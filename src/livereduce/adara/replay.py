@@ -367,8 +367,13 @@ class ReplayServer:
         while not self.stopping:
             try:
                 sock, address = listening.accept()
-            except OSError:
-                return  # the listening socket was closed by stop()
+            except OSError as exc:
+                if self.stopping:
+                    return  # the listening socket was closed by stop()
+                # out of file descriptors, an aborted handshake: the server goes on serving
+                log.warning("accept failed: %s; accepting again in 0.5 s", exc)
+                time.sleep(0.5)
+                continue
             peer = f"{address[0]}:{address[1]}"
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(self, sock, peer)
