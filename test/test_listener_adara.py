@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -332,6 +333,31 @@ def test_bytes_that_never_complete_a_packet_are_a_stale_stream(sms_factory, capl
     finally:
         quit_drip.set()
         listener.close()
+
+
+def test_unknown_packets_and_events_outside_a_run_are_reported(sms_factory, caplog):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    unknown = struct.pack("<IIII", 4, 0x12345600, 0, 0) + b"\0" * 4
+    pulse = packets.BankedEvent(
+        timestamp_ns=T0,
+        sources=(
+            packets.SourceSection(
+                source_id=1,
+                banks=(packets.BankSection.from_arrays(1, [100, 200, 300], [5, 6, 7]),),
+            ),
+        ),
+    )
+    stream = unknown + unknown + packets.encode(pulse) + new_run() + heartbeat()
+    sms = sms_factory(lambda sock: (sock.sendall(stream), sock.close()))
+    listener = _listener_for(sms, reconnect_max_s=30)
+    try:
+        _wait_for(lambda: "unknown types skipped" in caplog.text)
+    finally:
+        listener.close()
+    assert "3 events that arrived outside a run were not kept" in caplog.text
+    assert "packets of unknown types skipped on this connection: 2 of format 0x12345600" in (
+        caplog.text
+    )
 
 
 def test_refused_connection_is_retried_and_extract_data_says_why(caplog):

@@ -341,6 +341,12 @@ class AdaraListener:
             )
             reason, got_packets = self._consume(client)
             client.close()
+            if client.parser.skipped:
+                kinds = ", ".join(
+                    f"{count} of format 0x{word:08x}"
+                    for word, count in sorted(client.parser.skipped.items())
+                )
+                log.warning("packets of unknown types skipped on this connection: %s", kinds)
             self._client = None
             if self._stop.is_set():
                 break
@@ -469,6 +475,11 @@ class AdaraListener:
         self._state = f"in run {number}"
         joined = packet.status is packets.RunStatusCode.STATE
         log.info("%s run %d", "joined" if joined else "new", number)
+        if self._dropped_outside_run:
+            log.info(
+                "%d events that arrived outside a run were not kept", self._dropped_outside_run
+            )
+            self._dropped_outside_run = 0
 
     def _close_open(self) -> None:
         if self._open is None:
