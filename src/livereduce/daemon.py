@@ -558,6 +558,8 @@ class Supervisor:
         if not self._existing_scripts():
             self._hold_without_scripts()
             return
+        if self.backoff_reason == "scripts_missing":  # a script is back: held no longer
+            self.scripts_problem = ""
         self._spawn(now)
 
     def _hold_without_scripts(self) -> None:
