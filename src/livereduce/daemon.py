@@ -153,6 +153,8 @@ class Supervisor:
         self.last_reload_latency_s: float | None = None
         self.scripts_problem = ""
         """Why the scripts on disk are not the ones running (empty when they are)."""
+        self.held_without_scripts = False
+        """No worker is started because no processing script exists."""
         self._ready_sent = False
         self._watchdog_interval_s = notify.watchdog_interval_s()
         self._next_watchdog_s = 0.0
@@ -558,7 +560,8 @@ class Supervisor:
         if not self._existing_scripts():
             self._hold_without_scripts()
             return
-        if self.backoff_reason == "scripts_missing":  # a script is back: held no longer
+        if self.held_without_scripts:  # a script is back
+            self.held_without_scripts = False
             self.scripts_problem = ""
         self._spawn(now)
 
@@ -569,12 +572,12 @@ class Supervisor:
         problem = (
             f"no processing script in {self.config.script_dir}: no worker runs until one appears"
         )
-        if self.scripts_problem != problem:
+        if not self.held_without_scripts:
             log.error("scripts_missing: %s", problem)
+            self.held_without_scripts = True
             self.scripts_problem = problem
             self.publisher.dirty = True
         self.state = State.BACKOFF
-        self.backoff_reason = "scripts_missing"
 
     def _spawn(self, now: float) -> None:
         try:
@@ -632,7 +635,7 @@ class Supervisor:
 
     def _status_line(self) -> str:
         progress = self.worker.progress if self.worker is not None else None
-        if self.state is State.BACKOFF and self.backoff_reason == "scripts_missing":
+        if self.held_without_scripts:
             return self.scripts_problem
         if self.state is State.BACKOFF:
             wait = max(self.next_start_s - self._clock(), 0.0)
