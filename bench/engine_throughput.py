@@ -27,9 +27,9 @@ from pathlib import Path
 import scipp as sc
 
 from livereduce.config import StartFrom, config_from_mapping
-from livereduce.engine.embedded import EmbeddedEngine
-from livereduce.engine.output import WRITE_SHARE
-from livereduce.listeners.fake import FakeListener
+from livereduce.worker.engine.embedded import EmbeddedEngine
+from livereduce.worker.listeners.fake import FakeListener
+from livereduce.worker.outputs.result import WRITE_SHARE
 
 UPDATE_EVERY_S = 1.0
 CHUNKS = 8

@@ -16,12 +16,12 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.config import Config, StartFrom, config_from_mapping
-from livereduce.engine.embedded import EmbeddedEngine, to_histogram
-from livereduce.engine.output import OutputWriter
-from livereduce.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
-from livereduce.listeners.nexus import NexusListener
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.stop import StopToken
+from livereduce.worker.engine.embedded import EmbeddedEngine, to_histogram
+from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.nexus import NexusListener
+from livereduce.worker.outputs.result import OutputWriter
+from livereduce.worker.stop import StopToken
 
 HIST = """
 import scipp as sc

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from livereduce.config import config_from_mapping
-from livereduce.engine.mantid import MantidEngine, from_config
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.stop import StopToken
+from livereduce.worker.engine.mantid import MantidEngine, from_config
+from livereduce.worker.stop import StopToken
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "test" / "mantid_standin"

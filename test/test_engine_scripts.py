@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import scipp as sc
 
-from livereduce.engine.scripts import RunContext, ScriptRunner
+from livereduce.worker.engine.scripts import RunContext, ScriptRunner
 
 RUN = RunContext(number=7, title="t", instrument="TEST")
 

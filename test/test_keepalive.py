@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from livereduce import daemon
 from livereduce.config import config_from_mapping
+from livereduce.supervisor import daemon
 
 WATCHDOG_SEC = 120.0  # livereduce.service
 HEARTBEAT_TIMEOUT_S = 90.0  # the default for update_every 30: max(3 * 30, 60)

@@ -25,8 +25,8 @@ from livereduce.adara import packets
 from livereduce.adara.metadata_xml import ProcessVariable, device_xml
 from livereduce.adara.replay import ReplayServer
 from livereduce.config import StartFrom, config_from_mapping
-from livereduce.listeners import adara
-from livereduce.listeners.base import Chunk, Listener, ListenerError, NotYet
+from livereduce.worker.listeners import adara
+from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet
 from test_adara_client import T0, FakeSms, heartbeat, new_run
 from test_adara_replay import file_events, file_logs, sorted_rows
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from livereduce.config import ConfigError, StartFrom, config_from_mapping
-from livereduce.listeners import create_listener
-from livereduce.listeners.base import NotYet
-from livereduce.listeners.fake import FRAME_US, PULSE_PERIOD_NS, FakeListener
+from livereduce.worker.listeners import create_listener
+from livereduce.worker.listeners.base import NotYet
+from livereduce.worker.listeners.fake import FRAME_US, PULSE_PERIOD_NS, FakeListener
 
 T0 = 1_700_000_000 * 10**9
 

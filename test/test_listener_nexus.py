@@ -8,9 +8,9 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.config import ConfigError, StartFrom, config_from_mapping
-from livereduce.listeners import create_listener
-from livereduce.listeners.base import ListenerError, NotYet
-from livereduce.listeners.nexus import NexusListener
+from livereduce.worker.listeners import create_listener
+from livereduce.worker.listeners.base import ListenerError, NotYet
+from livereduce.worker.listeners.nexus import NexusListener
 
 
 def triples(events: sc.DataArray) -> np.ndarray:

@@ -10,7 +10,12 @@ import textwrap
 import psutil
 import pytest
 
-from livereduce.memory import MemoryGuard, cgroup_memory_limit, memory_limit, resident_bytes
+from livereduce.supervisor.memory import (
+    MemoryGuard,
+    cgroup_memory_limit,
+    memory_limit,
+    resident_bytes,
+)
 
 MIB = 2**20
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from livereduce import notify
+from livereduce.supervisor import notify
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_abstract_namespace():
 
 
 def test_failure_is_logged_at_debug_and_not_raised(tmp_path, caplog):
-    caplog.set_level("DEBUG", logger="livereduce.notify")
+    caplog.set_level("DEBUG", logger="livereduce.supervisor.notify")
     missing = str(tmp_path / "nobody-listens.sock")
     assert notify.ready(env={"NOTIFY_SOCKET": missing}) is False
     assert [r.levelname for r in caplog.records] == ["DEBUG"]

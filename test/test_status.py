@@ -11,7 +11,14 @@ import time
 
 import pytest
 
-from livereduce.status import FIELDS, StatusError, format_status, main, read_status, write_status
+from livereduce.supervisor.status import (
+    FIELDS,
+    StatusError,
+    format_status,
+    main,
+    read_status,
+    write_status,
+)
 
 
 def sample(**changes):

@@ -30,9 +30,9 @@ import pytest
 import scipp as sc
 
 from livereduce.adara.replay import ReplayServer
-from livereduce.backoff import Backoff
-from livereduce.memory import memory_limit
-from livereduce.watch import DEBOUNCE_S
+from livereduce.supervisor.backoff import Backoff
+from livereduce.supervisor.memory import memory_limit
+from livereduce.supervisor.watch import DEBOUNCE_S
 
 REPO = Path(__file__).resolve().parents[1]
 UPDATE_EVERY_S = 0.2

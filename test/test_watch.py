@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from livereduce.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
+from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
 
 DEBOUNCE_S = 0.3
 QUIET_S = 0.8  # how long "nothing more happens" is waited for: well past one debounce
@@ -103,7 +103,7 @@ def test_each_kind_of_save_gives_exactly_one_event(watch, files):
 
 
 def test_touch_and_identical_rewrite_give_none(watch, files, caplog):
-    caplog.set_level("INFO", logger="livereduce.watch")
+    caplog.set_level("INFO", logger="livereduce.supervisor.watch")
     proc, _, conf = files
     _, events = watch()
     proc.touch()

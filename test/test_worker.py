@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from livereduce.protocol import Progress, ReportReader, WorkerExit, WorkerState
-from livereduce.worker_process import describe_exit
+from livereduce.supervisor.worker_process import describe_exit
 
 
 class Worker:

@@ -3,7 +3,7 @@
 ``livereduce [CONFIG]``: CONFIG defaults to ``/etc/livereduce.conf`` (built-in defaults when
 that does not exist either, as the predecessor did). A configuration that cannot be used gives
 one message on stderr naming the file, the key and what is allowed, and exit status 2; the
-other exit statuses are :class:`livereduce.daemon.DaemonExit`.
+other exit statuses are :class:`livereduce.supervisor.daemon.DaemonExit`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 from livereduce import __version__
 from livereduce.config import Config, ConfigError, load_config
-from livereduce.daemon import DaemonExit, run_daemon
-from livereduce.engine import EngineUnavailable, choose_engine
 from livereduce.logsetup import configure_logging
+from livereduce.supervisor.daemon import DaemonExit, run_daemon
+from livereduce.worker.engine import EngineUnavailable, choose_engine
 
 log = logging.getLogger("livereduce")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from livereduce.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from livereduce.stop import StopToken
+from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.watchdog")
 

@@ -39,7 +39,7 @@ from livereduce.adara.errors import AdaraProtocolError
 from livereduce.adara.parser import StreamParser
 from livereduce.adara.playlist import RunStream, build_run_stream, heartbeat_packet, join_packets
 from livereduce.adara.runfile import RunFileError, read_run_file
-from livereduce.stop import StopToken
+from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.replay")
 

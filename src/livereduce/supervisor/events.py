@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from livereduce.protocol import Progress
-from livereduce.watch import ConfigChanged, ScriptsChanged
+from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged
 
 
 @dataclass(frozen=True, slots=True)

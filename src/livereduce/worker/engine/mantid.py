@@ -36,7 +36,7 @@ from typing import Any
 
 from livereduce.config import Config, ListenerKind, RunTransitionBehavior, StartFrom
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.stop import StopToken
+from livereduce.worker.stop import StopToken
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from livereduce import notify
-from livereduce.status import WRITE_EVERY_S, write_status
+from livereduce.supervisor import notify
+from livereduce.supervisor.status import WRITE_EVERY_S, write_status
 
 STATUS_REFRESH_S = WRITE_EVERY_S
 """The status file is rewritten at least this often (and on every report, at most every

@@ -81,7 +81,7 @@ class Chunk:
 @runtime_checkable
 class Listener(Protocol):
     """A source of chunks. Implementations: ``adara`` (SNS SMS), ``fake``, ``nexus``; each
-    module ``livereduce.listeners.<kind>`` has ``from_config(config) -> Listener``."""
+    module ``livereduce.worker.listeners.<kind>`` has ``from_config(config) -> Listener``."""
 
     name: str
     """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'. A listener that talks to

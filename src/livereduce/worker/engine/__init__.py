@@ -15,7 +15,7 @@ from typing import Protocol
 from livereduce.config import Config
 from livereduce.config import Engine as EngineChoice
 from livereduce.protocol import Progress, WorkerExit
-from livereduce.stop import StopToken
+from livereduce.worker.stop import StopToken
 
 
 class EngineUnavailable(Exception):

@@ -52,7 +52,7 @@ from livereduce.adara.metadata_xml import (
     parse_runinfo_xml,
 )
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
 
 log = logging.getLogger("livereduce.listener.adara")
 

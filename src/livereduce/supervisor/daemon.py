@@ -34,21 +34,22 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from livereduce import __version__, notify
-from livereduce.backoff import STABLE_AFTER_S, Backoffs, RestartReason, classify_exit
+from livereduce import __version__
 from livereduce.config import Config, ConfigError, load_config
-from livereduce.events import (
+from livereduce.protocol import Progress, WorkerExit, WorkerState
+from livereduce.supervisor import notify
+from livereduce.supervisor.backoff import STABLE_AFTER_S, Backoffs, RestartReason, classify_exit
+from livereduce.supervisor.events import (
     BadReport,
     Event,
     ReportsClosed,
     SignalReceived,
     WorkerReport,
 )
-from livereduce.memory import MemoryExceeded, MemoryGuard, resident_bytes
-from livereduce.protocol import Progress, WorkerExit, WorkerState
-from livereduce.publish import StatusPublisher
-from livereduce.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
-from livereduce.worker_process import Worker, describe_exit, spawn, worker_command
+from livereduce.supervisor.memory import MemoryExceeded, MemoryGuard, resident_bytes
+from livereduce.supervisor.publish import StatusPublisher
+from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
+from livereduce.supervisor.worker_process import Worker, describe_exit, spawn, worker_command
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from livereduce.engine.accumulation import SCIPP_ERRORS
+from livereduce.worker.engine.accumulation import SCIPP_ERRORS
 
 WRITE_SHARE = 0.25
 """Largest share of wall time spent writing the output file; the rest is left for chunks."""

@@ -30,7 +30,7 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.listeners.base import Chunk, ListenerError, NotYet, RunInfo, empty_events
+from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, empty_events
 
 _BANK = re.compile(r"bank\d+_events")
 _ISO = re.compile(r"^(?P<base>[^.]*?)(?P<frac>\.\d+)?(?P<tz>Z|[+-]\d\d:?\d\d)?$")

@@ -9,10 +9,10 @@ runs LoadLiveData's steps (§2.3):
 3. with ``preserve_events`` false, turn events into a histogram: every binned result becomes
    its bins' sums (``bins.sum()``), keeping the bins the script chose — Mantid's
    ConvertToMatrixWorkspace, which keeps the workspace's binning;
-4. accumulate (:mod:`livereduce.engine.accumulation`); the first chunk, a chunk that begins a
+4. accumulate (:mod:`livereduce.worker.engine.accumulation`); the first chunk, a chunk that begins a
    run, a data reset and the first chunk after a run transition force Replace;
 5. run the post-processing script on the accumulation (none: the output is the accumulation);
-6. write the output file (:mod:`livereduce.engine.output`) and report progress.
+6. write the output file (:mod:`livereduce.worker.outputs.result`) and report progress.
 
 Run transitions (``run_transition``): at the chunk that ends a run, Restart makes the next chunk
 replace the accumulation; Rename does the same and keeps the finished run's output as
@@ -33,12 +33,12 @@ from typing import Any
 import scipp as sc
 
 from livereduce.config import Config, RunTransitionBehavior
-from livereduce.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
-from livereduce.engine.output import OutputWriter
-from livereduce.engine.scripts import RunContext, ScriptFailure, ScriptRunner
-from livereduce.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.stop import StopToken
+from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
+from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
+from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
+from livereduce.worker.outputs.result import OutputWriter
+from livereduce.worker.stop import StopToken
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _has_data(chunk: Chunk) -> bool:
 
 class EmbeddedEngine:
     """The live-data loop for ``config``. ``listener``: the source of chunks (None: made from
-    the configuration by :func:`livereduce.listeners.create_listener` when :meth:`run`
+    the configuration by :func:`livereduce.worker.listeners.create_listener` when :meth:`run`
     starts; tests pass one, already started or not). ``clock``: monotonic seconds."""
 
     def __init__(
@@ -133,7 +133,7 @@ class EmbeddedEngine:
         with run_transition Stop, the end of the run. Reports after every chunk and at least
         every HEARTBEAT_INTERVAL_S while waiting. ListenerError: ENGINE_FAILURE."""
         if self.listener is None:
-            from livereduce.listeners import create_listener  # noqa: PLC0415 - lazy: picks a module by kind
+            from livereduce.worker.listeners import create_listener  # noqa: PLC0415 - lazy: picks a module by kind
 
             self.listener = create_listener(self.config)
         self._set(WorkerState.CONNECTING, f"starting {self.listener.name}")

@@ -24,11 +24,11 @@ from typing import Any
 
 from livereduce.config import Config, ConfigError, config_from_mapping
 from livereduce.config import Engine as EngineChoice
-from livereduce.engine import Engine, EngineUnavailable, choose_engine
-from livereduce.listeners.base import ListenerError
 from livereduce.logsetup import configure_logging
 from livereduce.protocol import Progress, ReportWriter, WorkerExit, WorkerState
-from livereduce.stop import StopToken
+from livereduce.worker.engine import Engine, EngineUnavailable, choose_engine
+from livereduce.worker.listeners.base import ListenerError
+from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.worker")
 
@@ -51,11 +51,11 @@ def make_engine(choice: EngineChoice, config: Config) -> Engine:
     """The engine object for ``choice`` (imported only when chosen), with its listener.
     Raises ConfigError or ValueError for unusable listener settings."""
     if choice is EngineChoice.MANTID:
-        from livereduce.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
+        from livereduce.worker.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
 
         return mantid.from_config(config)
-    from livereduce.engine.embedded import EmbeddedEngine  # noqa: PLC0415
-    from livereduce.listeners import create_listener  # noqa: PLC0415
+    from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: PLC0415
+    from livereduce.worker.listeners import create_listener  # noqa: PLC0415
 
     return EmbeddedEngine(config, create_listener(config))
 

@@ -1,16 +1,16 @@
-"""Listeners: where chunks come from (the contract is in :mod:`livereduce.listeners.base`)."""
+"""Listeners: where chunks come from (contract: :mod:`livereduce.worker.listeners.base`)."""
 
 from __future__ import annotations
 
 import importlib
 
 from livereduce.config import Config
-from livereduce.listeners.base import Listener
+from livereduce.worker.listeners.base import Listener
 
 
 def create_listener(config: Config) -> Listener:
-    """The listener named by ``config.listener``, from ``livereduce.listeners.<kind>``'s
+    """The listener named by ``config.listener``, from ``livereduce.worker.listeners.<kind>``'s
     ``from_config`` (imported only when chosen, so a listener's dependencies are needed only
     when it is used). Raises what ``from_config`` raises for unusable settings (ConfigError)."""
-    module = importlib.import_module(f"livereduce.listeners.{config.listener.value}")
+    module = importlib.import_module(f"livereduce.worker.listeners.{config.listener.value}")
     return module.from_config(config)

@@ -26,7 +26,7 @@ import numpy as np
 import scipp as sc
 
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.listeners.base import Chunk, NotYet, RunInfo
+from livereduce.worker.listeners.base import Chunk, NotYet, RunInfo
 
 PULSE_RATE_HZ = 60
 """SNS accelerator repetition rate; one pulse every 1/60 s."""
@@ -94,7 +94,7 @@ class FakeListener:
         self._pool_tof = np.concatenate([tof, tof])
 
     def _events(self, pulses_ns: np.ndarray, per_pulse: np.ndarray) -> sc.DataArray:
-        """The layout of :func:`~livereduce.listeners.base.make_events`, built in place: each
+        """The layout of :func:`~livereduce.worker.listeners.base.make_events`, built in place: each
         event field is copied once, from pool windows straight into scipp's memory."""
         n = int(per_pulse.sum())
         offsets = self._rng.integers(0, POOL_EVENTS, max(math.ceil(n / POOL_EVENTS), 1))

@@ -2,8 +2,8 @@
 
 :func:`spawn` starts ``python -m livereduce.worker`` with a fresh report pipe (protocol.py), hands
 it the configuration on stdin, and starts the thread that turns the pipe's bytes into
-:mod:`livereduce.events` on the supervisor's queue. :class:`Worker` keeps what the supervisor
-knows of the process. Nothing here decides about restarts or logs: that is the supervisor's job.
+:mod:`livereduce.supervisor.events` on the supervisor's queue. :class:`Worker` keeps what the
+supervisor knows of the process. Nothing here decides about restarts or logs: the supervisor does.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livereduce.config import Config
-from livereduce.events import BadReport, Event, ReportsClosed, WorkerReport
 from livereduce.protocol import Progress, ReportReader, WorkerExit
+from livereduce.supervisor.events import BadReport, Event, ReportsClosed, WorkerReport
 
 RATE_WINDOW_S = 10.0
 """events/s is measured over the reports of the last 10 seconds."""

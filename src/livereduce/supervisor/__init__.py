@@ -1,0 +1,1 @@
+"""The supervisor: one event loop keeping exactly one worker running; never touches neutron data."""

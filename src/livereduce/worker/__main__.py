@@ -1,0 +1,5 @@
+import sys
+
+from livereduce.worker.main import main
+
+sys.exit(main())

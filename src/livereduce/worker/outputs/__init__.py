@@ -1,0 +1,1 @@
+"""The outputs of the worker: the result file."""
