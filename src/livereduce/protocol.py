@@ -7,7 +7,10 @@ chunk, and while it waits for data at least every ``HEARTBEAT_INTERVAL_S``), nev
 thread, so a hung processing script stops the heartbeats (STYLE.md §3).
 
 The worker program is ``python -m livereduce.worker --report-fd N``; it reads the configuration
-as a JSON object ``{"path": str | null, "raw": {...}}`` on its standard input.
+as a JSON object ``{"path": str | null, "raw": {...}, "resume": {...} | null}`` on its standard
+input. ``resume`` is the :class:`Resume` the previous worker last reported (nothing is lost across
+restarts): the next worker asks the stream for data from that run's start, completes and keeps
+that run, then goes on with the current one.
 """
 
 from __future__ import annotations
@@ -49,6 +52,34 @@ class WorkerState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    """The oldest run a worker has seen but not yet finished (its ``result_<run>`` not written).
+
+    ``run_number`` is the facility's run number; ``start_ns`` the run's start as Unix time in
+    nanoseconds (ADARA: the run status packet's run start; Kafka: pl72 ``start_time``).
+    """
+
+    run_number: int
+    start_ns: int
+
+    def to_json(self) -> dict[str, int]:
+        """The JSON object the supervisor hands the next worker."""
+        return {"run_number": self.run_number, "start_ns": self.start_ns}
+
+    @classmethod
+    def from_json(cls, data: object) -> Resume | None:
+        """``None`` for ``null``; raises ValueError for anything but a :meth:`to_json` object."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"resume is not an object: {data!r}")
+        try:
+            return cls(run_number=int(data["run_number"]), start_ns=int(data["start_ns"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"resume is not a run and a start time: {data!r}: {error}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Progress:
     """One report: the worker's state and counters since it started.
 
@@ -56,6 +87,13 @@ class Progress:
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
     ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
     is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+
+    ``unfinished_run`` / ``unfinished_run_start_ns`` are the :class:`Resume` to hand the next
+    worker (``None`` between runs, once every run seen was written). ``in_script`` names the
+    user script running now (e.g. ``reduce_HYS_live_post_proc.py``, empty between scripts) and
+    ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
+    set is sent just before the script starts, and the supervisor then allows that script's
+    ``script_timeout_sec`` before it counts the worker as hung.
     """
 
     state: WorkerState
@@ -70,6 +108,17 @@ class Progress:
     last_chunk_time: float | None = None
     errors: int = 0
     last_error: str = ""
+    unfinished_run: int | None = None
+    unfinished_run_start_ns: int | None = None
+    in_script: str = ""
+    in_script_since: float | None = None
+
+    @property
+    def resume(self) -> Resume | None:
+        """The run the next worker must complete first, if any."""
+        if self.unfinished_run is None or self.unfinished_run_start_ns is None:
+            return None
+        return Resume(run_number=self.unfinished_run, start_ns=self.unfinished_run_start_ns)
 
     def with_(self, **changes: Any) -> Progress:
         """A copy with ``changes`` applied."""
