@@ -148,6 +148,9 @@ def test_all_new_keys(tmp_path, script_dir):
         ({"CONDA_ENV": ""}, "CONDA_ENV", "non-empty string"),
         ({"instrument": 7}, "instrument", "non-empty string"),
         ({"instrument": "NOSUCH"}, "instrument", "set 'address'"),
+        ({"script_timeout_sec": 0}, "script_timeout_sec", "> 0"),
+        ({"script_timeout_sec": {"proc": 5}}, "script_timeout_sec", "allowed: processing"),
+        ({"script_timeout_sec": {"processing": "x"}}, "script_timeout_sec.processing", "> 0"),
     ],
 )
 def test_wrong_values_name_file_key_and_what_is_allowed(tmp_path, script_dir, data, key, allowed):
@@ -159,6 +162,26 @@ def test_wrong_values_name_file_key_and_what_is_allowed(tmp_path, script_dir, da
     assert str(path) in message
     assert f"key '{key}'" in message
     assert allowed in message
+
+
+@pytest.mark.parametrize(
+    ("given", "update_every", "proc", "post_proc"),
+    [
+        (None, 30, 300.0, 600.0),
+        (None, 400, 1200.0, 800.0),
+        (45, 30, 45.0, 45.0),
+        ({"post_processing": 900}, 30, 300.0, 900.0),
+        ({"processing": 12}, 30, 12.0, 600.0),
+    ],
+)
+def test_script_timeouts(tmp_path, script_dir, given, update_every, proc, post_proc):
+    data = {"instrument": "HYSPEC", "script_dir": str(script_dir), "update_every": update_every}
+    if given is not None:
+        data["script_timeout_sec"] = given
+    config = load_config(write(tmp_path, data))
+    assert (config.proc_script_timeout, config.post_proc_script_timeout) == (proc, post_proc)
+    assert config.script_timeout("reduce_HYS_live_post_proc.py") == post_proc
+    assert config.script_timeout("reduce_HYS_live_proc.py") == proc
 
 
 def test_bad_json_names_line_and_column(tmp_path):

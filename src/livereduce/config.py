@@ -131,6 +131,8 @@ class Config:
     poll_interval_sec: float = 10.0
     heartbeat_timeout_sec: float | None = None
     stop_timeout: float = 20.0
+    proc_script_timeout_sec: float | None = None
+    post_proc_script_timeout_sec: float | None = None
 
     @property
     def proc_script(self) -> Path:
@@ -149,6 +151,28 @@ class Config:
         if self.heartbeat_timeout_sec is not None:
             return self.heartbeat_timeout_sec
         return max(3 * self.update_every, 60.0)
+
+    @property
+    def proc_script_timeout(self) -> float:
+        """Seconds one run of the processing script may take before the worker counts as hung
+        (``script_timeout_sec``): the configured value, else ``max(300, 3 * update_every)``."""
+        if self.proc_script_timeout_sec is not None:
+            return self.proc_script_timeout_sec
+        return max(300.0, 3 * self.update_every)
+
+    @property
+    def post_proc_script_timeout(self) -> float:
+        """The same for the post-processing script: the configured value, else
+        ``max(600, 2 * update_every)`` (REF_M-style post-processing runs a whole reduction)."""
+        if self.post_proc_script_timeout_sec is not None:
+            return self.post_proc_script_timeout_sec
+        return max(600.0, 2 * self.update_every)
+
+    def script_timeout(self, script: str) -> float:
+        """The time limit of the script file named ``script`` (a report's ``in_script``)."""
+        if script == self.post_proc_script.name:
+            return self.post_proc_script_timeout
+        return self.proc_script_timeout
 
     def existing_scripts(self) -> tuple[Path | None, Path | None]:
         """(proc script, post-proc script) as they are on disk now; None where a script is
@@ -175,6 +199,8 @@ class Config:
                 value = dict(value)
             out[name] = value
         out["heartbeat_timeout"] = self.heartbeat_timeout
+        out["proc_script_timeout"] = self.proc_script_timeout
+        out["post_proc_script_timeout"] = self.post_proc_script_timeout
         return out
 
 
@@ -192,7 +218,7 @@ KNOWN_KEYS = frozenset(
         "mem_check_interval_sec", "CONDA_ENV", "PIXI_ENV", "VENV", "watchdog", "engine",
         "listener", "address", "listener_options", "start_from", "run_transition",
         "output_workspace", "output_dir", "status_file", "log_file", "poll_interval_sec",
-        "heartbeat_timeout_sec", "stop_timeout",
+        "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec",
     }
 )  # fmt: skip
 
@@ -366,6 +392,7 @@ def config_from_mapping(
         poll_interval_sec=reader.number("poll_interval_sec", 10.0, minimum=0.0, inclusive=False),
         heartbeat_timeout_sec=reader.optional_number("heartbeat_timeout_sec", minimum=0.0),
         stop_timeout=reader.number("stop_timeout", 20.0, minimum=0.0, inclusive=False),
+        **_script_timeouts(reader),
     )
     if check_scripts and config.existing_scripts() == (None, None):
         names = [config.proc_script.name]
@@ -399,6 +426,28 @@ def _resolve_instrument(
             f"'{name}' is not a known SNS or HFIR instrument; set 'address' (host:port) to use it",
         )
     return Instrument(name=name, short_name=name, facility="", beamline="", live_address=address)
+
+
+def _script_timeouts(reader: _Reader) -> dict[str, float | None]:
+    """``script_timeout_sec``: one number for both scripts, or an object with ``processing``
+    and/or ``post_processing`` (seconds, > 0)."""
+    value = reader.raw.get("script_timeout_sec")
+    if value is None:
+        return {"proc_script_timeout_sec": None, "post_proc_script_timeout_sec": None}
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"processing", "post_processing"})
+        if unknown:
+            reader.fail(
+                "script_timeout_sec",
+                f"unknown key(s) {', '.join(unknown)}; allowed: processing, post_processing",
+            )
+        sub = _Reader(value, reader.path_, prefix="script_timeout_sec.")
+        return {
+            "proc_script_timeout_sec": sub.optional_number("processing", minimum=0.0),
+            "post_proc_script_timeout_sec": sub.optional_number("post_processing", minimum=0.0),
+        }
+    both = reader.optional_number("script_timeout_sec", minimum=0.0)
+    return {"proc_script_timeout_sec": both, "post_proc_script_timeout_sec": both}
 
 
 def _check_host_port(reader: _Reader, address: str) -> None:
