@@ -52,7 +52,8 @@ from livereduce.adara.metadata_xml import (
     parse_runinfo_xml,
 )
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo
+from livereduce.worker.listeners.pulse_events import PulseEvents
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -76,32 +77,6 @@ hostile stream must not flood the log (or memory) with one line per variable."""
 def backoff_s(attempt: int, maximum_s: float) -> float:
     """Wait before connection attempt ``attempt`` + 1 (attempt >= 1): 0.5 s doubling, capped."""
     return min(maximum_s, FIRST_BACKOFF_S * 2.0 ** max(attempt - 1, 0))
-
-
-class _Events:
-    """Events of consecutive pulses: pulse times, counts, pixel IDs and TOF in 100 ns."""
-
-    def __init__(self) -> None:
-        self.pulse_ns: list[int] = []
-        self.counts: list[int] = []
-        self.ids: list[np.ndarray] = []
-        self.tofs: list[np.ndarray] = []
-
-    def add_pulse(self, pulse_ns: int, ids: list[np.ndarray], tofs: list[np.ndarray]) -> None:
-        self.pulse_ns.append(pulse_ns)
-        self.counts.append(sum(len(a) for a in ids))
-        self.ids.extend(ids)
-        self.tofs.extend(tofs)
-
-    def to_events(self) -> sc.DataArray:
-        ids = np.concatenate(self.ids) if self.ids else np.empty(0, np.uint32)
-        tofs = np.concatenate(self.tofs) if self.tofs else np.empty(0, np.uint32)
-        return make_events(
-            np.asarray(self.pulse_ns, dtype=np.int64),
-            np.asarray(self.counts, dtype=np.int64),
-            ids.astype(np.int32),
-            (tofs.astype(np.float64) / 10.0).astype(np.float32),
-        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -161,14 +136,14 @@ class _Segment:
         self.begins_run = begins_run
         self.ends_run = False
         self.data_reset = data_reset
-        self.events = _Events()
-        self.monitors: dict[str, _Events] = {}
+        self.events = PulseEvents()
+        self.monitors: dict[str, PulseEvents] = {}
         self.logs: dict[str, _Log] = {}
 
     def continuation(self) -> _Segment:
         """The next interval of the same run; monitors seen in the run stay in every chunk."""
         following = _Segment(self.run, begins_run=False)
-        following.monitors = {name: _Events() for name in self.monitors}
+        following.monitors = {name: PulseEvents() for name in self.monitors}
         return following
 
     def add_log(self, name: str, pv_type: str, units: str, time_ns: int, value: object) -> bool:
@@ -552,15 +527,13 @@ class AdaraListener:
         if self._open is None:
             self._dropped_outside_run += packet.event_count
             return
-        ids, tofs = [], []
+        events = self._open.events
+        events.add_pulse(packet.timestamp_ns)
         for source in packet.sources:
             offset = 0 if source.tof_corrected else source.tof_offset_100ns
             for bank in source.banks:
-                if bank.bank_id >= packets.ERROR_BANK_ID or not len(bank.events):
-                    continue
-                ids.append(bank.pixel_id)
-                tofs.append(bank.tof_100ns + np.uint32(offset) if offset else bank.tof_100ns)
-        self._open.events.add_pulse(packet.timestamp_ns, ids, tofs)
+                if bank.bank_id < packets.ERROR_BANK_ID:
+                    events.add_events(bank.events, offset)
         self._open.add_log(
             "proton_charge",
             "double",
@@ -576,10 +549,9 @@ class AdaraListener:
             name = f"monitor{monitor.monitor_id}"
             events = self._open.monitors.get(name)
             if events is None:
-                events = self._open.monitors[name] = _Events()
-            tof = monitor.tof_100ns
-            ids = np.full(len(tof), monitor.monitor_id, dtype=np.uint32)
-            events.add_pulse(packet.timestamp_ns, [ids], [tof])
+                events = self._open.monitors[name] = PulseEvents()
+            events.add_pulse(packet.timestamp_ns)
+            events.add_monitor_events(monitor.monitor_id, monitor.tof_100ns)
 
 
 def parse_address(address: str) -> tuple[str, int]:
