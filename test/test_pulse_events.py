@@ -201,5 +201,5 @@ def test_events_before_a_pulse_are_refused_and_memory_is_counted():
     assert events.nbytes == 0
     events.add_pulse(5)
     events.add_events(np.zeros((10, 2), np.uint32))
-    assert events.nbytes == 8 * pulse_events.FIRST_BLOCK_EVENTS + pulse_events.PULSE_BYTES
+    assert events.nbytes == 8 * 10 + pulse_events.PULSE_BYTES
     assert (events.events, events.pulses) == (10, 1)

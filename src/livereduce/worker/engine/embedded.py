@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRu
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.stop import StopToken
+
+CHUNK_READY_POLL_S = 0.1
+"""How often the loop asks a listener with ``chunk_ready`` whether its buffer is full (then
+the chunk is taken at once instead of at the next ``update_every`` tick)."""
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +166,7 @@ class EmbeddedEngine:
         last_report = self._clock()
         while not stop.requested:
             now = self._clock()
-            if now >= next_chunk:
+            if now >= next_chunk or getattr(self.listener, "chunk_ready", False):
                 next_chunk = now + self.config.update_every
                 outcome = self.step()
                 report(self.progress)
@@ -177,6 +182,7 @@ class EmbeddedEngine:
                     min(
                         next_chunk - self._clock(),
                         HEARTBEAT_INTERVAL_S - (self._clock() - last_report),
+                        CHUNK_READY_POLL_S if hasattr(self.listener, "chunk_ready") else math.inf,
                     ),
                 )
             )

@@ -42,7 +42,7 @@ import numpy as np
 import scipp as sc
 
 from livereduce.adara import packets
-from livereduce.adara.client import AdaraClient, ConnectionLost
+from livereduce.adara.client import QUEUE_BYTES, AdaraClient, ConnectionLost
 from livereduce.adara.errors import AdaraProtocolError
 from livereduce.adara.metadata_xml import (
     INTEGER_PV_TYPES,
@@ -52,6 +52,7 @@ from livereduce.adara.metadata_xml import (
     parse_runinfo_xml,
 )
 from livereduce.config import Config, ConfigError, StartFrom
+from livereduce.supervisor.memory import memory_limit
 from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo
 from livereduce.worker.listeners.pulse_events import PulseEvents
 
@@ -68,6 +69,21 @@ FIRST_BACKOFF_S = 0.5
 """Wait before the first reconnection attempt; doubled on every failed attempt."""
 _GET_TIMEOUT_S = 0.25
 """How long the reader waits for a packet before checking for staleness and close()."""
+
+BUFFER_SHARE = 8
+"""Default ``buffer_bytes``: the memory limit divided by this. A full buffer becomes a chunk
+about 1.5x its size (12 bytes per event in scipp for 8 on the wire), and the buffer fills again
+while that chunk is processed, so the listener's part stays near half the limit at worst and the
+rest is left for the accumulation and the scripts."""
+MIN_BUFFER_BYTES = 32 << 20
+"""Smallest default ``buffer_bytes`` (a small memory limit still gets whole pulses)."""
+MAX_BUFFER_BYTES = 1 << 30
+"""Largest default ``buffer_bytes``: 1.3x10^8 events a chunk, beyond which a larger buffer
+only adds memory, not throughput."""
+FULL_LOG_INTERVAL_S = 60.0
+"""A full buffer is logged at most this often (a flood fills it on every chunk)."""
+LOG_VALUE_BYTES = 80
+"""Memory held per buffered log value: a Python time and value in two lists (estimate)."""
 
 MAX_REPORTED_UNKNOWN_PVS = 100
 """Variables without a device descriptor are logged once each up to this many: a broken or
@@ -161,6 +177,16 @@ class _Segment:
         entry.values.append(value)
         return True
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the segment's events, monitors and logs (bytes, estimated)."""
+        values = sum(len(entry.values) for entry in self.logs.values())
+        return (
+            self.events.nbytes
+            + sum(monitor.nbytes for monitor in self.monitors.values())
+            + LOG_VALUE_BYTES * values
+        )
+
     def to_chunk(self) -> Chunk:
         return Chunk(
             events=self.events.to_events(),
@@ -184,6 +210,7 @@ class AdaraListener:
         stale_timeout_s: float = STALE_TIMEOUT_S,
         reconnect_max_s: float = RECONNECT_MAX_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        buffer_bytes: int = MAX_BUFFER_BYTES,
     ) -> None:
         self.name = f"adara {host}:{port}"
         self.host = host
@@ -191,7 +218,13 @@ class AdaraListener:
         self.stale_timeout_s = stale_timeout_s
         self.reconnect_max_s = reconnect_max_s
         self.connect_timeout_s = connect_timeout_s
+        self.buffer_bytes = buffer_bytes
+        """Bound of what the listener holds (bytes): once reached it stops taking packets
+        from the connection until the engine takes a chunk (see :attr:`chunk_ready`)."""
+        self.backpressure_waits = 0
+        """Times the buffer was full and reading paused until a chunk was taken."""
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: AdaraClient | None = None
@@ -212,6 +245,8 @@ class AdaraListener:
         self._unknown_pvs: set[tuple[int, int]] = set()
         self._mistyped: set[str] = set()
         self._dropped_outside_run = 0
+        self._full = False
+        self._full_logged = -FULL_LOG_INTERVAL_S
 
     @property
     def connected(self) -> bool:
@@ -222,6 +257,22 @@ class AdaraListener:
     def waiting_for_run(self) -> bool:
         """Connected, the SMS has sent packets on this connection, and no run is open."""
         return self.connected and self._heard and self._open is None
+
+    @property
+    def chunk_ready(self) -> bool:
+        """The buffer is full: the engine should take a chunk now rather than at its next
+        ``update_every`` tick (reading from the SMS waits until it does)."""
+        return self._full
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory held by what arrived and was not yet handed over (bytes, estimated)."""
+        with self._lock:
+            return self._buffered_bytes()
+
+    def _buffered_bytes(self) -> int:
+        held = sum(segment.nbytes for segment in self._finished)
+        return held + (self._open.nbytes if self._open is not None else 0)
 
     @property
     def state(self) -> str:
@@ -256,6 +307,7 @@ class AdaraListener:
             else:
                 raise NotYet(self._state)
             self._delivered_run = segment.run.number
+            self._room.notify_all()
         return segment.to_chunk()
 
     def close(self) -> None:
@@ -291,6 +343,7 @@ class AdaraListener:
                 self.port,
                 start_time_ns=start_ns,
                 connect_timeout_s=self.connect_timeout_s,
+                queue_bytes=min(QUEUE_BYTES, self.buffer_bytes),
             )
             try:
                 client.connect()
@@ -339,6 +392,8 @@ class AdaraListener:
         """Handle packets until the connection ends; returns (why it ended, any packet seen)."""
         got_packets = False
         while not self._stop.is_set():
+            if not self._wait_for_room():
+                break
             try:
                 packet = client.get(_GET_TIMEOUT_S)
             except ConnectionLost as exc:
@@ -375,6 +430,38 @@ class AdaraListener:
                     exc,
                 )
         return "closed", got_packets
+
+    def _wait_for_room(self) -> bool:
+        """Wait while the buffer is full (no packet is taken from the client, whose queue
+        then fills and stops reading the socket: TCP makes the SMS wait). False when the
+        listener is closed meanwhile."""
+        with self._room:
+            if self._buffered_bytes() < self.buffer_bytes:
+                return True
+            self._full = True
+            self.backpressure_waits += 1
+            state = self._state
+            held = self._buffered_bytes()
+            self._state = (
+                f"{state}; buffer full ({held / 1e6:.0f} MB, buffer_bytes "
+                f"{self.buffer_bytes / 1e6:.0f} MB): reading paused until a chunk is taken"
+            )
+            now = time.monotonic()
+            if now - self._full_logged >= FULL_LOG_INTERVAL_S:
+                log.info(
+                    "listener_buffer_full: %.0f MB held (buffer_bytes %.0f MB); reading from "
+                    "the SMS paused until the engine takes a chunk (%d times so far)",
+                    held / 1e6,
+                    self.buffer_bytes / 1e6,
+                    self.backpressure_waits,
+                )
+                self._full_logged = now
+            while self._buffered_bytes() >= self.buffer_bytes and not self._stop.is_set():
+                self._room.wait(_GET_TIMEOUT_S)
+            self._full = False
+            if self._state.startswith(state):
+                self._state = state
+            return not self._stop.is_set()
 
     # ------------------------------------------------------------------ packets (under _lock)
 
@@ -562,19 +649,32 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def default_buffer_bytes(limit_bytes: int) -> int:
+    """``buffer_bytes`` for a worker memory limit of ``limit_bytes``: the limit over
+    :data:`BUFFER_SHARE`, within [:data:`MIN_BUFFER_BYTES`, :data:`MAX_BUFFER_BYTES`]."""
+    return max(MIN_BUFFER_BYTES, min(MAX_BUFFER_BYTES, limit_bytes // BUFFER_SHARE))
+
+
 def from_config(config: Config) -> AdaraListener:
     """The adara listener for ``config.address`` and ``config.listener_options``
-    (``stale_timeout_sec``, ``reconnect_max_sec``, ``connect_timeout_sec``). Raises ConfigError
-    when the address is not ``host:port``."""
+    (``stale_timeout_sec``, ``reconnect_max_sec``, ``connect_timeout_sec``, ``buffer_bytes``;
+    the default buffer follows the memory guard's limit, ``system_mem_limit_perc`` of the
+    smaller of RAM and the cgroup limit, or all of it when the guard is off). Raises
+    ConfigError when the address is not ``host:port``."""
     try:
         host, port = parse_address(config.address)
     except ValueError as exc:
         raise ConfigError(config.path, "address", str(exc)) from exc
     options = config.listener_options
+    percent = config.system_mem_limit_perc or 100.0
+    buffer_bytes = options.get("buffer_bytes")
+    if buffer_bytes is None:
+        buffer_bytes = default_buffer_bytes(memory_limit(percent).limit_bytes)
     return AdaraListener(
         host,
         port,
         stale_timeout_s=float(options.get("stale_timeout_sec", STALE_TIMEOUT_S)),
         reconnect_max_s=float(options.get("reconnect_max_sec", RECONNECT_MAX_S)),
         connect_timeout_s=float(options.get("connect_timeout_sec", CONNECT_TIMEOUT_S)),
+        buffer_bytes=int(buffer_bytes),
     )

@@ -74,7 +74,6 @@ class PulseEvents:
         self._blocks: list[np.ndarray] = []
         self._fill = 0  # events in the last block
         self._full = 0  # events in the blocks before the last
-        self._capacity = 0
 
     @property
     def events(self) -> int:
@@ -88,9 +87,10 @@ class PulseEvents:
 
     @property
     def nbytes(self) -> int:
-        """Memory held, in bytes: the allocated blocks (8 bytes per event of capacity) and
-        :data:`PULSE_BYTES` per pulse."""
-        return 8 * self._capacity + PULSE_BYTES * len(self._pulse_ns)
+        """Memory held, in bytes: 8 per event and :data:`PULSE_BYTES` per pulse. The free room
+        of the last block is not counted: its pages are not resident until written (blocks of
+        a busy stream are large enough to be fresh mmaps), and it is at most one block."""
+        return 8 * self.events + PULSE_BYTES * len(self._pulse_ns)
 
     def add_pulse(self, pulse_ns: int) -> None:
         """Open the next pulse, at Unix time ``pulse_ns``."""
@@ -131,7 +131,6 @@ class PulseEvents:
         self._full += self._fill
         self._blocks.append(np.empty((size, 2), np.uint32))
         self._fill = 0
-        self._capacity += size
 
     def to_events(self) -> sc.DataArray:
         """The events in the scippnexus NXevent_data layout of
