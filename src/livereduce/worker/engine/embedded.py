@@ -310,6 +310,17 @@ class EmbeddedEngine:
         self._set(
             WorkerState.RUNNING, f"{self._describe(chunk)}: chunk {self.progress.chunks} processed"
         )
+        log.info(
+            "chunk_processed: %d events; extract %.3f s, processing script %.3f s, "
+            "accumulate %.3f s, post-processing %.3f s, write %.3f s%s",
+            chunk.event_count,
+            extracted - began,
+            processed - extracted,
+            accumulated - processed,
+            post_processed - accumulated,
+            written - post_processed,
+            "" if wrote else " (not written)",
+        )
         return StepOutcome(
             events=chunk.event_count,
             processed=True,

@@ -42,7 +42,7 @@ import numpy as np
 import scipp as sc
 
 from livereduce.adara import packets
-from livereduce.adara.client import QUEUE_BYTES, AdaraClient, ConnectionLost
+from livereduce.adara.client import AdaraClient, ConnectionLost
 from livereduce.adara.errors import AdaraProtocolError
 from livereduce.adara.metadata_xml import (
     INTEGER_PV_TYPES,
@@ -51,10 +51,11 @@ from livereduce.adara.metadata_xml import (
     parse_device_xml,
     parse_runinfo_xml,
 )
+from livereduce.adara.parser import MAX_PAYLOAD_BYTES
 from livereduce.config import Config, ConfigError, StartFrom
 from livereduce.supervisor.memory import memory_limit
 from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo
-from livereduce.worker.listeners.pulse_events import PulseEvents
+from livereduce.worker.listeners.pulse_events import EVENT_BYTES, PulseEvents
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -71,14 +72,14 @@ _GET_TIMEOUT_S = 0.25
 """How long the reader waits for a packet before checking for staleness and close()."""
 
 BUFFER_SHARE = 8
-"""Default ``buffer_bytes``: the memory limit divided by this. A full buffer becomes a chunk
-about 1.5x its size (12 bytes per event in scipp for 8 on the wire), and the buffer fills again
-while that chunk is processed, so the listener's part stays near half the limit at worst and the
-rest is left for the accumulation and the scripts."""
+"""Default ``buffer_bytes``: the memory limit divided by this. The buffer is the chunk (events
+are decoded into the chunk's scipp memory), and it fills again while the previous chunk is
+processed, so two buffers and the processing script's copies of one (a histogram script makes
+about one) stay under half the limit, leaving the rest for the accumulation."""
 MIN_BUFFER_BYTES = 32 << 20
 """Smallest default ``buffer_bytes`` (a small memory limit still gets whole pulses)."""
 MAX_BUFFER_BYTES = 1 << 30
-"""Largest default ``buffer_bytes``: 1.3x10^8 events a chunk, beyond which a larger buffer
+"""Largest default ``buffer_bytes``: 9x10^7 events a chunk, beyond which a larger buffer
 only adds memory, not throughput."""
 FULL_LOG_INTERVAL_S = 60.0
 """A full buffer is logged at most this often (a flood fills it on every chunk)."""
@@ -147,18 +148,21 @@ def _unit(text: str) -> sc.Unit | None:
 class _Segment:
     """What arrived of one run since the previous extraction."""
 
-    def __init__(self, run: RunInfo, *, begins_run: bool, data_reset: bool = False) -> None:
+    def __init__(
+        self, run: RunInfo, capacity: int, *, begins_run: bool, data_reset: bool = False
+    ) -> None:
         self.run = run
+        self.capacity = capacity
         self.begins_run = begins_run
         self.ends_run = False
         self.data_reset = data_reset
-        self.events = PulseEvents()
+        self.events = PulseEvents(capacity)
         self.monitors: dict[str, PulseEvents] = {}
         self.logs: dict[str, _Log] = {}
 
     def continuation(self) -> _Segment:
         """The next interval of the same run; monitors seen in the run stay in every chunk."""
-        following = _Segment(self.run, begins_run=False)
+        following = _Segment(self.run, self.capacity, begins_run=False)
         following.monitors = {name: PulseEvents() for name in self.monitors}
         return following
 
@@ -221,6 +225,9 @@ class AdaraListener:
         self.buffer_bytes = buffer_bytes
         """Bound of what the listener holds (bytes): once reached it stops taking packets
         from the connection until the engine takes a chunk (see :attr:`chunk_ready`)."""
+        self._capacity = buffer_bytes // EVENT_BYTES + MAX_PAYLOAD_BYTES // 8
+        # the detector events a segment can hold: reading pauses at the bound, and one more
+        # packet may come before the check
         self.backpressure_waits = 0
         """Times the buffer was full and reading paused until a chunk was taken."""
         self._lock = threading.Lock()
@@ -246,6 +253,7 @@ class AdaraListener:
         self._mistyped: set[str] = set()
         self._dropped_outside_run = 0
         self._full = False
+        self._got_packets = False
         self._full_logged = -FULL_LOG_INTERVAL_S
 
     @property
@@ -260,9 +268,14 @@ class AdaraListener:
 
     @property
     def chunk_ready(self) -> bool:
-        """The buffer is full: the engine should take a chunk now rather than at its next
-        ``update_every`` tick (reading from the SMS waits until it does)."""
-        return self._full
+        """A chunk should be taken now rather than at the engine's next ``update_every`` tick:
+        the buffer is half full (the SMS sends faster than the chunks are taken, so chunks are
+        bounded in events too: the other half fills while this chunk is processed), or full
+        (reading from the SMS waits until a chunk is taken), or a run has ended (its last chunk
+        is complete and its result should not wait)."""
+        if self._full or self._finished:
+            return True
+        return 2 * self._buffered_bytes() >= self.buffer_bytes
 
     @property
     def buffered_bytes(self) -> int:
@@ -343,8 +356,12 @@ class AdaraListener:
                 self.port,
                 start_time_ns=start_ns,
                 connect_timeout_s=self.connect_timeout_s,
-                queue_bytes=min(QUEUE_BYTES, self.buffer_bytes),
+                on_packet=self._on_packet,
             )
+            with self._lock:  # before the reader thread starts handing over packets
+                self._reset_pending = reconnect
+                self._heard = False
+                self._got_packets = False
             try:
                 client.connect()
             except OSError as exc:
@@ -355,11 +372,10 @@ class AdaraListener:
             self._client = client
             self.connections += 1
             with self._lock:
-                self._reset_pending = reconnect
-                self._heard = False
-                self._state = (
-                    f"connected to the SMS at {self.host}:{self.port}, nothing received yet"
-                )
+                if not self._got_packets:
+                    self._state = (
+                        f"connected to the SMS at {self.host}:{self.port}, nothing received yet"
+                    )
             log.info(
                 "connected to the SMS at %s:%d (connection %d), asking for %s",
                 self.host,
@@ -389,47 +405,49 @@ class AdaraListener:
         self._stop.wait(delay)
 
     def _consume(self, client: AdaraClient) -> tuple[str, bool]:
-        """Handle packets until the connection ends; returns (why it ended, any packet seen)."""
-        got_packets = False
+        """Wait until the connection ends, watching for a stale stream (the client's reader
+        thread hands each packet to :meth:`_on_packet`); returns (why it ended, any packet
+        seen)."""
         while not self._stop.is_set():
-            if not self._wait_for_room():
-                break
             try:
-                packet = client.get(_GET_TIMEOUT_S)
+                client.get(_GET_TIMEOUT_S)
             except ConnectionLost as exc:
-                return str(exc), got_packets
+                return str(exc), self._got_packets
             except AdaraProtocolError as exc:
                 log.warning("malformed packet from the SMS skipped: %s", exc)
                 continue
-            if packet is None:
-                silent_s = time.monotonic() - client.last_packet_monotonic
-                if silent_s > self.stale_timeout_s:
-                    return (
-                        f"stale stream: no complete packet from the SMS at {client.address} for "
-                        f"{silent_s:.1f} s (stale_timeout_sec {self.stale_timeout_s:g})",
-                        got_packets,
-                    )
-                continue
-            if not got_packets:
-                got_packets = True
-                with self._lock:
+            silent_s = time.monotonic() - client.last_packet_monotonic
+            if silent_s > self.stale_timeout_s and not self._full:
+                return (
+                    f"stale stream: no complete packet from the SMS at {client.address} for "
+                    f"{silent_s:.1f} s (stale_timeout_sec {self.stale_timeout_s:g})",
+                    self._got_packets,
+                )
+        return "closed", self._got_packets
+
+    def _on_packet(self, packet: packets.Packet) -> None:
+        """One packet, in the client's reader thread: waits while the buffer is full (reading
+        stops, TCP makes the SMS wait), then handles it."""
+        if not self._wait_for_room():
+            return
+        try:
+            with self._lock:
+                if not self._got_packets:
+                    self._got_packets = True
                     self._heard = True  # the SMS is alive: with no run open, we wait for one
                     if self._open is None:
                         self._state = (
                             f"connected to the SMS at {self.host}:{self.port}, waiting for a run"
                         )
-            try:
-                with self._lock:
-                    self._handle(packet)
-            except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
-                # one packet the listener cannot use must not stop the stream
-                log.error(
-                    "%s packet (header time %d ns) not used: %s",
-                    type(packet).__name__,
-                    packet.timestamp_ns,
-                    exc,
-                )
-        return "closed", got_packets
+                self._handle(packet)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
+            # one packet the listener cannot use must not stop the stream
+            log.error(
+                "%s packet (header time %d ns) not used: %s",
+                type(packet).__name__,
+                packet.timestamp_ns,
+                exc,
+            )
 
     def _wait_for_room(self) -> bool:
         """Wait while the buffer is full (no packet is taken from the client, whose queue
@@ -458,6 +476,9 @@ class AdaraListener:
                 self._full_logged = now
             while self._buffered_bytes() >= self.buffer_bytes and not self._stop.is_set():
                 self._room.wait(_GET_TIMEOUT_S)
+            client = self._client
+            if client is not None:  # the wait was ours, not the SMS's silence
+                client.last_packet_monotonic = time.monotonic()
             self._full = False
             if self._state.startswith(state):
                 self._state = state
@@ -517,9 +538,11 @@ class AdaraListener:
             self._reset_pending = False
             if self._delivered_run == number:
                 log.info("run %d replayed from its start after the reconnect: data reset", number)
-                self._open = _Segment(current.run, begins_run=False, data_reset=True)
+                self._open = _Segment(
+                    current.run, self._capacity, begins_run=False, data_reset=True
+                )
             else:
-                self._open = _Segment(current.run, begins_run=current.begins_run)
+                self._open = _Segment(current.run, self._capacity, begins_run=current.begins_run)
             return
         if current is not None:
             log.warning(
@@ -533,7 +556,7 @@ class AdaraListener:
             instrument=self._instrument,
             geometry_xml=self._geometry,
         )
-        self._open = _Segment(run, begins_run=True)
+        self._open = _Segment(run, self._capacity, begins_run=True)
         self._state = f"in run {number}"
         joined = packet.status is packets.RunStatusCode.STATE
         log.info("%s run %d", "joined" if joined else "new", number)

@@ -122,33 +122,28 @@ def make_events(
         )
     begin = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=begin[1:])
-    return bin_by_pulse(
-        np.asarray(pulse_times_ns, dtype=np.int64),
-        begin,
-        begin + counts,
-        sc.array(dims=["event"], values=np.asarray(event_id, dtype=np.int32), unit=None),
-        sc.array(
-            dims=["event"], values=np.asarray(event_time_offset_us, dtype=np.float32), unit="us"
-        ),
+    table = sc.DataArray(
+        sc.ones(dims=["event"], shape=[n], dtype="float32", unit="counts"),
+        coords={
+            "event_id": sc.array(
+                dims=["event"], values=np.asarray(event_id, dtype=np.int32), unit=None
+            ),
+            "event_time_offset": sc.array(
+                dims=["event"], values=np.asarray(event_time_offset_us, dtype=np.float32), unit="us"
+            ),
+        },
     )
+    return bin_by_pulse(np.asarray(pulse_times_ns, dtype=np.int64), begin, begin + counts, table)
 
 
 def bin_by_pulse(
-    pulse_times_ns: np.ndarray,
-    begin: np.ndarray,
-    end: np.ndarray,
-    event_id: sc.Variable,
-    event_time_offset: sc.Variable,
+    pulse_times_ns: np.ndarray, begin: np.ndarray, end: np.ndarray, table: sc.DataArray
 ) -> sc.DataArray:
-    """The NXevent_data layout of :func:`make_events` around event variables that already
-    exist (taken as they are, not copied): ``event_id`` (N,) int32 and ``event_time_offset``
-    (N,) float32 µs of dim ``event``; pulse ``i`` holds events ``begin[i]:end[i]`` ((P,)
-    int64 each) and has Unix time ``pulse_times_ns[i]`` ((P,) int64 ns). Data are float32 ones
-    (counts). Raises scipp's errors on inconsistent sizes or indices."""
-    table = sc.DataArray(
-        sc.ones(dims=["event"], shape=[event_id.shape[0]], dtype="float32", unit="counts"),
-        coords={"event_id": event_id, "event_time_offset": event_time_offset},
-    )
+    """The NXevent_data layout of :func:`make_events` around an event table that already
+    exists (taken as it is, not copied): ``table`` of dim ``event`` with float32 counts and
+    coords ``event_id`` (int32) and ``event_time_offset`` (float32 µs); pulse ``i`` holds events
+    ``begin[i]:end[i]`` ((P,) int64 each) and has Unix time ``pulse_times_ns[i]`` ((P,) int64
+    ns). Raises scipp's errors on inconsistent sizes or indices."""
     binned = sc.bins(
         begin=sc.array(dims=["event_time_zero"], values=begin, unit=None),
         end=sc.array(dims=["event_time_zero"], values=end, unit=None),

@@ -1,17 +1,19 @@
-"""Events of consecutive pulses, gathered from ADARA event packets as they arrive and turned
-into a chunk's scipp events with one pass per field.
+"""Events of consecutive pulses, decoded from ADARA event packets as they arrive straight into
+the memory of the chunk's scipp variables.
 
-The reader side (:meth:`PulseEvents.add_pulse`, :meth:`PulseEvents.add_events`) costs a bounded
-number of numpy calls per packet and section and none per event: each bank's ``(tof_100ns,
-pixel_id)`` pairs (a view on the packet's bytes, as the parser gives them) are copied with one
-memcpy into the free end of a preallocated block. Blocks are never moved or copied when more
-events come: a full block is kept and a new one, twice the size up to :data:`BLOCK_EVENTS`, is
-started, so growth costs no copy of what is held and at most one partly filled block is spare.
+:class:`PulseEvents` preallocates the chunk's event table (``event_id`` int32,
+``event_time_offset`` float32 µs, data float32 counts) with room for ``capacity`` events. The
+memory is not touched before it is written, so the room costs address space only, and resident
+memory grows with the events actually held. Each bank's ``(tof_100ns, pixel_id)`` pairs (a
+view on the packet's bytes, as the parser gives them) are written with one vectorised call per
+field: pixel IDs cast, times of flight converted by :func:`tof_to_us` (counts are set to one at
+extraction, in one call). That is a bounded number of numpy calls per packet and bank and no
+Python work per event. When the
+room runs out the table grows (doubling, one copy of what is held); the ADARA listener gives
+its detector buffer the room its byte bound allows, so that only happens to beam monitors.
 
-The extraction side (:meth:`PulseEvents.to_events`) allocates the chunk's scipp variables once
-and fills their memory directly, block by block: ``event_id`` by a cast of the pixel column,
-``event_time_offset`` by :func:`tof_to_us` (100 ns units -> µs). There is no concatenated
-temporary and no second copy when the scipp variables are made.
+:meth:`PulseEvents.to_events` then makes the chunk's binned variable over the filled part of
+the table without a copy (scipp shares the memory of a sliced buffer).
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ import scipp as sc
 
 from livereduce.worker.listeners.base import bin_by_pulse
 
-BLOCK_EVENTS = 1 << 20
-"""Events of the largest block (8 MiB of pairs): large enough that the per-block Python work of
-an extraction is nothing beside its copies, small enough that the spare room of a partly filled
-block is small beside what a busy stream buffers."""
-FIRST_BLOCK_EVENTS = 1 << 12
-"""Events of the first block: a quiet stream (real runs carry about one event per pulse) keeps
-a small buffer per chunk."""
+EVENT_BYTES = 12
+"""Memory per held event: int32 pixel ID, float32 time of flight, float32 count."""
+FIRST_CAPACITY = 1 << 12
+"""Default room (events) of a new buffer: a quiet stream (real runs carry about one event per
+pulse) or a beam monitor starts small and grows."""
 FLOAT32_EXACT = 1 << 24
 """Integers below 2**24 are exact in float32 (24-bit significand)."""
 PULSE_BYTES = 72
@@ -53,32 +53,46 @@ def tof_to_us(tof_100ns: np.ndarray, out: np.ndarray) -> None:
         raise ValueError(f"tof of shape {tof_100ns.shape} into an output of shape {out.shape}")
     if not len(tof_100ns):
         return
-    if int(tof_100ns.max()) < FLOAT32_EXACT:
-        np.divide(tof_100ns, _TEN, out=out, dtype=np.float32)
+    np.copyto(out, tof_100ns, casting="unsafe")  # exact below 2**24, and monotonic
+    if out.max() < FLOAT32_EXACT:
+        np.divide(out, _TEN, out=out)
     else:
         np.divide(tof_100ns, 10.0, out=out, casting="unsafe")
 
 
 class PulseEvents:
     """Events of consecutive pulses of one chunk: detector events of banked event packets or
-    the events of one beam monitor.
+    the events of one beam monitor, with room for ``capacity`` events before the table grows.
 
     ``add_pulse(pulse_ns)`` opens a pulse (one ``event_time_zero`` bin, Unix ns); every
     ``add_events`` until the next ``add_pulse`` adds to it. Not thread-safe: the listener holds
-    its lock around both sides.
+    its lock around both sides. After :meth:`to_events` the buffer must not be added to (the
+    chunk shares its memory).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = FIRST_CAPACITY) -> None:
         self._pulse_ns: list[int] = []
         self._pulse_begin: list[int] = []
-        self._blocks: list[np.ndarray] = []
-        self._fill = 0  # events in the last block
-        self._full = 0  # events in the blocks before the last
+        self._events = 0
+        self._allocate(max(1, capacity))
+
+    def _allocate(self, capacity: int) -> None:
+        """A new table of ``capacity`` events holding the events so far (one copy of them)."""
+        ids = sc.empty(dims=["event"], shape=[capacity], dtype="int32", unit=None)
+        tofs = sc.empty(dims=["event"], shape=[capacity], dtype="float32", unit="us")
+        weights = sc.empty(dims=["event"], shape=[capacity], dtype="float32", unit="counts")
+        held = self._events
+        if held:
+            ids.values[:held] = self._ids[:held]
+            tofs.values[:held] = self._tofs[:held]
+            weights.values[:held] = self._weights[:held]
+        self._table = sc.DataArray(weights, coords={"event_id": ids, "event_time_offset": tofs})
+        self._ids, self._tofs, self._weights = ids.values, tofs.values, weights.values
 
     @property
     def events(self) -> int:
         """Events held."""
-        return self._full + self._fill
+        return self._events
 
     @property
     def pulses(self) -> int:
@@ -86,37 +100,41 @@ class PulseEvents:
         return len(self._pulse_ns)
 
     @property
+    def capacity(self) -> int:
+        """Room of the table, in events."""
+        return len(self._ids)
+
+    @property
     def nbytes(self) -> int:
-        """Memory held, in bytes: 8 per event and :data:`PULSE_BYTES` per pulse. The free room
-        of the last block is not counted: its pages are not resident until written (blocks of
-        a busy stream are large enough to be fresh mmaps), and it is at most one block."""
-        return 8 * self.events + PULSE_BYTES * len(self._pulse_ns)
+        """Memory held, in bytes: :data:`EVENT_BYTES` per event and :data:`PULSE_BYTES` per
+        pulse (the free room of the table is not resident until written)."""
+        return EVENT_BYTES * self._events + PULSE_BYTES * len(self._pulse_ns)
 
     def add_pulse(self, pulse_ns: int) -> None:
         """Open the next pulse, at Unix time ``pulse_ns``."""
         self._pulse_ns.append(pulse_ns)
-        self._pulse_begin.append(self._full + self._fill)
+        self._pulse_begin.append(self._events)
 
     def add_events(self, pairs: np.ndarray, tof_offset_100ns: int = 0) -> None:
         """Add ``pairs`` ((K, 2) uint32 ``(tof_100ns, pixel_id)``, e.g. a bank section's
         ``events``) to the open pulse, ``tof_offset_100ns`` added to each time of flight
-        (modulo 2**32, as uint32 arithmetic on the wire values). Raises RuntimeError when no
+        (modulo 2**32, as uint32 arithmetic on the wire values). Pixel IDs become int32 as
+        ``astype(int32)`` makes them (values over 2**31 wrap). Raises RuntimeError when no
         pulse is open."""
         if not self._pulse_ns:
             raise RuntimeError("events added before any pulse")
-        done, total = 0, len(pairs)
-        while done < total:
-            room = len(self._blocks[-1]) - self._fill if self._blocks else 0
-            if not room:
-                self._new_block()
-                continue
-            take = min(room, total - done)
-            target = self._blocks[-1][self._fill : self._fill + take]
-            target[...] = pairs[done : done + take]
-            if tof_offset_100ns:
-                target[:, 0] += np.uint32(tof_offset_100ns)
-            self._fill += take
-            done += take
+        count = len(pairs)
+        if not count:
+            return
+        begin, end = self._events, self._events + count
+        if end > len(self._ids):
+            self._allocate(max(end, 2 * len(self._ids)))
+        np.copyto(self._ids[begin:end], pairs[:, 1], casting="unsafe")
+        tof = pairs[:, 0]
+        if tof_offset_100ns:
+            tof = tof + np.uint32(tof_offset_100ns)
+        tof_to_us(tof, self._tofs[begin:end])
+        self._events = end
 
     def add_monitor_events(self, monitor_id: int, tof_100ns: np.ndarray) -> None:
         """Add monitor events to the open pulse: ``tof_100ns`` ((K,) uint32), ``event_id`` =
@@ -126,32 +144,14 @@ class PulseEvents:
         pairs[:, 1] = monitor_id
         self.add_events(pairs)
 
-    def _new_block(self) -> None:
-        size = min(BLOCK_EVENTS, 2 * len(self._blocks[-1])) if self._blocks else FIRST_BLOCK_EVENTS
-        self._full += self._fill
-        self._blocks.append(np.empty((size, 2), np.uint32))
-        self._fill = 0
-
     def to_events(self) -> sc.DataArray:
         """The events in the scippnexus NXevent_data layout of
-        :func:`~livereduce.worker.listeners.base.make_events`: ``event_id`` int32 (the wire's
-        uint32 reinterpreted, as ``astype(int32)`` does), ``event_time_offset`` float32 µs from
-        :func:`tof_to_us`, data float32 ones."""
-        n = self.events
-        event_id = sc.empty(dims=["event"], shape=[n], dtype="int32", unit=None)
-        offset_us = sc.empty(dims=["event"], shape=[n], dtype="float32", unit="us")
-        ids, tofs = event_id.values, offset_us.values
-        position = 0
-        for index, block in enumerate(self._blocks):
-            used = self._fill if index == len(self._blocks) - 1 else len(block)
-            stop = position + used
-            np.copyto(ids[position:stop], block[:used, 1], casting="unsafe")
-            tof_to_us(block[:used, 0], tofs[position:stop])
-            position = stop
+        :func:`~livereduce.worker.listeners.base.make_events`, over the filled part of the
+        table (no copy)."""
         begin = np.array(self._pulse_begin, dtype=np.int64)
         end = np.empty_like(begin)
         end[:-1] = begin[1:]
-        end[-1:] = n
-        return bin_by_pulse(
-            np.array(self._pulse_ns, dtype=np.int64), begin, end, event_id, offset_us
-        )
+        end[-1:] = self._events
+        self._weights[: self._events] = 1.0  # one fill here, not one call per bank
+        table = self._table["event", : self._events]
+        return bin_by_pulse(np.array(self._pulse_ns, dtype=np.int64), begin, end, table)
