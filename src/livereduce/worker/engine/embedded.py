@@ -33,7 +33,7 @@ from typing import Any
 
 import scipp as sc
 
-from livereduce.config import Config, RunTransitionBehavior
+from livereduce.config import AccumulationMethod, Config, RunTransitionBehavior
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
@@ -121,6 +121,12 @@ class EmbeddedEngine:
             for role, path in (("processing", proc), ("post-processing", post))
             if path is not None
         }
+        # without post-processing the output is the accumulation, which Add and Append only
+        # extend: the result file can then grow by appending
+        self.writer.output_grows = (
+            "post-processing" not in self._runners
+            and config.accum_method is not AccumulationMethod.REPLACE
+        )
         self._run: RunInfo | None = None
         self._run_open = False
         self._run_logs: dict[str, list[sc.DataArray]] = {}
@@ -291,6 +297,7 @@ class EmbeddedEngine:
             log.warning("monitors_not_accumulated: %s", error)
             self._monitors.clear()
         if replace:
+            self.writer.replaced()
             log.info("accumulation_replaced: %s replaces the accumulation", self._describe(chunk))
         self._replace_next = False
         accumulated = self._clock()

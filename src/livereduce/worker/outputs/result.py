@@ -1,7 +1,19 @@
 """Writes the output workspace to ``<output_dir>/<output_workspace>.h5`` (scipp HDF5).
 
 A reader never sees half a file: the workspace is written to a temporary name in the same folder
-and renamed over the old file (an atomic rename on POSIX). Writing is skipped when nothing
+and renamed over the old file (an atomic rename on POSIX).
+
+Accumulated events (:func:`~livereduce.worker.outputs.appendable.appendable`: the raw chunk
+layout kept with ``preserve_events``) are written incrementally: the writer keeps two working
+files, ``.<name>.h5.w0.<pid>.tmp`` and ``.w1``, written in turn; each one gets the pulses
+added since it was last written appended to its resizable datasets (when the output only grew:
+no post-processing script, accumulation method Add or Append, no replace since), and is then
+published as ``<name>.h5`` by a hard link renamed over it. So a write costs what changed,
+``<name>.h5`` is always a complete file, and the file a write modifies was published two
+writes earlier (a reader that keeps ``<name>.h5`` open across two more writes may see it
+change; open it, read, close). Everything else (histograms) is written whole.
+
+Writing is skipped when nothing
 changed, and it is kept from becoming the bottleneck: after a write that took ``w`` seconds the
 next unforced write waits until ``w / WRITE_SHARE`` seconds have passed since that write began,
 so writing takes at most ``WRITE_SHARE`` of the time however large the accumulation grows. Run
@@ -21,6 +33,7 @@ from typing import Any
 import psutil
 
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS
+from livereduce.worker.outputs.appendable import AppendableFile, appendable
 
 WRITE_SHARE = 0.25
 """Largest share of wall time spent writing the output file; the rest is left for chunks."""
@@ -42,7 +55,22 @@ class OutputWriter:
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
+        self.output_grows = False
+        """Set by the engine: each output extends the previous one unless :meth:`replaced`
+        is called (then the result file may grow by appending)."""
+        self.appended = False
+        """Whether the latest write appended to a working file (False: written whole)."""
+        self._replaced = True
+        self._working = [
+            AppendableFile(self.path.with_name(f".{self.path.name}.w{k}.{os.getpid()}.tmp"))
+            for k in (0, 1)
+        ]
+        self._turn = 0
         self._remove_stale_temporaries()
+
+    def replaced(self) -> None:
+        """The accumulation was replaced: the next output does not extend what was written."""
+        self._replaced = True
 
     def _remove_stale_temporaries(self) -> None:
         """Delete temporary files a killed worker left (``.<name>*.h5.<pid>.tmp`` of processes
@@ -70,6 +98,7 @@ class OutputWriter:
         began = self._clock()
         if not self._save(workspace, self.path):
             return False
+        self._replaced = False
         self.last_write_s = self._clock() - began
         self._next_allowed = began + self.last_write_s / WRITE_SHARE
         self._written_version = version
@@ -78,9 +107,21 @@ class OutputWriter:
 
     def _save(self, workspace: Any, target: Path) -> bool:
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        self.appended = False
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            workspace.save_hdf5(temporary)
+            if appendable(workspace):
+                working = self._working[self._turn]
+                extends = self.output_grows and not self._replaced
+                if not extends:
+                    self._working[1 - self._turn].forget()
+                self.appended = working.write(workspace, extends=extends)
+                temporary.unlink(missing_ok=True)
+                os.link(working.path, temporary)
+                self._turn = 1 - self._turn
+            else:
+                self._forget_working()
+                workspace.save_hdf5(temporary)
             os.replace(temporary, target)
         except (OSError, *SCIPP_ERRORS) as error:
             self.failure = f"cannot write {target}: {error}"
@@ -90,6 +131,14 @@ class OutputWriter:
             return False
         return True
 
+    def _forget_working(self) -> None:
+        """Drop the working files: the next appendable write starts a new one (a new inode,
+        so a file kept or published from them is never modified again)."""
+        for working in self._working:
+            working.forget()
+            with contextlib.suppress(OSError):
+                working.path.unlink(missing_ok=True)
+
     def keep_run(self, run_number: int) -> Path | None:
         """Keep the file as it is now as ``<name>_<run_number>.h5`` (Mantid's Rename clone).
         A hard link: the next write renames a new file over ``<name>.h5`` and leaves this one
@@ -97,6 +146,7 @@ class OutputWriter:
         kept = self.path.with_name(f"{self._name}_{run_number}.h5")
         if not self.path.is_file():
             return None
+        self._forget_working()  # the kept file shares an inode with one of them
         temporary = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
         try:
             temporary.unlink(missing_ok=True)
