@@ -14,6 +14,12 @@ its packets into per-run buffers (mantid-live-data.md §3.2.4 for what Mantid do
 - device descriptors name the PVs; variable values become logs (u32 values of ``integer`` PVs
   are signed 32-bit, as Mantid reads them).
 
+Packets are handled in the client's reader thread (``on_packet``): events are decoded straight
+into the chunk's preallocated scipp table (:mod:`~livereduce.worker.listeners.pulse_events`).
+What the listener holds is bounded by ``buffer_bytes``: once it is reached the reader waits, so
+TCP pushes back on the SMS and nothing is dropped; :attr:`AdaraListener.chunk_ready` tells the
+engine to take a chunk before its next tick (buffer half full or full, or a run ended).
+
 :meth:`AdaraListener.extract_data` never blocks: it hands over what arrived since the previous
 call (an empty chunk when in a run and nothing new came, also while reconnecting: the run
 goes on at the SMS); a chunk never spans two runs (``ends_run`` / ``begins_run``). It raises
