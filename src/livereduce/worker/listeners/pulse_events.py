@@ -6,9 +6,9 @@ the memory of the chunk's scipp variables.
 memory is not touched before it is written, so the room costs address space only, and resident
 memory grows with the events actually held. Each bank's ``(tof_100ns, pixel_id)`` pairs (a
 view on the packet's bytes, as the parser gives them) are written with one vectorised call per
-field: pixel IDs cast, times of flight converted by :func:`tof_to_us` (counts are set to one at
-extraction, in one call). That is a bounded number of numpy calls per packet and bank and no
-Python work per event. When the
+field: pixel IDs cast, times of flight converted by :func:`tof_to_us`, counts set to one (in
+the reader thread, so that the engine's thread, the busier one, only wraps the table). That is
+a bounded number of numpy calls per packet and bank and no Python work per event. When the
 room runs out the table grows (doubling, one copy of what is held); the ADARA listener gives
 its detector buffer the room its byte bound allows, so that only happens to beam monitors.
 
@@ -134,6 +134,7 @@ class PulseEvents:
         if tof_offset_100ns:
             tof = tof + np.uint32(tof_offset_100ns)
         tof_to_us(tof, self._tofs[begin:end])
+        self._weights[begin:end] = 1.0
         self._events = end
 
     def add_monitor_events(self, monitor_id: int, tof_100ns: np.ndarray) -> None:
@@ -152,6 +153,5 @@ class PulseEvents:
         end = np.empty_like(begin)
         end[:-1] = begin[1:]
         end[-1:] = self._events
-        self._weights[: self._events] = 1.0  # one fill here, not one call per bank
         table = self._table["event", : self._events]
         return bin_by_pulse(np.array(self._pulse_ns, dtype=np.int64), begin, end, table)
