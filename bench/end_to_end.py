@@ -33,13 +33,10 @@ event.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import selectors
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -54,6 +51,7 @@ import h5py
 import numpy as np
 import scipp as sc
 
+from adara_throughput import replay_process, stop_process
 from livereduce.adara import packets as pk
 from livereduce.adara.parser import StreamParser
 from livereduce.adara.playlist import build_run_stream
@@ -159,48 +157,17 @@ def parse_and_gather(pieces: list[bytes], capacity: int) -> tuple[PulseEvents, f
     for piece in pieces:
         for packet in parser.feed(piece):
             if isinstance(packet, pk.BankedEvent):
-                events.add_pulse(packet.timestamp_ns)
-                for source in packet.sources:
-                    offset = 0 if source.tof_corrected else source.tof_offset_100ns
-                    for bank in source.banks:
-                        if bank.bank_id < pk.ERROR_BANK_ID:
-                            events.add_events(bank.events, offset)
+                events.add_banked(packet)
     parser.close()
     return events, time.perf_counter() - began
 
 
-@contextlib.contextmanager
-def replay(path: Path):
-    """livereduce-replay PATH --port 0 --speed 0 in its own process; yields its port."""
-    command = shutil.which("livereduce-replay")
-    argv = [command] if command else [sys.executable, "-m", "livereduce.adara.replay"]
-    process = subprocess.Popen(
-        [*argv, str(path), "--port", "0", "--speed", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout=600):
-                raise SystemExit("livereduce-replay did not start listening within 600 s")
-        line = process.stdout.readline()
-        if not line.startswith("listening on "):
-            raise SystemExit(f"livereduce-replay said {line!r}")
-        yield int(line.rsplit(":", 1)[1])
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def bare_socket(path: Path, total_bytes: int) -> float:
     """Seconds for livereduce-replay to send the run to a client that only receives."""
-    with replay(path) as port, socket.create_connection(("127.0.0.1", port)) as sock:
+    with (
+        replay_process([path], loop=False) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
         hello = pk.ClientHello(
             timestamp_ns=time.time_ns(), start_time_ns=pk.START_OF_RUN, version=0
         )
@@ -241,7 +208,7 @@ def daemon_run(
     (folder / "reduce_HYS_live_proc.py").write_text("import scipp as sc\n" + script)
     out = folder / "out"
     log_path = out / "livereduce.log"
-    with replay(path) as port:
+    with replay_process([path], loop=False) as port:
         config = {
             "instrument": "HYSPEC",
             "listener": "adara",
@@ -271,12 +238,7 @@ def daemon_run(
                         raise SystemExit(f"the daemon did not finish the run; see {folder}")
                     time.sleep(0.2)
             finally:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process)
     lines = log_path.read_text().splitlines()
     began = next(_line_time(x) for x in lines if "connected to the SMS at" in x)
     ended = next(_line_time(x) for x in lines if "run_ended:" in x)

@@ -33,22 +33,29 @@ output = input.hist(event_time_offset=edges).sum("event_time_zero")
 """
 
 
+def encoded_pulses(seed: int, bank_id: int, count: int = 4) -> list[bytes]:
+    """``count`` encoded banked event packets of EVENTS_PER_PULSE random events in bank
+    ``bank_id``, for an SMS to send over and over."""
+    rng = np.random.default_rng(seed)
+    encoded = []
+    for k in range(count):
+        bank = packets.BankSection.from_arrays(
+            bank_id,
+            rng.integers(0, 166_000, EVENTS_PER_PULSE, dtype=np.uint32),
+            rng.integers(0, 20_000, EVENTS_PER_PULSE, dtype=np.uint32),
+        )
+        source = packets.SourceSection(source_id=1, banks=(bank,))
+        pulse = packets.BankedEvent(timestamp_ns=T0 + k * 16_666_667, sources=(source,))
+        encoded.append(packets.encode(pulse))
+    return encoded
+
+
 class FloodSms:
     """Sends NEW_RUN, then pulses of EVENTS_PER_PULSE events as fast as the socket takes
     them for FLOOD_S seconds, then END_RUN; counts the events it sent."""
 
     def __init__(self) -> None:
-        rng = np.random.default_rng(3)
-        self.encoded = []
-        for k in range(4):
-            bank = packets.BankSection.from_arrays(
-                1,
-                rng.integers(0, 166_000, EVENTS_PER_PULSE, dtype=np.uint32),
-                rng.integers(0, 20_000, EVENTS_PER_PULSE, dtype=np.uint32),
-            )
-            source = packets.SourceSection(source_id=1, banks=(bank,))
-            pulse = packets.BankedEvent(timestamp_ns=T0 + k * 16_666_667, sources=(source,))
-            self.encoded.append(packets.encode(pulse))
+        self.encoded = encoded_pulses(seed=3, bank_id=1)
         self.sent_events = 0
         self.done = threading.Event()
 

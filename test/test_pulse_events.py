@@ -56,16 +56,6 @@ def old_banked(old: OldEvents, packet: packets.BankedEvent) -> None:
     old.add_pulse(packet.timestamp_ns, ids, tofs)
 
 
-def new_banked(new: PulseEvents, packet: packets.BankedEvent) -> None:
-    """What AdaraListener._banked_event does with the events."""
-    new.add_pulse(packet.timestamp_ns)
-    for source in packet.sources:
-        offset = 0 if source.tof_corrected else source.tof_offset_100ns
-        for bank in source.banks:
-            if bank.bank_id < packets.ERROR_BANK_ID:
-                new.add_events(bank.events, offset)
-
-
 class Pair:
     """The old and the new buffers of one chunk: detector events and monitors."""
 
@@ -77,7 +67,10 @@ class Pair:
     def add(self, packet: packets.Packet) -> None:
         if isinstance(packet, packets.BankedEvent):
             old_banked(self.old, packet)
-            new_banked(self.new, packet)
+            dropped = self.new.add_banked(packet)
+            assert dropped == sum(
+                len(b.events) for b in packet.banks if b.bank_id >= packets.ERROR_BANK_ID
+            )
         elif isinstance(packet, packets.BeamMonitorEvent):
             for monitor in packet.monitors:
                 tof = monitor.tof_100ns

@@ -17,10 +17,9 @@ import scipp as sc
 from livereduce.adara import packets
 from test_adara_client import T0, FakeSms
 from test_e2e_replay import Daemon
-from test_flood import PROC, peak_rss
+from test_flood import EVENTS_PER_PULSE, PROC, encoded_pulses, peak_rss
 
 RUN = 515151
-EVENTS_PER_PULSE = 100_000
 RUN_EVENTS = 10**8
 
 
@@ -35,18 +34,8 @@ class ReconnectingSms:
     must ask for the start of the run): the whole run from its first pulse, END_RUN, idle."""
 
     def __init__(self, run_events: int) -> None:
-        rng = np.random.default_rng(5)
         self.pulses = run_events // EVENTS_PER_PULSE
-        self.encoded = []
-        for k in range(4):
-            bank = packets.BankSection.from_arrays(
-                2,
-                rng.integers(0, 166_000, EVENTS_PER_PULSE, dtype=np.uint32),
-                rng.integers(0, 20_000, EVENTS_PER_PULSE, dtype=np.uint32),
-            )
-            source = packets.SourceSection(source_id=1, banks=(bank,))
-            pulse = packets.BankedEvent(timestamp_ns=T0 + k * 16_666_667, sources=(source,))
-            self.encoded.append(packets.encode(pulse))
+        self.encoded = encoded_pulses(seed=5, bank_id=2)
         self.connections = 0
         self.replayed = threading.Event()
         self.sms: FakeSms | None = None

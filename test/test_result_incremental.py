@@ -61,14 +61,20 @@ def test_a_result_written_incrementally_is_identical_to_one_written_whole(tmp_pa
     )
 
 
-def test_a_replace_is_written_whole_and_a_kept_run_never_changes_again(tmp_path):
-    rng = np.random.default_rng(1)
-    writer = OutputWriter(tmp_path, "result")
+def three_writes(rng, folder) -> tuple[OutputWriter, Accumulation]:
+    """A writer of a growing output after three writes of an accumulation of three chunks."""
+    writer = OutputWriter(folder, "result")
     writer.output_grows = True
     accumulation = Accumulation()
     for version in (1, 2, 3):
         accumulation.accumulate(AccumulationMethod.ADD, chunk(rng, 100 * version, 50))
         writer.write(accumulation.value(), version, force=True)
+    return writer, accumulation
+
+
+def test_a_replace_is_written_whole_and_a_kept_run_never_changes_again(tmp_path):
+    rng = np.random.default_rng(1)
+    writer, accumulation = three_writes(rng, tmp_path)
     kept = writer.keep_run(7)
     kept_before = sc.io.load_hdf5(kept)
     assert sc.identical(kept_before, accumulation.value())
@@ -146,12 +152,7 @@ def chunk_like(rng, template: sc.DataArray, first_pulse: int, pulses: int) -> sc
 @pytest.mark.parametrize("fault", ["mid-append"])
 def test_a_failed_append_leaves_the_published_file_intact(tmp_path, monkeypatch, fault):
     rng = np.random.default_rng(4)
-    writer = OutputWriter(tmp_path, "result")
-    writer.output_grows = True
-    accumulation = Accumulation()
-    for version in (1, 2, 3):
-        accumulation.accumulate(AccumulationMethod.ADD, chunk(rng, 100 * version, 40))
-        writer.write(accumulation.value(), version, force=True)
+    writer, accumulation = three_writes(rng, tmp_path)
     published = sc.io.load_hdf5(writer.path)
     accumulation.accumulate(AccumulationMethod.ADD, chunk(rng, 900, 40))
 

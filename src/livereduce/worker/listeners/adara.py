@@ -643,13 +643,7 @@ class AdaraListener:
         if self._open is None:
             self._dropped_outside_run += packet.event_count
             return
-        events = self._open.events
-        events.add_pulse(packet.timestamp_ns)
-        for source in packet.sources:
-            offset = 0 if source.tof_corrected else source.tof_offset_100ns
-            for bank in source.banks:
-                if bank.bank_id < packets.ERROR_BANK_ID:
-                    events.add_events(bank.events, offset)
+        self._open.events.add_banked(packet)
         self._open.add_log(
             "proton_charge",
             "double",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import scipp as sc
 
+from livereduce.adara import packets
 from livereduce.worker.listeners.base import bin_by_pulse
 
 EVENT_BYTES = 12
@@ -136,6 +137,22 @@ class PulseEvents:
         tof_to_us(tof, self._tofs[begin:end])
         self._weights[begin:end] = 1.0
         self._events = end
+
+    def add_banked(self, packet: packets.BankedEvent) -> int:
+        """Add one banked event packet as a pulse (header time = pulse time): the events of
+        its real banks, each source's TOF offset added where the source has not applied it.
+        Returns the events of the error and unmapped pseudo-banks, which are not kept (as
+        Mantid drops them)."""
+        self.add_pulse(packet.timestamp_ns)
+        dropped = 0
+        for source in packet.sources:
+            offset = 0 if source.tof_corrected else source.tof_offset_100ns
+            for bank in source.banks:
+                if bank.bank_id < packets.ERROR_BANK_ID:
+                    self.add_events(bank.events, offset)
+                else:
+                    dropped += len(bank.events)
+        return dropped
 
     def add_monitor_events(self, monitor_id: int, tof_100ns: np.ndarray) -> None:
         """Add monitor events to the open pulse: ``tof_100ns`` ((K,) uint32), ``event_id`` =
