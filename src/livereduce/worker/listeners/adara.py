@@ -279,9 +279,10 @@ class AdaraListener:
         bounded in events too: the other half fills while this chunk is processed), or full
         (reading from the SMS waits until a chunk is taken), or a run has ended (its last chunk
         is complete and its result should not wait)."""
-        if self._full or self._finished:
+        if self._full:
             return True
-        return 2 * self._buffered_bytes() >= self.buffer_bytes
+        with self._lock:  # the reader thread changes the segments
+            return bool(self._finished) or 2 * self._buffered_bytes() >= self.buffer_bytes
 
     @property
     def buffered_bytes(self) -> int:

@@ -20,6 +20,7 @@ whole otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +262,9 @@ class AppendableFile:
         self._remember(workspace, total)
 
     @staticmethod
-    def _event_variables(events: h5py.Group, table: sc.DataArray):
+    def _event_variables(
+        events: h5py.Group, table: sc.DataArray
+    ) -> Iterator[tuple[h5py.Group, sc.Variable]]:
         yield events["data"], table.data
         for index, (name, variable) in enumerate(table.coords.items()):
             yield events["coords"][_collection_element_name(name, index)], variable
