@@ -8,9 +8,9 @@ thread, so a hung processing script stops the heartbeats (STYLE.md §3).
 
 The worker program is ``python -m livereduce.worker --report-fd N``; it reads the configuration
 as a JSON object ``{"path": str | null, "raw": {...}, "resume": {...} | null}`` on its standard
-input. ``resume`` is the :class:`Resume` the previous worker last reported (nothing is lost across
-restarts): the next worker asks the stream for data from that run's start, completes and keeps
-that run, then goes on with the current one.
+input (a missing ``resume`` means null). ``resume`` is the :class:`Resume` the previous worker
+last reported (nothing is lost across restarts): the next worker asks the stream for data from
+that run's start, completes and keeps that run, then goes on with the current one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Any
 HEARTBEAT_INTERVAL_S = 2.0
 """Upper bound between two reports while the loop waits: well under half of the shortest
 heartbeat timeout a configuration can reach in practice (STYLE.md §3: beat at <= timeout/2)."""
+
+STACK_FD_ENV = "LIVEREDUCE_STACK_FD"
+"""Environment variable naming the fd the worker points faulthandler at: the supervisor reads
+that file after a hung worker was aborted and logs the stack in ``livereduce.log``."""
 
 MAX_REPORT_BYTES = 1 << 16
 """A report line longer than this is a bug in the worker; the supervisor drops it."""
@@ -93,7 +97,9 @@ class Progress:
     user script running now (e.g. ``reduce_HYS_live_post_proc.py``, empty between scripts) and
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
-    ``script_timeout_sec`` before it counts the worker as hung.
+    ``script_timeout_sec`` before it counts the worker as hung. ``results_written`` counts the
+    result files the worker wrote (None: the engine does not count them); with the chunk and
+    error counts it tells the supervisor whether the worker is ``failing``.
     """
 
     state: WorkerState
@@ -112,6 +118,7 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    results_written: int | None = None
 
     @property
     def resume(self) -> Resume | None:
