@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 from collections import deque
@@ -886,7 +887,7 @@ class Machine:
         if self.state is State.BACKOFF:
             wait = max(self.next_start_s - now, 0.0)
             reason = self.backoff_reason or "a failure"
-            return f"backoff after {reason}: next worker start in {wait:.0f} s"
+            return f"backoff after {reason}: next worker start in {math.ceil(wait)} s"
         if self.state is State.RUN_ENDED:
             return "run ended (run_transition Stop): waiting for a script change or SIGHUP"
         worker = self.worker
