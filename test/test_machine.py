@@ -189,7 +189,7 @@ def test_a_silent_worker_is_aborted_then_killed_and_replaced_with_growing_delays
     h.run_until(12.5)  # HUNG_STOP_GRACE_S after the SIGABRT
     assert h.of(KillGroup) == [KillGroup(first)]
     h.exited(-signal.SIGKILL, stack='File "reduce_FAKE_live_proc.py", line 3 in <module>')
-    assert "worker_stack: pid 1000, where it was:\nFile \"reduce_FAKE_live_proc.py\"" in caplog.text
+    assert 'worker_stack: pid 1000, where it was:\nFile "reduce_FAKE_live_proc.py"' in caplog.text
     h.tick()
     assert h.starts == [(0.0, None), (12.5, None)]  # the first hang restarts at once
     h.report(WorkerState.RUNNING)
@@ -256,7 +256,9 @@ def test_a_worker_program_that_cannot_start_backs_off_as_a_boot_failure(make):
     h.step(SpawnFailed("No such file or directory: 'python'"))
     assert h.machine.state is State.BACKOFF
     assert h.reasons() == ["boot_failure"]
-    assert h.status()["last_error"] == "cannot start the worker: No such file or directory: 'python'"
+    assert (
+        h.status()["last_error"] == "cannot start the worker: No such file or directory: 'python'"
+    )
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -273,7 +275,9 @@ def test_memory_overrun_kills_at_once_and_backs_off_when_it_repeats(make, caplog
     h.step(MemoryOver(excess(first)))
     assert h.of(KillGroup) == [KillGroup(first)]
     assert h.of(SendSignal) == []  # no SIGTERM and no grace: waiting only lets it grow
-    assert "memory_exceeded: worker pid 1000 uses 600.0 MiB, above the limit of 500.0" in caplog.text
+    assert (
+        "memory_exceeded: worker pid 1000 uses 600.0 MiB, above the limit of 500.0" in caplog.text
+    )
     h.exited(-signal.SIGKILL, peak_rss_bytes=610 * 2**20)
     assert "peak RSS 610.0 MiB" in caplog.text
     h.tick()
@@ -441,7 +445,9 @@ def test_no_worker_while_no_processing_script_exists(make):
 
 
 def config_change(new_md5: str = "b") -> ConfigChanged:
-    return ConfigChanged(path=Path("livereduce.conf"), detected_by="inotify", old_md5="a", new_md5=new_md5)
+    return ConfigChanged(
+        path=Path("livereduce.conf"), detected_by="inotify", old_md5="a", new_md5=new_md5
+    )
 
 
 def test_config_changes(make, caplog):
@@ -646,7 +652,9 @@ def test_progress_line_every_progress_every_sec(make, caplog):
     h.run_until(60.0, dt=1.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
     assert len(lines) == 2
-    assert lines[1].startswith("progress: running: run 7, 30 chunks, 30,000 events, 0 events/s, lag 32.0 s")
+    assert lines[1].startswith(
+        "progress: running: run 7, 30 chunks, 30,000 events, 0 events/s, lag 32.0 s"
+    )
 
 
 # -- systemd keep-alive (see also test_keepalive.py) --------------------------------------------

@@ -118,6 +118,8 @@ class Supervisor:
         self.watcher: Watcher | None = None
         self.publisher = StatusPublisher(config.status_file)
         self._config_md5: str | None = None
+        self.exit_status: DaemonExit | None = None
+        """Set by the machine's Exit action: the loop ends."""
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -129,11 +131,10 @@ class Supervisor:
         for problem in syntax_errors(self._existing_scripts()):
             log.error("script_syntax_error: %s", problem)
         notify.status("starting the worker")
-        exit_status: DaemonExit | None = None
         try:
-            while exit_status is None:
+            while self.exit_status is None:
                 self._wait_and_handle()
-                exit_status = self._tick()
+                self._tick()
         finally:
             if self.watcher is not None:
                 self.watcher.stop()
@@ -143,8 +144,8 @@ class Supervisor:
                     self.worker.process.wait()
                 self.worker = None
             self._write_status(self._clock(), force=True)
-        log.info("supervisor_exit: status %d (%s)", exit_status, exit_status.name)
-        return int(exit_status)
+        log.info("supervisor_exit: status %d (%s)", self.exit_status, self.exit_status.name)
+        return int(self.exit_status)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._events.put(SignalReceived(signum))  # SimpleQueue.put is reentrant; nothing else here
@@ -198,16 +199,14 @@ class Supervisor:
                 deadlines.append(self.memory.next_check_s)
         return min(deadlines)
 
-    def _tick(self) -> DaemonExit | None:
-        """Reap, check the memory, tick the machine, publish; returns the exit status once
-        the machine says to exit."""
-        exit_status = None
+    def _tick(self) -> None:
+        """Reap, check the memory, tick the machine, publish."""
         worker = self.worker
         if worker is not None:
             ended = worker.poll()
             if ended is not None:
                 self.worker = None
-                exit_status = self._step(
+                self._step(
                     Exited(
                         pid=worker.pid,
                         status=ended.status,
@@ -220,10 +219,9 @@ class Supervisor:
             pid = self.worker.pid if self.worker is not None else None
             excess = self.memory.check(pid, now)
             if excess is not None:
-                exit_status = self._step(MemoryOver(excess)) or exit_status
-        exit_status = self._step(Tick()) or exit_status
+                self._step(MemoryOver(excess))
+        self._step(Tick())
         self._publish(self._clock())
-        return exit_status
 
     def _handle(self, event: Event) -> None:
         """Turn one queued event into the machine's (looking at the disk where needed)."""
@@ -251,14 +249,12 @@ class Supervisor:
 
     # -- carrying out the machine's actions --------------------------------------------------
 
-    def _step(self, event: MachineEvent) -> DaemonExit | None:
+    def _step(self, event: MachineEvent) -> None:
         """Step the machine and carry out its actions (which may step it again)."""
-        exit_status = None
         for action in self.machine.step(event):
-            exit_status = self._act(action) or exit_status
-        return exit_status
+            self._act(action)
 
-    def _act(self, action: Action) -> DaemonExit | None:
+    def _act(self, action: Action) -> None:
         match action:
             case Start(resume):
                 try:
@@ -270,8 +266,9 @@ class Supervisor:
                         resume=resume,
                     )
                 except OSError as error:
-                    return self._step(SpawnFailed(str(error)))
-                return self._step(Started(self.worker.pid))
+                    self._step(SpawnFailed(str(error)))
+                    return
+                self._step(Started(self.worker.pid))
             case SendSignal(pid, signum):
                 if self.worker is not None and self.worker.pid == pid:
                     self.worker.send(signum)
@@ -284,8 +281,7 @@ class Supervisor:
                 if self.watcher is not None:
                     self.watcher.resync()
             case Exit(status):
-                return status
-        return None
+                self.exit_status = status
 
     def _notify(self, kind: NotifyKind, text: str) -> None:
         now = self._clock()

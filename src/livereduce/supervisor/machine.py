@@ -739,6 +739,7 @@ class Machine:
         self.state = State.STARTING
         self.next_start_s = self._clock()
         self.hold = ""
+        self.scripts_problem = ""
         self.script_timeouts.clear()
 
     # -- signals and changes -----------------------------------------------------------------
@@ -962,7 +963,7 @@ class Machine:
             "restarts": self.restart_count,
             "restart_history": list(self.restart_history),
             "last_reload_latency_s": self.last_reload_latency_s,
-            "scripts_problem": self.scripts_problem or self.hold,
+            "scripts_problem": self.hold or self.scripts_problem,
             "resume": self.resume.to_json() if self.resume is not None else None,
             "supervisor_pid": os.getpid(),
             "version": __version__,
