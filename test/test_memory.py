@@ -163,3 +163,15 @@ def test_zero_percent_disables_the_guard(holder):
     assert not guard.due(100.0)
     assert guard.check(holder(50).pid, now_s=0.0) is None
     assert guard.limit is None
+
+
+def test_guard_counts_the_children_and_skips_one_that_ended(holder):
+    parent = holder(80, parent=True)
+    guard = MemoryGuard(20, 0.1, physical_bytes=1000 * MIB, cgroup_bytes=None)  # 200 MiB
+    assert guard.check(parent.pid, now_s=0.0) is None
+    assert guard.last_rss > 80 * MIB
+    (child,) = psutil.Process(parent.pid).children()
+    child.kill()
+    child.wait(timeout=10)
+    assert guard.check(parent.pid, now_s=0.1) is None  # listed 0.1 s ago, ended since
+    assert guard.last_rss < 80 * MIB
