@@ -297,13 +297,18 @@ def test_memory_overrun_kills_at_once_and_backs_off_when_it_repeats(make, caplog
     assert status["last_error"].startswith("worker pid 1001 uses 600.0 MiB")
 
 
-def test_a_memory_reading_of_a_replaced_worker_is_ignored(make):
+def test_a_worker_being_replaced_is_killed_at_once_when_over_but_not_counted(make):
     h = make()
     first = running(h)
     h.step(SignalReceived(signal.SIGHUP))
     h.step(MemoryOver(excess(first)))
-    assert h.of(KillGroup) == []
+    assert h.of(KillGroup) == [KillGroup(first)]
+    h.step(MemoryOver(excess(first)))
+    assert h.of(KillGroup) == [KillGroup(first)]  # once
     assert h.reasons() == ["sighup"]
+    assert h.status()["errors"] == 0
+    h.step(MemoryOver(excess(4242)))  # a reading of some other pid: nothing
+    assert len(h.of(KillGroup)) == 1
 
 
 # -- stop ----------------------------------------------------------------------------------

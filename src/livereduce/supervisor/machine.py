@@ -717,7 +717,12 @@ class Machine:
 
     def _memory_over(self, actions: list[Action], excess: MemoryExceeded) -> None:
         worker = self.worker
-        if self.state is not State.WORKING or worker is None or worker.pid != excess.pid:
+        if worker is None or worker.pid != excess.pid or worker.killed:
+            return
+        if self.state is not State.WORKING:
+            # Already on its way out (a reload, a stop): it still must not grow through its grace.
+            log.error("memory_exceeded: %s while it stops: SIGKILL at once", excess.describe())
+            self._kill(actions, worker)
             return
         log.error(
             "memory_exceeded: %s: SIGKILL at once (waiting only lets it grow)", excess.describe()
