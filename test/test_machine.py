@@ -443,6 +443,9 @@ def test_no_worker_while_no_processing_script_exists(make):
     assert h.starts == []
     assert h.status()["state"] == "held"
     assert "no worker runs until one appears" in h.status()["scripts_problem"]
+    (ready,) = h.of(Notify)  # systemd's start returns: only a person ends this wait
+    assert ready.kind is NotifyKind.READY
+    assert ready.text.startswith("no processing script in ")
     h.scripts_exist = True
     h.step(ScriptsSaved(change=change(PROC), exists=True))
     h.tick()

@@ -430,6 +430,7 @@ class Machine:
                 actions.append(Start(self.resume))
             else:
                 self._hold(
+                    actions,
                     f"no processing script in {self.config.script_dir}: no worker runs until one "
                     "appears"
                 )
@@ -537,9 +538,8 @@ class Machine:
                     self.last_reload_latency_s,
                     worker.pid,
                 )
-        if not self.ready_sent and worker.connected and self.state is State.WORKING:
-            self.ready_sent = True
-            actions.append(Notify(NotifyKind.READY, self.status_line()))
+        if worker.connected and self.state is State.WORKING:
+            self._ready(actions)
 
     def _track_script(self, worker: WorkerView, progress: Progress, now: float) -> None:
         if worker.script and progress.in_script != worker.script:
@@ -615,13 +615,14 @@ class Machine:
         self.worker = None
         if self.state is State.STOPPING:
             self.state = State.STOPPED
-            assert self.exit_status is not None
-            actions.append(Exit(self.exit_status))
+            actions.append(Exit(DaemonExit.OK if self.exit_status is None else self.exit_status))
             return
         if self.state in (State.RESTARTING, State.WORKING):
             self.state = self.after_worker
         if self.state is State.STARTING and self.next_start_s > self._clock():
             self.state = State.BACKOFF
+        if self.state is State.HELD:
+            self._ready(actions)
 
     # -- restarts ----------------------------------------------------------------------------
 
@@ -732,11 +733,19 @@ class Machine:
         self._kill(actions, worker)
         self._fail(actions, RestartReason.MEMORY, excess.describe())
 
-    def _hold(self, problem: str) -> None:
+    def _hold(self, actions: list[Action], problem: str) -> None:
         if self.state is not State.HELD or self.hold != problem:
             log.error("worker_held: %s", problem)
         self.state = State.HELD
         self.hold = problem
+        self._ready(actions)
+
+    def _ready(self, actions: list[Action]) -> None:
+        """READY=1 once per start or reload: the worker is connected, or the supervisor holds
+        (a wait only a person ends: failing systemd's start would only restart into it)."""
+        if not self.ready_sent:
+            self.ready_sent = True
+            actions.append(Notify(NotifyKind.READY, self.status_line()))
 
     def _release(self, why: str) -> None:
         """Leave HELD or RUN_ENDED: a worker starts at the next tick."""

@@ -34,7 +34,7 @@ class Ended:
     its peak resident memory in bytes (the kernel's ru_maxrss) and what faulthandler wrote."""
 
     status: int
-    peak_rss_bytes: int
+    peak_rss_bytes: int | None
     stack: str
 
 
@@ -82,7 +82,7 @@ class Worker:
         self.stack_file.seek(0)
         stack = self.stack_file.read(1 << 20).decode(errors="replace")
         self.stack_file.close()
-        peak = usage.ru_maxrss * 1024 if usage is not None else 0  # Linux: KiB
+        peak = usage.ru_maxrss * 1024 if usage is not None else None  # Linux: KiB
         return Ended(status=status, peak_rss_bytes=peak, stack=stack)
 
 
