@@ -432,7 +432,7 @@ class Machine:
                 self._hold(
                     actions,
                     f"no processing script in {self.config.script_dir}: no worker runs until one "
-                    "appears"
+                    "appears",
                 )
         self._keepalive(actions, now)
         if now >= self.next_progress_log_s:

@@ -170,8 +170,8 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         lines.append(f"WARNING: supervisor pid {pid} is not running: this status is stale")
     elif _overdue(status, now):
         lines.append(
-            f"WARNING: not rewritten for {now - float(status['updated']):.0f} s (it should be every "
-            f"{WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
+            f"WARNING: not rewritten for {now - float(status['updated']):.0f} s (it should be "
+            f"every {WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
         )
     state = str(get("state", "?"))
     if get("detail"):
