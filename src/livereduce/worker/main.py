@@ -114,6 +114,18 @@ def _final(reporter: _Reporter, error: str) -> None:
     reporter(base.with_(state=WorkerState.ERROR, detail=error, last_error=error[-500:]))
 
 
+def _enable_faulthandler(stack_fd: str) -> None:
+    """Point faulthandler at the supervisor's stack file (fd ``stack_fd``), else stderr."""
+    if stack_fd.isdigit():
+        try:
+            os.set_inheritable(int(stack_fd), False)
+            faulthandler.enable(file=int(stack_fd), all_threads=True)
+            return
+        except (OSError, ValueError) as error:
+            log.warning("stack_file_unusable: fd %s: %s; stacks go to stderr", stack_fd, error)
+    faulthandler.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the WorkerExit status."""
     parser = argparse.ArgumentParser(
@@ -132,12 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config, process="worker")
     # A hung worker killed with SIGABRT shows where it hung (e.g. inside a user script): into the
     # file the supervisor reads after the abort and logs in livereduce.log, else stderr.
-    stack_fd = os.environ.pop(STACK_FD_ENV, "")
-    if stack_fd.isdigit():
-        os.set_inheritable(int(stack_fd), False)
-        faulthandler.enable(file=int(stack_fd), all_threads=True)
-    else:
-        faulthandler.enable()
+    _enable_faulthandler(os.environ.pop(STACK_FD_ENV, ""))
     return int(run_worker(config, args.report_fd))
 
 
