@@ -688,3 +688,13 @@ def test_a_second_daemon_on_the_same_output_exits_2_naming_the_first(daemon, tmp
         second.stderr
     )
     assert lr.process.poll() is None
+
+
+def test_ready_comes_when_the_worker_is_connected_not_after_the_first_chunk(daemon):
+    lr = daemon(update_every=30).start()  # the first chunk would come after 30 s
+    lr.wait_for(lambda _: any(m.startswith("READY=1") for m in lr.messages()), "READY=1")
+    ready = next(m for m in lr.messages() if m.startswith("READY=1"))
+    assert ready.split("STATUS=", 1)[1].startswith(("waiting_for_run: ", "running: ", "no_data: "))
+    assert lr.status().get("chunks", 0) == 0
+    lr.send(signal.SIGTERM)
+    assert lr.exit_status(timeout_s=30) == 0
