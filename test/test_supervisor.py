@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import socket
@@ -29,9 +30,13 @@ import pytest
 import scipp as sc
 
 from livereduce.adara.replay import ReplayServer
+from livereduce.config import config_from_mapping
+from livereduce.protocol import Resume
 from livereduce.supervisor.backoff import Backoff
+from livereduce.supervisor.events import ReportsClosed
 from livereduce.supervisor.memory import memory_limit
 from livereduce.supervisor.watch import DEBOUNCE_S
+from livereduce.supervisor.worker_process import spawn
 
 REPO = Path(__file__).resolve().parents[1]
 UPDATE_EVERY_S = 0.2
@@ -698,3 +703,48 @@ def test_ready_comes_when_the_worker_is_connected_not_after_the_first_chunk(daem
     assert lr.status().get("chunks", 0) == 0
     lr.send(signal.SIGTERM)
     assert lr.exit_status(timeout_s=30) == 0
+
+
+def test_spawn_hands_over_config_resume_and_stack_file_and_poll_reaps_with_the_peak(
+    tmp_path, monkeypatch
+):
+    """worker_process with a stand-in program: what the worker gets on stdin and in its
+    environment, and what the supervisor gets back when it ends."""
+    seen = tmp_path / "seen.json"
+    stand_in = (
+        "import json, os, sys\n"
+        "message = json.load(sys.stdin)\n"
+        "fd = int(os.environ['LIVEREDUCE_STACK_FD'])\n"
+        "os.write(fd, b'Fatal Python error: Aborted\\n')\n"
+        "message['notify'] = os.environ.get('NOTIFY_SOCKET')\n"
+        "block = bytearray(64 * 2**20)\n"
+        f"open({str(seen)!r}, 'w').write(json.dumps(message))\n"
+        "os._exit(3)\n"
+    )
+    (tmp_path / "reduce_FAKE_live_proc.py").write_text("output = input\n")
+    config = config_from_mapping(
+        {"instrument": "FAKE", "listener": "fake", "script_dir": "."}, tmp_path / "lr.conf"
+    )
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nowhere"))
+    worker = spawn(
+        config,
+        command=lambda fd: [sys.executable, "-c", stand_in],
+        put=events.put,
+        clock=time.monotonic,
+        resume=Resume(run_number=178921, start_ns=1_700_000_000_000_000_000),
+    )
+    assert events.get(timeout=30) == ReportsClosed(worker.pid)  # it wrote no report
+    deadline = time.monotonic() + 30
+    while (ended := worker.poll()) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ended is not None
+    assert ended.status == 3
+    assert ended.stack == "Fatal Python error: Aborted\n"
+    assert ended.peak_rss_bytes > 64 * 2**20
+    assert worker.poll() is None  # reaped once
+    message = json.loads(seen.read_text())
+    assert message["resume"] == {"run_number": 178921, "start_ns": 1_700_000_000_000_000_000}
+    assert message["path"] == str(tmp_path / "lr.conf")
+    assert message["raw"]["instrument"] == "FAKE"
+    assert message["notify"] is None  # only the supervisor talks to systemd
