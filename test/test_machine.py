@@ -679,3 +679,15 @@ def test_no_keepalive_while_the_worker_is_silent_and_again_at_once_when_it_beats
     h.tick()
     pings = [a for a in h.actions if a == Notify(NotifyKind.WATCHDOG)]
     assert len(pings) == 3
+
+
+def test_only_a_change_marks_the_status_for_rewriting(make):
+    h = make()
+    running(h)
+    assert h.machine.dirty
+    h.machine.dirty = False  # the loop published it
+    h.now = 0.5
+    h.tick()
+    assert not h.machine.dirty  # left to the periodic refresh
+    h.report(chunks=2)
+    assert h.machine.dirty

@@ -361,6 +361,7 @@ class Machine:
     def step(self, event: MachineEvent) -> list[Action]:
         """Take one event; returns the actions to carry out, in order."""
         actions: list[Action] = []
+        before = self.state
         match event:
             case Tick():
                 self._tick(actions)
@@ -387,7 +388,9 @@ class Machine:
                 self._memory_over(actions, excess)
             case SignalReceived(signum):
                 self._signal(actions, signal.Signals(signum))
-        self.dirty = True
+        # A tick that changed nothing leaves the status file to its periodic refresh.
+        if not isinstance(event, Tick) or actions or self.state is not before:
+            self.dirty = True
         return actions
 
     def next_deadline_s(self) -> float:
