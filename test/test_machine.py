@@ -48,7 +48,14 @@ POST = "reduce_FAKE_live_post_proc.py"
 class Harness:
     """The machine for a FAKE configuration (``raw`` overrides), a fake clock and workers."""
 
-    def __init__(self, tmp_path: Path, *, watchdog_s: float | None = None, **raw: Any) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        watchdog_s: float | None = None,
+        start_s: float = 0.0,
+        **raw: Any,
+    ) -> None:
         (tmp_path / PROC).write_text("output = input\n")
         self.config = config_from_mapping(
             {
@@ -61,12 +68,12 @@ class Harness:
             },
             tmp_path / "livereduce.conf",
         )
-        self.now = 0.0
+        self.now = start_s  # a monotonic clock, where 0 is not special
         self.scripts_exist = True
         self.machine = Machine(
             self.config,
             clock=lambda: self.now,
-            wall=lambda: WALL0 + self.now,
+            wall=lambda: WALL0 + self.now - start_s,
             scripts_exist=lambda: self.scripts_exist,
             watchdog_interval_s=watchdog_s,
         )
@@ -639,11 +646,11 @@ def test_errors_count_chunks_lost_and_workers_lost(make):
 
 
 def test_progress_line_every_progress_every_sec(make, caplog):
-    caplog.set_level(logging.INFO)
-    h = make(progress_every_sec=30)
+    t0 = 1000.0
+    h = make(progress_every_sec=30, start_s=t0)
     h.tick()
     for second in range(1, 31):
-        h.now = float(second)
+        h.now = t0 + second
         h.report(
             run_number=7,
             chunks=second,
@@ -657,7 +664,7 @@ def test_progress_line_every_progress_every_sec(make, caplog):
         "progress: running: run 7, 30 chunks, 30,000 events, 1,000 events/s, lag 2.0 s, "
         "last result written 1.0 s ago (28 written)"
     ]
-    h.run_until(60.0, dt=1.0)
+    h.run_until(t0 + 60.0, dt=1.0)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress: ")]
     assert len(lines) == 2
     assert lines[1].startswith(

@@ -347,7 +347,7 @@ class Machine:
         """Consecutive time-limit kills per script file name."""
         self.ready_sent = False
         self.next_ping_s = 0.0
-        self.next_progress_log_s = config.progress_every_sec
+        self.next_progress_log_s = clock() + config.progress_every_sec
         self.results_written_at: float | None = None
         """Wall time the supervisor saw ``results_written`` grow last."""
         self.last_peak_rss_bytes: int | None = None
