@@ -248,12 +248,17 @@ class RateWindow:
     def add(self, now_s: float, events: int) -> None:
         """Record the worker's event count at ``now_s``."""
         self.samples.append((now_s, events))
+        self._trim(now_s)
+
+    def _trim(self, now_s: float) -> None:
+        # Keep one sample at or before the window's start: the baseline of the rate.
+        while len(self.samples) >= 2 and self.samples[1][0] <= now_s - RATE_WINDOW_S:
+            self.samples.popleft()
 
     def rate(self, now_s: float) -> float:
         """Events/s from the oldest sample still inside the window (or the last one before
         it) to ``now_s``: (latest events - that sample's events) / (now - its time)."""
-        while len(self.samples) >= 2 and self.samples[1][0] <= now_s - RATE_WINDOW_S:
-            self.samples.popleft()
+        self._trim(now_s)
         if len(self.samples) < 2:
             return 0.0
         (t0, e0), (_, e1) = self.samples[0], self.samples[-1]
@@ -294,10 +299,6 @@ class WorkerView:
         ):
             return f"no result written for {progress.chunks - self.last_result_chunk} chunks"
         return ""
-
-
-def _fmt_count(n: int) -> str:
-    return f"{n:,}"
 
 
 class Machine:
@@ -950,7 +951,7 @@ class Machine:
         run = f"run {progress.run_number}" if progress.run_number else "no run"
         return (
             f"{self.shown_state()}: {run}, {progress.chunks} chunks, "
-            f"{_fmt_count(progress.events)} events, {self.events_per_s():,.0f} events/s, "
+            f"{progress.events:,} events, {self.events_per_s():,.0f} events/s, "
             f"{lag}, {result}"
         )
 
