@@ -636,7 +636,7 @@ def test_worker_killed_mid_run_replays_the_run_and_the_result_equals_the_file(da
 
 
 def test_sigterm_ends_a_worker_that_ignores_it_and_exits_0(daemon, tmp_path):
-    """The grace is 3 s (stop_timeout 20 is only an outer bound), then SIGKILL for the group."""
+    """The grace is 4 s (stop_timeout 20 is only an outer bound), then SIGKILL for the group."""
     inside = tmp_path / "inside"
     stubborn = (
         "import signal, time, pathlib\n"
@@ -653,8 +653,8 @@ def test_sigterm_ends_a_worker_that_ignores_it_and_exits_0(daemon, tmp_path):
     assert lr.exit_status(timeout_s=30) == 0
     assert not alive(pid)
     log = lr.log()
-    assert f"worker_stopping: pid {pid} (SIGTERM, SIGKILL after 3 s)" in log
-    assert f"worker_killed: pid {pid} did not stop 3." in log
+    assert f"worker_stopping: pid {pid} (SIGTERM, SIGKILL after 4 s)" in log
+    assert f"worker_killed: pid {pid} did not stop 4." in log
     assert "supervisor_exit: status 0 (OK)" in log
 
 

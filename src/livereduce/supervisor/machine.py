@@ -49,12 +49,12 @@ from livereduce.supervisor.worker_process import describe_exit
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 3.0
+STOP_GRACE_S = 4.0
 """SIGTERM -> SIGKILL of the worker's process group when the service stops or the worker is
-replaced (``stop_timeout``, when smaller, bounds it): the worker checks for a stop between the
-phases of a step, and a write it abandons leaves the previous file intact (atomic rename), so a
-longer wait only delays the stop. 3 s keeps ``systemctl stop`` under 5 s whatever the worker
-does."""
+replaced (``stop_timeout``, when smaller, bounds it). The worker abandons the work in hand and
+ends itself at the latest 3 s after a stop request (``worker.stop.STOP_EXIT_AFTER_S``); a
+second later it is killed whatever it does, which keeps ``systemctl stop`` under 5 s. A write
+it abandons leaves the previous file intact (atomic rename)."""
 
 HUNG_STOP_GRACE_S = 2.0
 """SIGABRT -> SIGKILL for a hung worker: faulthandler dumps its stack at once, then it aborts."""
