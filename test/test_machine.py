@@ -541,6 +541,7 @@ def test_a_script_past_its_limit_three_times_in_a_row_is_held_until_it_changes(m
         "it changes (or SIGHUP)"
     )
     assert h.reasons() == ["script_timeout"] * 3
+    assert "; start when a script changes (held); restart #3" in caplog.text
     assert status["errors"] == 3
     h.run_until(h.now + 3600.0, dt=10.0)
     assert len(h.starts) == 3  # never an endless loop

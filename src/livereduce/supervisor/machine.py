@@ -463,7 +463,9 @@ class Machine:
             log.error("script_timeout: %s: SIGABRT (stack in the log), then SIGKILL", detail)
             if count >= SCRIPT_TIMEOUTS_TO_HOLD:
                 self._record_failure(detail)
-                self._count_restart(RestartReason.SCRIPT_TIMEOUT, detail, "none: held")
+                self._count_restart(
+                    RestartReason.SCRIPT_TIMEOUT, detail, "when a script changes (held)"
+                )
                 hold = (
                     f"{worker.script} ran past its script_timeout_sec ({limit:g} s) {count} "
                     "times in a row: no worker runs until it changes (or SIGHUP)"
