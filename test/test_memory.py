@@ -3,6 +3,8 @@ processes."""
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -179,3 +181,27 @@ def test_guard_counts_the_children_and_skips_one_that_ended(holder):
         time.sleep(0.01)
     assert guard.check(parent.pid, now_s=0.1) is None  # listed 0.1 s ago, ended since
     assert guard.last_rss < 80 * MIB
+
+
+def test_a_new_memory_max_takes_effect_within_a_second(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    root = tmp_path / "cg"
+    write_tree(root, {"livereduce.service/memory.max": f"{10 * 2**30}\n"})
+    (tmp_path / "self").write_text("0::/livereduce.service\n")
+    guard = MemoryGuard(
+        50,
+        0.1,
+        physical_bytes=64 * 2**30,
+        proc_cgroup=tmp_path / "self",
+        cgroup_root=root,
+    )
+    assert guard.check(os.getpid(), now_s=0.0) is None
+    assert guard.limit.limit_bytes == 5 * 2**30
+    (root / "livereduce.service/memory.max").write_text(f"{20 * 2**30}\n")
+    guard.check(os.getpid(), now_s=0.5)
+    assert guard.limit.limit_bytes == 5 * 2**30  # read again once a second, not every 0.1 s
+    guard.check(os.getpid(), now_s=1.0)
+    assert guard.limit.limit_bytes == 10 * 2**30
+    assert "memory_limit_changed: now 10240.0 MiB (50% of 20480.0 MiB cgroup memory limit)" in (
+        caplog.text
+    )

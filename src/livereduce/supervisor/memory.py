@@ -28,6 +28,11 @@ CHILDREN_REFRESH_S = 1.0
 10 ms with a thousand processes), too slow for every check; the resident memory of the worker
 and of the descendants already known is read at every check."""
 
+LIMIT_REFRESH_S = 1.0
+"""How often the guard reads the limit again (physical memory and the cgroup files): a
+``systemctl set-property MemoryMax=`` takes effect within a second, and a check at 0.1 s costs
+the reading of the worker's memory alone."""
+
 UNLIMITED_V1 = 1 << 60
 """cgroup v1 reports "no limit" as a page-rounded LONG_MAX; anything this large means none."""
 
@@ -145,8 +150,8 @@ class MemoryGuard:
     """Checks the worker's memory every ``interval_s`` against ``percent`` % of the base.
 
     ``percent`` 0 disables it (``enabled`` False, :meth:`check` returns None). ``last_rss``
-    holds the last reading, ``limit`` the limit in force (recomputed on every check, so a
-    ``systemctl set-property MemoryMax=`` takes effect).
+    holds the last reading, ``limit`` the limit in force (read again every LIMIT_REFRESH_S, so
+    a ``systemctl set-property MemoryMax=`` takes effect).
     """
 
     def __init__(self, percent: float, interval_s: float, **limit_args: object) -> None:
@@ -160,6 +165,7 @@ class MemoryGuard:
         self._process: psutil.Process | None = None
         self._children: list[psutil.Process] = []
         self._children_at_s = float("-inf")
+        self._limit_at_s = float("-inf")
         if self.enabled:
             self.limit = memory_limit(percent, **limit_args)  # type: ignore[arg-type]
 
@@ -175,7 +181,7 @@ class MemoryGuard:
             self.last_rss = None
             return None
         try:
-            limit = memory_limit(self.percent, **self._limit_args)  # type: ignore[arg-type]
+            limit = self._current_limit(now_s)
             if self.limit is not None and limit.limit_bytes != self.limit.limit_bytes:
                 log.info(
                     "memory_limit_changed: now %.1f MiB (%g%% of %.1f MiB %s)",
@@ -197,6 +203,12 @@ class MemoryGuard:
         if self.last_rss > limit.limit_bytes:
             return MemoryExceeded(pid=pid, rss_bytes=self.last_rss, limit=limit)
         return None
+
+    def _current_limit(self, now_s: float) -> MemoryLimit:
+        if self.limit is None or now_s - self._limit_at_s >= LIMIT_REFRESH_S:
+            self._limit_at_s = now_s
+            return memory_limit(self.percent, **self._limit_args)  # type: ignore[arg-type]
+        return self.limit
 
     def _resident(self, pid: int, now_s: float) -> int:
         """:func:`resident_bytes`, with the list of descendants refreshed only every
