@@ -126,6 +126,14 @@ def test_format_for_people():
     assert "errors:       1 (last: reduce_HYS_live_proc.py line 3: ValueError)" in text
     assert "stale" not in text
     assert "SCRIPTS:" not in text
+    assert "results:" not in text  # an engine that does not count them
+    assert "in script:" not in text
+    text = format_status(
+        sample(results_written=11, last_result_time=1010.0, in_script="reduce_HYS_live_proc.py"),
+        now=1012.5,
+    )
+    assert "results:      11 written, the last 2.5 s ago" in text
+    assert "in script:    reduce_HYS_live_proc.py" in text
 
 
 def test_format_shows_scripts_that_are_not_running():

@@ -197,6 +197,15 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         f"chunks:       {get('chunks', 0)}",
         f"events:       {get('events', 0):,} ({events_per_s:,.0f} events/s)",
         f"last chunk:   {_age(now, get('last_chunk_time'))}",
+    ]
+    if get("results_written") is not None:
+        lines.append(
+            f"results:      {get('results_written')} written, the last "
+            f"{_age(now, get('last_result_time'))}"
+        )
+    if get("in_script"):
+        lines.append(f"in script:    {get('in_script')}")
+    lines += [
         f"worker:       {worker}",
         f"errors:       {get('errors', 0)}"
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
