@@ -89,6 +89,8 @@ class Progress:
 
     ``chunks`` and ``events`` count chunks processed and detector events received;
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
+    ``results_written`` counts the result files written (None: the engine does not count them;
+    with ``chunks`` and ``errors`` it tells the supervisor whether the worker is ``failing``);
     ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
     is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
 
@@ -97,9 +99,7 @@ class Progress:
     user script running now (e.g. ``reduce_HYS_live_post_proc.py``, empty between scripts) and
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
-    ``script_timeout_sec`` before it counts the worker as hung. ``results_written`` counts the
-    result files the worker wrote (None: the engine does not count them); with the chunk and
-    error counts it tells the supervisor whether the worker is ``failing``.
+    ``script_timeout_sec`` before it counts the worker as hung.
     """
 
     state: WorkerState
@@ -112,13 +112,13 @@ class Progress:
     chunks: int = 0
     events: int = 0
     last_chunk_time: float | None = None
+    results_written: int | None = None
     errors: int = 0
     last_error: str = ""
     unfinished_run: int | None = None
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
-    results_written: int | None = None
 
     @property
     def resume(self) -> Resume | None:
