@@ -89,10 +89,12 @@ class Progress:
 
     ``chunks`` and ``events`` count chunks processed and detector events received;
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
-    ``results_written`` counts the result files written (None: the engine does not count them;
-    with ``chunks`` and ``errors`` it tells the supervisor whether the worker is ``failing``);
     ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
     is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+
+    ``results_written`` counts the result files the worker wrote (None: its engine does not
+    count them); with ``chunks`` and ``errors`` it tells the supervisor whether the worker is
+    ``failing``.
 
     ``unfinished_run`` / ``unfinished_run_start_ns`` are the :class:`Resume` to hand the next
     worker (``None`` between runs, once every run seen was written). ``in_script`` names the
