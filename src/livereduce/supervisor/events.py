@@ -1,7 +1,8 @@
 """The events that reach the supervisor's one queue, as typed values (STYLE.md §2, §9).
 
 Signal handlers, the script watcher and the worker's report reader only put these on the queue;
-the supervisor's loop takes them off one at a time and acts (daemon.py).
+the supervisor's loop (daemon.py) takes them off one at a time and hands them to the state
+machine (machine.py), which decides.
 """
 
 from __future__ import annotations
