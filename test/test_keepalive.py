@@ -8,8 +8,9 @@ import pytest
 
 from livereduce.config import config_from_mapping
 from livereduce.protocol import Progress, WorkerState
-from livereduce.supervisor.events import WorkerReport
-from livereduce.supervisor.machine import Machine, Notify, NotifyKind, Start, Started, Tick
+from livereduce.supervisor.actions import Notify, NotifyKind, Start
+from livereduce.supervisor.events import Started, Tick, WorkerReport
+from livereduce.supervisor.machine import Machine
 
 WATCHDOG_SEC = 120.0  # livereduce.service
 HEARTBEAT_TIMEOUT_S = 90.0  # the default for update_every 30: max(3 * 30, 60)

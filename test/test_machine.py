@@ -17,26 +17,28 @@ import pytest
 
 from livereduce.config import config_from_mapping
 from livereduce.protocol import Progress, Resume, WorkerExit, WorkerState
-from livereduce.supervisor.events import SignalReceived, WorkerReport
-from livereduce.supervisor.machine import (
-    ConfigSaved,
+from livereduce.supervisor.actions import (
     DaemonExit,
     Exit,
-    Exited,
     KillGroup,
-    Machine,
-    MemoryOver,
     Notify,
     NotifyKind,
     ResyncWatcher,
-    ScriptsSaved,
     SendSignal,
-    SpawnFailed,
     Start,
-    Started,
-    State,
-    Tick,
 )
+from livereduce.supervisor.events import (
+    ConfigSaved,
+    Exited,
+    MemoryOver,
+    ScriptsSaved,
+    SignalReceived,
+    SpawnFailed,
+    Started,
+    Tick,
+    WorkerReport,
+)
+from livereduce.supervisor.machine import Machine, State
 from livereduce.supervisor.memory import MemoryExceeded, MemoryLimit
 from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged
 

@@ -10,10 +10,10 @@ start a worker, signal it, tell systemd, exit. So no two restarts can race, and 
 are tested without processes. The process exit statuses are :class:`DaemonExit`
 (docs/operations.md).
 
-The parts it uses each have one job: events.py (what comes off the queue), machine.py (the
-decisions), worker_process.py (spawn, reports, signals, reaping), memory.py (the memory guard),
-lock.py (one daemon per output folder), publish.py (when the status file and STATUS= are
-written).
+The parts it uses each have one job: events.py (what comes off the queue, and what the machine
+is told), machine.py (the decisions), actions.py (what it is asked to do), worker_process.py
+(spawn, reports, signals, reaping), memory.py (the memory guard), lock.py (one daemon per
+output folder), publish.py (when the status file and STATUS= are written).
 """
 
 from __future__ import annotations
@@ -29,35 +29,38 @@ from typing import Any
 
 from livereduce.config import Config, ConfigError, load_config
 from livereduce.supervisor import notify
-from livereduce.supervisor.events import Event, ReportsClosed, SignalReceived
-from livereduce.supervisor.lock import OutputLock, OutputLocked
-from livereduce.supervisor.machine import (
+from livereduce.supervisor.actions import (
     Action,
-    ConfigSaved,
     DaemonExit,
     Exit,
-    Exited,
     KillGroup,
-    Machine,
-    MachineEvent,
-    MemoryOver,
     Notify,
     NotifyKind,
     ResyncWatcher,
-    ScriptsSaved,
     SendSignal,
-    SpawnFailed,
     Start,
+)
+from livereduce.supervisor.events import (
+    ConfigSaved,
+    Event,
+    Exited,
+    MachineEvent,
+    MemoryOver,
+    ReportsClosed,
+    ScriptsSaved,
+    SignalReceived,
+    SpawnFailed,
     Started,
-    State,
     Tick,
 )
+from livereduce.supervisor.lock import OutputLock, OutputLocked
+from livereduce.supervisor.machine import Machine
 from livereduce.supervisor.memory import MemoryGuard, resident_bytes
 from livereduce.supervisor.publish import StatusPublisher
 from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
 from livereduce.supervisor.worker_process import Worker, spawn, worker_command
 
-__all__ = ["DaemonExit", "State", "Supervisor", "run_daemon", "syntax_errors"]
+__all__ = ["DaemonExit", "Supervisor", "run_daemon", "syntax_errors"]
 
 log = logging.getLogger(__name__)
 

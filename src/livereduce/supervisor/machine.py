@@ -5,7 +5,8 @@ worker reported, the restart history, the backoffs) and :meth:`Machine.step` map
 ``(state, event)`` to the new state and a list of :data:`Action` for the caller to carry out
 (daemon.py: start or signal a worker, notify systemd, exit). It starts no process, sends no
 signal and reads no file; time comes in through the injected clocks, so every decision is
-tested by stepping it with a fake clock and a fake worker (test/test_machine.py).
+tested by stepping it with a fake clock and a fake worker (test/test_machine.py). Its inputs
+are the events of events.py, its outputs the actions of actions.py.
 
 States and their transitions (docs/operations.md):
 
@@ -35,16 +36,39 @@ import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import Any
 
 from livereduce import __version__
 from livereduce.config import Config
 from livereduce.protocol import Progress, Resume, WorkerExit, WorkerState
+from livereduce.supervisor.actions import (
+    Action,
+    DaemonExit,
+    Exit,
+    KillGroup,
+    Notify,
+    NotifyKind,
+    ResyncWatcher,
+    SendSignal,
+    Start,
+)
 from livereduce.supervisor.backoff import STABLE_AFTER_S, Backoffs, RestartReason, classify_exit
-from livereduce.supervisor.events import BadReport, SignalReceived, WorkerReport
+from livereduce.supervisor.events import (
+    BadReport,
+    ConfigSaved,
+    Exited,
+    MachineEvent,
+    MemoryOver,
+    ScriptsSaved,
+    SignalReceived,
+    SpawnFailed,
+    Started,
+    Tick,
+    WorkerReport,
+)
 from livereduce.supervisor.memory import MemoryExceeded
-from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged
+from livereduce.supervisor.watch import ScriptsChanged
 from livereduce.supervisor.worker_process import describe_exit
 
 log = logging.getLogger(__name__)
@@ -79,15 +103,6 @@ READY_STATES = frozenset(
 systemd, and from then on any exit of the worker is a crash, never a boot failure."""
 
 
-class DaemonExit(IntEnum):
-    """Exit status of the ``livereduce`` process (documented in docs/operations.md)."""
-
-    OK = 0  # stopped by SIGTERM/SIGINT, or the configuration changed (systemd starts it anew)
-    INTERNAL_ERROR = 1  # a fault in the supervisor itself; the traceback is in the log
-    CONFIG_ERROR = 2  # the configuration cannot be used, or another daemon holds output_dir
-    QUIT = 131  # SIGQUIT: the state was logged, then the process quit (128 + SIGQUIT)
-
-
 class State(StrEnum):
     """The supervisor's state (the module docstring gives the transitions)."""
 
@@ -99,140 +114,6 @@ class State(StrEnum):
     RUN_ENDED = "run_ended"
     STOPPING = "stopping"
     STOPPED = "stopped"
-
-
-# -- events the machine takes besides the queue's (events.py) ---------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed: deadlines (kill, heartbeat, script limit, next start, keep-alive, progress
-    line) are checked against the machine's clock."""
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """The worker asked for by :class:`Start` runs as ``pid``."""
-
-    pid: int
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnFailed:
-    """The worker asked for by :class:`Start` could not be started (``error`` in words)."""
-
-    error: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Exited:
-    """The worker ``pid`` ended with Popen return code ``status``; ``peak_rss_bytes`` is its
-    peak resident memory (wait4's ru_maxrss, None when unknown), ``stack`` what faulthandler
-    wrote (empty when nothing)."""
-
-    pid: int
-    status: int
-    peak_rss_bytes: int | None = None
-    stack: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ScriptsSaved:
-    """A settled script change, with what the caller found on disk: ``exists`` whether any
-    processing script exists, ``problems`` the syntax errors (``file:line: message``)."""
-
-    change: ScriptsChanged
-    exists: bool
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConfigSaved:
-    """A settled configuration change: ``restored`` when the content is again the one in use,
-    ``error`` why the new content cannot be used (empty when it can)."""
-
-    change: ConfigChanged
-    restored: bool = False
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryOver:
-    """The memory guard found the worker above its limit."""
-
-    excess: MemoryExceeded
-
-
-MachineEvent = (
-    Tick
-    | Started
-    | SpawnFailed
-    | Exited
-    | ScriptsSaved
-    | ConfigSaved
-    | MemoryOver
-    | SignalReceived
-    | WorkerReport
-    | BadReport
-)
-
-
-# -- actions ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    """Start a worker, handing it ``resume`` (protocol.py); answer with Started or
-    SpawnFailed."""
-
-    resume: Resume | None
-
-
-@dataclass(frozen=True, slots=True)
-class SendSignal:
-    """Send ``signum`` to the worker ``pid`` (SIGTERM: stop; SIGABRT: dump the stack, abort)."""
-
-    pid: int
-    signum: signal.Signals
-
-
-@dataclass(frozen=True, slots=True)
-class KillGroup:
-    """SIGKILL the worker ``pid`` and every process of its group (programs its scripts ran)."""
-
-    pid: int
-
-
-class NotifyKind(StrEnum):
-    """The sd_notify messages the machine decides (STATUS= is published by the loop)."""
-
-    READY = "ready"
-    RELOADING = "reloading"
-    STOPPING = "stopping"
-    WATCHDOG = "watchdog"
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """Tell systemd ``kind`` (with STATUS= ``text`` where given)."""
-
-    kind: NotifyKind
-    text: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncWatcher:
-    """Take the scripts' current content as the one acted on (SIGHUP re-reads them)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """The supervisor is done: exit with ``status``."""
-
-    status: DaemonExit
-
-
-Action = Start | SendSignal | KillGroup | Notify | ResyncWatcher | Exit
 
 
 # -- the worker as the machine knows it -------------------------------------------------------
