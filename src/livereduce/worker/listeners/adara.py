@@ -85,8 +85,9 @@ about one) stay under half the limit, leaving the rest for the accumulation."""
 MIN_BUFFER_BYTES = 32 << 20
 """Smallest default ``buffer_bytes`` (a small memory limit still gets whole pulses)."""
 MAX_BUFFER_BYTES = 1 << 30
-"""Largest default ``buffer_bytes``: 9x10^7 events a chunk, beyond which a larger buffer
-only adds memory, not throughput."""
+"""Largest default ``buffer_bytes``: 9x10^7 events held (chunks of up to half of that when
+the stream outruns the engine), beyond which a larger buffer only adds memory, not
+throughput."""
 FULL_LOG_INTERVAL_S = 60.0
 """A full buffer is logged at most this often (a flood fills it on every chunk)."""
 LOG_VALUE_BYTES = 80

@@ -27,8 +27,8 @@ from livereduce.worker.listeners.base import bin_by_pulse
 EVENT_BYTES = 12
 """Memory per held event: int32 pixel ID, float32 time of flight, float32 count."""
 FIRST_CAPACITY = 1 << 12
-"""Default room (events) of a new buffer: a quiet stream (real runs carry about one event per
-pulse) or a beam monitor starts small and grows."""
+"""Default room (events) of a new buffer, as the listener's beam monitors get it: they are
+quiet (real runs carry about one monitor event per pulse), so they start small and grow."""
 FLOAT32_EXACT = 1 << 24
 """Integers below 2**24 are exact in float32 (24-bit significand)."""
 PULSE_BYTES = 72
