@@ -20,7 +20,7 @@ Stages:
   the listener's buffers (:class:`~livereduce.worker.listeners.pulse_events.PulseEvents`), the
   ratio to ``memcpy`` (goal: at most 3x);
 - ``chunk``: the buffers made into the chunk's scipp events;
-- from the daemon's ``chunk_processed`` log lines: extract (chunk), processing script,
+- from the daemon's ``run_stages`` log line: extract (chunk), processing script,
   accumulate, post-processing and write, summed over the run's chunks.
 
 End to end: from the worker's "connected to the SMS" log line to its ``run_ended`` line (the
@@ -184,9 +184,9 @@ def bare_socket(path: Path, total_bytes: int) -> float:
 
 
 _LINE_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
-_CHUNK = re.compile(
-    r"chunk_processed: (\d+) events; extract ([\d.]+) s, processing script ([\d.]+) s, "
-    r"accumulate ([\d.]+) s, post-processing ([\d.]+) s, write ([\d.]+) s"
+_STAGES = re.compile(
+    r"run_stages: run \d+: (\d+) chunks, (\d+) events; extract ([\d.]+) s, processing "
+    r"script ([\d.]+) s, accumulate ([\d.]+) s, post-processing ([\d.]+) s, write ([\d.]+) s"
 )
 
 
@@ -242,17 +242,9 @@ def daemon_run(
     lines = log_path.read_text().splitlines()
     began = next(_line_time(x) for x in lines if "connected to the SMS at" in x)
     ended = next(_line_time(x) for x in lines if "run_ended:" in x)
-    stages: dict[str, float] = defaultdict(float)
-    for line in lines:
-        match = _CHUNK.search(line)
-        if match:
-            stages["chunks"] += 1
-            for name, value in zip(
-                ("events", "extract", "script", "accumulate", "post", "write"),
-                match.groups(),
-                strict=True,
-            ):
-                stages[name] += float(value)
+    match = next(m for m in map(_STAGES.search, lines) if m)
+    names = ("chunks", "events", "extract", "script", "accumulate", "post", "write")
+    stages = dict(zip(names, map(float, match.groups()), strict=True))
     result = sc.io.load_hdf5(out / "result.h5")
     found = (
         int(result.bins.size().sum().value)

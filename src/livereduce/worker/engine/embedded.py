@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,13 @@ def to_histogram(result: Any) -> Any:
     return result
 
 
+def _stage_text(seconds: Sequence[float]) -> str:
+    """The seconds of a step's stages (extract, processing script, accumulate,
+    post-processing, write) for the log."""
+    names = ("extract", "processing script", "accumulate", "post-processing", "write")
+    return ", ".join(f"{name} {value:.3f} s" for name, value in zip(names, seconds, strict=True))
+
+
 def _has_data(chunk: Chunk) -> bool:
     monitors = sum(m.bins.size().sum().value for m in chunk.monitors.values() if m.bins is not None)
     return (
@@ -131,6 +138,8 @@ class EmbeddedEngine:
         self._run_open = False
         self._run_logs: dict[str, list[sc.DataArray]] = {}
         self._replace_next = True
+        self._run_stages: list[float] = [0] * 7
+        """Since the last run end: chunks, events and the seconds of each stage of a step."""
         self._received_data = False
         self._run_events = 0
         self.progress = Progress(
@@ -327,15 +336,21 @@ class EmbeddedEngine:
         self._set(
             WorkerState.RUNNING, f"{self._describe(chunk)}: chunk {self.progress.chunks} processed"
         )
-        log.info(
-            "chunk_processed: %d events; extract %.3f s, processing script %.3f s, "
-            "accumulate %.3f s, post-processing %.3f s, write %.3f s%s",
-            chunk.event_count,
+        stages = (
             extracted - began,
             processed - extracted,
             accumulated - processed,
             post_processed - accumulated,
             written - post_processed,
+        )
+        self._run_stages = [
+            total + value
+            for total, value in zip(self._run_stages, (1, chunk.event_count, *stages), strict=True)
+        ]
+        log.debug(
+            "chunk_processed: %d events; %s%s",
+            chunk.event_count,
+            _stage_text(stages),
             "" if wrote else " (not written)",
         )
         return StepOutcome(
@@ -408,6 +423,15 @@ class EmbeddedEngine:
     def _end_run(self, run: RunInfo) -> bool:
         """Apply run_transition at the end of ``run``; True when the loop must stop."""
         behavior = self.config.run_transition
+        chunks, events, *stages = self._run_stages
+        log.info(
+            "run_stages: run %d: %d chunks, %d events; %s",
+            run.number,
+            chunks,
+            events,
+            _stage_text(stages),
+        )
+        self._run_stages = [0] * 7
         log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
         self._run_open = False
         self._replace_next = True
