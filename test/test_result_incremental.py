@@ -166,3 +166,18 @@ def test_a_failed_append_leaves_the_published_file_intact(tmp_path, monkeypatch,
     monkeypatch.undo()
     assert writer.write(accumulation.value(), 5, force=True)
     assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
+
+
+def test_without_hard_links_the_result_is_written_whole(tmp_path, monkeypatch, caplog):
+    rng = np.random.default_rng(5)
+
+    def no_links(*_args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    writer, accumulation = three_writes(rng, tmp_path)
+    assert not writer.failure
+    assert not writer.appended
+    assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
+    assert caplog.text.count("output_links_unsupported") == 1
+    assert not list(tmp_path.glob(".result.h5.w*"))

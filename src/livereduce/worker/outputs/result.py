@@ -66,6 +66,7 @@ class OutputWriter:
             for k in (0, 1)
         ]
         self._turn = 0
+        self._links = True
         self._remove_stale_temporaries()
 
     def replaced(self) -> None:
@@ -110,14 +111,20 @@ class OutputWriter:
         self.appended = False
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if appendable(workspace):
+            if self._links and appendable(workspace):
                 working = self._working[self._turn]
                 extends = self.output_grows and not self._replaced
                 if not extends:
                     self._working[1 - self._turn].forget()
                 self.appended = working.write(workspace, extends=extends)
                 temporary.unlink(missing_ok=True)
-                os.link(working.path, temporary)
+                try:
+                    os.link(working.path, temporary)
+                except OSError as error:  # a filesystem without hard links: write whole
+                    log.warning("output_links_unsupported: %s; writing whole files", error)
+                    self._links = False
+                    self._forget_working()
+                    workspace.save_hdf5(temporary)
                 self._turn = 1 - self._turn
             else:
                 self._forget_working()
