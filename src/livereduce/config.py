@@ -99,11 +99,15 @@ class Config:
     """The effective configuration. Times are in seconds, memory in percent of the limit.
 
     ``path`` is the file it came from (None: built-in defaults); ``raw`` is the parsed JSON
-    object, kept so the worker process can be handed exactly what the supervisor read.
+    object, kept so the worker process can be handed exactly what the supervisor read;
+    ``given`` holds the top-level keys the file sets (a ``null`` value counts as not set, as
+    it does for every key's default): where a given key means something other than its
+    default (e.g. ``status_file``, Mantid's ``listener``), ask ``"key" in config.given``.
     """
 
     path: Path | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    given: frozenset[str] = frozenset()
     instrument: Instrument
     script_dir: Path
     update_every: float = 30.0
@@ -186,7 +190,7 @@ class Config:
         """Every setting with its effective value, JSON-compatible, for the start-up log."""
         out = {}
         for name in self.__dataclass_fields__:
-            if name == "raw":
+            if name in {"raw", "given"}:
                 continue
             value = getattr(self, name)
             if name in {"instrument", "watchdog"}:
@@ -359,6 +363,7 @@ def config_from_mapping(
     config = Config(
         path=path,
         raw=dict(raw),
+        given=frozenset(key for key, value in raw.items() if value is not None),
         instrument=instrument,
         script_dir=script_dir,
         update_every=reader.number("update_every", 30.0, minimum=0.0, inclusive=False),

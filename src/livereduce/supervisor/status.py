@@ -182,7 +182,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     config = None
     if config_path is not None:
         config = load_config(config_path, check_scripts=False)
-        if "status_file" in config.raw:
+        if "status_file" in config.given:
             return [config.status_file]
     paths.append(SYSTEMD_STATUS_FILE)
     if config is not None:
