@@ -147,8 +147,10 @@ def test_histogram_proc_add_equals_the_sum(tmp_path):
         .bins.concat()
         .hist(event_time_offset=edges)
     )
-    assert sc.allclose(load(tmp_path / "out" / "result.h5").data, expected.data)
-    assert load(tmp_path / "out" / "result.h5").sum().value == 210
+    result = load(tmp_path / "out" / "result.h5")
+    assert result.dtype == sc.DType.float64  # accumulated in double, as Mantid does
+    assert sc.identical(result.data, expected.data.astype("float64"))
+    assert result.sum().value == 210
 
 
 def test_preserve_events_false_turns_events_into_bin_sums(tmp_path):
@@ -173,10 +175,38 @@ def test_replace_keeps_only_the_last_chunk(tmp_path):
     assert sc.identical(engine.accumulation.value(), chunks[-1].events)
 
 
-def test_append_joins_along_the_first_dimension(tmp_path):
-    proc = "output = input.bins.size().rename_dims(event_time_zero='pulse').copy()\n"
+def test_append_joins_2d_data_along_the_first_dimension(tmp_path):
+    proc = (
+        "import scipp as sc\n"
+        "edges = sc.linspace('event_time_offset', 0.0, 16000.0, 3, unit='us')\n"
+        "output = input.hist(event_time_offset=edges).rename_dims(event_time_zero='pulse')\n"
+    )
     engine = drive(make_config(tmp_path, proc, accum_method="Append"), run_chunks(1, 3, ends=False))
-    assert engine.accumulation.value().sizes == {"pulse": 30}
+    assert engine.accumulation.value().sizes == {"pulse": 30, "event_time_offset": 2}
+    assert engine.accumulation.value().sum().value == 210
+
+
+def test_append_of_1d_histograms_adds_a_spectrum_per_chunk(tmp_path):
+    engine = drive(make_config(tmp_path, HIST, accum_method="Append"), run_chunks(1, 3, ends=False))
+    result = load(tmp_path / "out" / "result.h5")
+    assert engine.progress.errors == 0
+    assert result.sizes == {"spectrum": 3, "event_time_offset": 50}
+    assert result.sum(dim="event_time_offset").values.tolist() == [70.0, 70.0, 70.0]
+    assert result.coords["event_time_offset"].dims == ("event_time_offset",)
+
+
+def test_append_of_a_chunk_of_other_sizes_is_one_line_error(tmp_path, caplog):
+    proc = (
+        "import scipp as sc\n"
+        "workspaces['n'] = workspaces.get('n', 0) + 1\n"
+        "bins = 10 * workspaces['n']\n"
+        "output = input.bins.concat().hist(event_time_offset=bins)\n"
+    )
+    engine = drive(make_config(tmp_path, proc, accum_method="Append"), run_chunks(1, 2, ends=False))
+    assert engine.progress.errors == 1
+    assert "\n" not in engine.progress.last_error
+    assert "Append adds 1-D chunks as spectra" in engine.progress.last_error
+    assert engine.accumulation.value().sizes == {"spectrum": 1, "event_time_offset": 10}
 
 
 def test_script_failure_loses_that_chunk_only(tmp_path):
@@ -448,7 +478,7 @@ def test_nexus_histogram_equals_offline(tmp_path, shared_data):
     )
     result = load(tmp_path / "out" / "result.h5")
     assert result.sum().value == 26938
-    assert sc.identical(result.data, offline.data)
+    assert sc.identical(result.data, offline.data.astype("float64"))
     assert engine.progress.state is WorkerState.WAITING_FOR_RUN
     assert "read completely" in engine.progress.detail
 

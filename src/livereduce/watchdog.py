@@ -78,7 +78,9 @@ class Settings:
     def from_config(cls, config: Config, status_file: Path | None = None) -> Settings:
         """Settings from a loaded configuration; ``status_file`` overrides the file's key."""
         if status_file is None:
-            status_file = config.status_file if "status_file" in config.given else SYSTEMD_STATUS_FILE
+            status_file = (
+                config.status_file if "status_file" in config.given else SYSTEMD_STATUS_FILE
+            )
         threshold = max(float(config.watchdog.threshold), 2 * config.update_every)
         return cls(
             interval=float(config.watchdog.interval), threshold=threshold, status_file=status_file

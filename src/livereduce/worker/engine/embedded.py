@@ -34,7 +34,12 @@ import scipp as sc
 
 from livereduce.config import Config, RunTransitionBehavior
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
+from livereduce.worker.engine.accumulation import (
+    SCIPP_ERRORS,
+    Accumulation,
+    AccumulationError,
+    sum_bins,
+)
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from livereduce.worker.outputs.result import OutputWriter
@@ -68,13 +73,14 @@ class StepOutcome:
 
 def to_histogram(result: Any) -> Any:
     """``preserve_events`` false: every binned part of ``result`` becomes the sum of each bin
-    (weights of the events in it), the bins' coords and masks kept. Dense parts are unchanged."""
+    (weights of the events in it, float64: :func:`accumulation.sum_bins`), the bins' coords
+    and masks kept. Dense parts are unchanged."""
     if isinstance(result, sc.DataGroup):
         return result.apply(to_histogram)
     if isinstance(result, sc.Dataset):
         return sc.Dataset({k: to_histogram(v) for k, v in result.items()})
     if isinstance(result, sc.DataArray | sc.Variable) and result.bins is not None:
-        return result.bins.sum()
+        return sum_bins(result)
     return result
 
 
