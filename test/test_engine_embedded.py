@@ -565,3 +565,39 @@ def test_append_with_events_joins_pulses(tmp_path):
     assert sc.identical(
         engine.accumulation.value(), sc.concat([c.events for c in chunks], "event_time_zero")
     )
+
+
+def test_post_processing_that_edits_input_in_place_does_not_alter_the_accumulation(tmp_path):
+    post = (
+        "workspaces.setdefault('m', []).append(monitors['monitor1'].bins.sum().sum().value)\n"
+        "input.bins.coords['event_time_offset'] *= 0.0\n"
+        "monitors['monitor1'].bins.data *= 0.0\n"
+        "output = input\n"
+    )
+    chunks = [
+        Chunk(events=c.events, monitors={"monitor1": events(0, 2, 2, 3)}, run=c.run)
+        for c in run_chunks(1, 3, ends=False)
+    ]
+    engine = drive(make_config(tmp_path, post=post), chunks)
+    expected = sc.concat([c.events for c in chunks], "event_time_zero")
+    assert sc.identical(engine.accumulation.value(), expected)
+    assert engine.workspaces["m"] == [4.0, 8.0, 12.0]
+    assert load(tmp_path / "out" / "result.h5").bins.coords["event_time_offset"].max().value == 0
+
+
+@pytest.mark.parametrize("role", ["processing", "post-processing"])
+def test_an_output_that_cannot_be_saved_is_refused_at_the_first_chunk(tmp_path, role):
+    script = (
+        "import scipp as sc\noutput = sc.DataGroup({'counts': sc.scalar(1.0), 'meta': {'a': 1}})\n"
+    )
+    config = (
+        make_config(tmp_path, script)
+        if role == "processing"
+        else make_config(tmp_path, post=script)
+    )
+    engine = drive(config, run_chunks(1, 2, ends=False))
+    assert engine.progress.errors == 2
+    assert engine.progress.last_error.startswith(
+        "output['meta']: a dict cannot be saved in the result file"
+    )
+    assert not (tmp_path / "out" / "result.h5").exists()

@@ -43,9 +43,12 @@ from livereduce.worker.engine.accumulation import (
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from livereduce.worker.outputs.result import OutputWriter
+from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger(__name__)
+
+_SCIPP_OBJECTS = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -278,6 +281,11 @@ class EmbeddedEngine:
             )
         if not self.config.preserve_events:
             result = to_histogram(result)
+        problem = None if "post-processing" in self._runners else unsavable(result)
+        if problem is not None:
+            return self._lost(
+                chunk, problem, "", began=began, extracted=extracted, processed=processed
+            )
         method, replace = self.config.accum_method, self._replace_next
         try:
             self.accumulation.accumulate(method, result, replace=replace)
@@ -333,11 +341,19 @@ class EmbeddedEngine:
             return None
         if "post-processing" not in self._runners:
             return accumulated
-        view = accumulated.copy(deep=False) if hasattr(accumulated, "copy") else accumulated
-        result = self._script("post-processing", view, run, dict(monitors or {}))
+        # A copy the script may change: editing ``input`` in place must not alter what later
+        # chunks are added to (this costs one copy of the accumulation per chunk).
+        copy = accumulated.copy() if isinstance(accumulated, _SCIPP_OBJECTS) else accumulated
+        monitors = dict(monitors.copy()) if monitors is not None else {}
+        result = self._script("post-processing", copy, run, monitors)
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
             log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)
+            return None
+        problem = unsavable(result)
+        if problem is not None:
+            self._count_error(problem)
+            log.error("post_processing_failed: %s", problem)
             return None
         return result
 
