@@ -50,13 +50,14 @@ class ChunkList:
         self.chunks = list(chunks)
         self.started: StartFrom | None = None
         self.closed = False
+        self.waiting_for_run = False
 
     def start(self, start_from: StartFrom) -> None:
         self.started = start_from
 
     def extract_data(self) -> Chunk:
         if not self.chunks:
-            raise NotYet("nothing more")
+            raise NotYet("nothing more", waiting_for_run=self.waiting_for_run)
         item = self.chunks.pop(0)
         if isinstance(item, Exception):
             raise item
@@ -400,18 +401,17 @@ def test_before_any_data_the_listener_says_whether_a_run_is_awaited(tmp_path, he
 
 def test_a_listener_that_lost_its_server_mid_run_is_reported(tmp_path):
     chunks = run_chunks(1, 1, ends=False)
+    reconnecting = "the SMS closed the connection; reconnecting (attempt 2 in 1.0 s)"
     empty = Chunk(events=events(0, 0, 0, 0), run=chunks[0].run)
-    listener = ChunkList([chunks[0], empty])
-    listener.connected = False
-    listener.state = "the SMS closed the connection; reconnecting (attempt 2 in 1.0 s)"
+    lost = dataclasses.replace(empty, connected=False, activity=reconnecting)
+    listener = ChunkList([chunks[0], lost])
     engine = EmbeddedEngine(make_config(tmp_path), listener)
     listener.start(StartFrom.START_OF_RUN)
     engine.step()
     engine.step()
     assert engine.progress.state is WorkerState.CONNECTING
-    assert engine.progress.detail == listener.state
-    listener.connected = True  # connected again, the beam still off
-    listener.chunks.append(empty)
+    assert engine.progress.detail == reconnecting
+    listener.chunks.append(empty)  # connected again, the beam still off
     engine.step()
     assert engine.progress.state is WorkerState.NO_DATA
 

@@ -206,7 +206,7 @@ class EmbeddedEngine:
         try:
             chunk = self.listener.extract_data()
         except NotYet as not_yet:
-            waiting = self._received_data or getattr(self.listener, "waiting_for_run", False)
+            waiting = self._received_data or not_yet.waiting_for_run
             state = WorkerState.WAITING_FOR_RUN if waiting else WorkerState.CONNECTING
             self._set(state, str(not_yet))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
@@ -216,7 +216,7 @@ class EmbeddedEngine:
         if not _has_data(chunk):
             if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
-            self._report_idle()
+            self._report_idle(chunk)
             return StepOutcome(waiting=True, extract_s=extracted - began)
         if self._new_run_without_end(chunk):
             finished = self._end_run(self._run)
@@ -249,13 +249,13 @@ class EmbeddedEngine:
         self._run_events += chunk.event_count
         self.progress = self.progress.with_(events=events + chunk.event_count)
 
-    def _report_idle(self) -> None:
+    def _report_idle(self, chunk: Chunk) -> None:
         if not self._run_open:
             self._set(WorkerState.WAITING_FOR_RUN, "waiting for a run")
-        elif getattr(self.listener, "connected", True):
+        elif chunk.connected:
             self._set(WorkerState.NO_DATA, "in a run, no new data (beam off?)")
         else:
-            self._set(WorkerState.CONNECTING, getattr(self.listener, "state", "reconnecting"))
+            self._set(WorkerState.CONNECTING, chunk.activity or "reconnecting")
 
     def _new_run_without_end(self, chunk: Chunk) -> bool:
         return (

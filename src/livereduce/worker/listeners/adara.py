@@ -241,18 +241,24 @@ class AdaraListener:
     @property
     def connected(self) -> bool:
         """Whether a connection to the SMS is open now."""
-        return self._client is not None
+        with self._lock:
+            return self._client is not None
 
     @property
     def waiting_for_run(self) -> bool:
         """Connected, the SMS has sent packets on this connection, and no run is open."""
-        return self.connected and self._heard and self._open is None
+        with self._lock:
+            return self._waiting_for_run()
+
+    def _waiting_for_run(self) -> bool:
+        return self._client is not None and self._heard and self._open is None
 
     @property
     def state(self) -> str:
         """What the listener is doing, in words: connecting, waiting for a run, in run N, or
         why the connection ended and when the next attempt comes."""
-        return self._state
+        with self._lock:
+            return self._state
 
     # ------------------------------------------------------------------ Listener contract
 
@@ -279,14 +285,16 @@ class AdaraListener:
             elif self._failure is not None:
                 raise ListenerError(self._failure)
             else:
-                raise NotYet(self._state)
+                raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
             self._delivered_run = segment.run.number
-        return segment.to_chunk()
+            connected, activity = self._client is not None, self._state
+        return dataclasses.replace(segment.to_chunk(), connected=connected, activity=activity)
 
     def close(self) -> None:
         """Stop the thread and close the connection; returns within about two seconds."""
         self._stop.set()
-        client = self._client
+        with self._lock:
+            client = self._client
         if client is not None:
             client.close()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -324,9 +332,9 @@ class AdaraListener:
                 reason = f"cannot connect to the SMS at {self.host}:{self.port}: {exc}"
                 self._wait_to_retry(reason, attempt)
                 continue
-            self._client = client
-            self.connections += 1
             with self._lock:
+                self._client = client
+                self.connections += 1
                 self._reset_pending = reconnect
                 self._heard = False
                 self._state = (
@@ -347,7 +355,11 @@ class AdaraListener:
                     for word, count in sorted(client.parser.skipped.items())
                 )
                 log.warning("packets of unknown types skipped on this connection: %s", kinds)
-            self._client = None
+            with self._lock:
+                self._client = None
+                self._state = (
+                    f"the connection to the SMS at {self.host}:{self.port} ended: {reason}"
+                )
             if self._stop.is_set():
                 break
             attempt = 1 if got_packets else attempt + 1
