@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from livereduce.address import parse_host_port
 from livereduce.instruments import Instrument, find_instrument
 
 DEFAULT_CONFIG_PATH = Path("/etc/livereduce.conf")
@@ -339,7 +340,10 @@ def config_from_mapping(
     if not address and listener is ListenerKind.ADARA:
         address = instrument.live_address
     if listener is ListenerKind.ADARA and address:
-        _check_host_port(reader, address)
+        try:
+            parse_host_port(address)
+        except ValueError as error:
+            reader.fail("address", str(error))
     if listener is ListenerKind.NEXUS:
         if not address:
             reader.fail("address", "the nexus listener needs the path of a NeXus event file")
@@ -453,12 +457,6 @@ def _script_timeouts(reader: _Reader) -> dict[str, float | None]:
         }
     both = reader.optional_number("script_timeout_sec", minimum=0.0)
     return {"proc_script_timeout_sec": both, "post_proc_script_timeout_sec": both}
-
-
-def _check_host_port(reader: _Reader, address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        reader.fail("address", f"expected 'host:port' with a port from 1 to 65535, got '{address}'")
 
 
 def _watchdog(reader: _Reader) -> WatchdogSettings:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import json
 import logging
 import logging.handlers
 import subprocess
@@ -26,6 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from livereduce.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from livereduce.delays import doubling_delay_s
+from livereduce.supervisor.status import StatusError
+from livereduce.supervisor.status import read_status as read_status_file
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.watchdog")
@@ -136,13 +138,13 @@ class SystemctlCommand:
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
-    """The daemon's status file as a dict, or None when it is missing or not a JSON object
-    (the daemon writes it atomically, so a torn file means something else wrote it)."""
+    """The daemon's status file as a dict, or None when it is missing or not a livereduce
+    status file (:func:`livereduce.supervisor.status.read_status`; the daemon writes it
+    atomically, so a torn file means something else wrote it)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_status_file(path)
+    except StatusError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def progress_time(status: Mapping[str, Any]) -> float | None:
@@ -179,7 +181,7 @@ class Watchdog:
 
     def restart_gap(self) -> float:
         """Seconds the next restart must wait after the previous one."""
-        return min(self.settings.threshold * 2**self._useless_restarts, MAX_BACKOFF_S)
+        return doubling_delay_s(self._useless_restarts + 1, self.settings.threshold, MAX_BACKOFF_S)
 
     def decide(self) -> Decision:
         """Look at the unit and the status file; return what to do and why (no side effects

@@ -26,6 +26,8 @@ from typing import Any
 
 import scipp as sc
 
+from livereduce.scriptfile import ScriptCompileError, compile_script
+
 SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 """What a script may assign to ``output``: anything the accumulation and the HDF5 writer take."""
 
@@ -95,14 +97,10 @@ class ScriptRunner:
                 script=self.path, line=None, message=f"cannot read the {self.role} script: {error}"
             )
         try:
-            self._code = compile(source, str(self.path), "exec")
-        except (SyntaxError, ValueError) as error:
-            text = "".join(traceback.format_exception_only(type(error), error)).rstrip()
+            self._code = compile_script(source, self.path)
+        except ScriptCompileError as error:
             return ScriptFailure(
-                script=self.path,
-                line=getattr(error, "lineno", None),
-                message=f"{type(error).__name__}: {getattr(error, 'msg', error)}",
-                traceback=text,
+                script=self.path, line=error.line, message=error.message, traceback=error.detail
             )
         return None
 

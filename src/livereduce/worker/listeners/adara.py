@@ -51,7 +51,9 @@ from livereduce.adara.metadata_xml import (
     parse_device_xml,
     parse_runinfo_xml,
 )
+from livereduce.address import parse_host_port
 from livereduce.config import Config, ConfigError, StartFrom
+from livereduce.delays import doubling_delay_s
 from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
 
 log = logging.getLogger("livereduce.listener.adara")
@@ -75,7 +77,7 @@ hostile stream must not flood the log (or memory) with one line per variable."""
 
 def backoff_s(attempt: int, maximum_s: float) -> float:
     """Wait before connection attempt ``attempt`` + 1 (attempt >= 1): 0.5 s doubling, capped."""
-    return min(maximum_s, FIRST_BACKOFF_S * 2.0 ** max(attempt - 1, 0))
+    return doubling_delay_s(attempt, FIRST_BACKOFF_S, maximum_s)
 
 
 class _Events:
@@ -594,20 +596,12 @@ class AdaraListener:
             events.add_pulse(packet.timestamp_ns, [ids], [tof])
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port). Raises ValueError when it is not of that form."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected 'host:port', got {address!r}")
-    return host, int(port)
-
-
 def from_config(config: Config) -> AdaraListener:
     """The adara listener for ``config.address`` and ``config.listener_options``
     (``stale_timeout_sec``, ``reconnect_max_sec``, ``connect_timeout_sec``). Raises ConfigError
     when the address is not ``host:port``."""
     try:
-        host, port = parse_address(config.address)
+        host, port = parse_host_port(config.address)
     except ValueError as exc:
         raise ConfigError(config.path, "address", str(exc)) from exc
     options = config.listener_options

@@ -1,0 +1,49 @@
+"""Compiling a user script: the one check the supervisor makes before a restart (a broken save
+is reported at once) and the worker makes when it loads the script."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from types import CodeType
+
+
+class ScriptCompileError(Exception):
+    """The script at ``path`` does not compile. ``line``: where (None when unknown);
+    ``message``: e.g. ``SyntaxError: invalid syntax``; ``source_line``: the offending line,
+    stripped (may be empty); ``detail``: the line and caret as Python prints them.
+    ``str()``: ``path:line: message[: source line]``."""
+
+    def __init__(
+        self, path: Path, line: int | None, message: str, source_line: str, detail: str
+    ) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}" + (f": {source_line}" if source_line else ""))
+        self.path = path
+        self.line = line
+        self.message = message
+        self.source_line = source_line
+        self.detail = detail
+
+
+def compile_script(source: bytes, path: Path) -> CodeType:
+    """``source`` (the bytes of the script at ``path``) compiled for ``exec``. Raises
+    ScriptCompileError on a SyntaxError or a ValueError (e.g. NUL bytes in the file)."""
+    try:
+        return compile(source, str(path), "exec")
+    except SyntaxError as error:
+        raise ScriptCompileError(
+            path,
+            error.lineno,
+            f"{type(error).__name__}: {error.msg}",
+            (error.text or "").strip(),
+            _detail(error),
+        ) from None
+    except ValueError as error:
+        raise ScriptCompileError(
+            path, None, f"{type(error).__name__}: {error}", "", _detail(error)
+        ) from None
+
+
+def _detail(error: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(error), error)).rstrip()
