@@ -10,20 +10,23 @@ from types import CodeType
 
 class ScriptCompileError(Exception):
     """The script at ``path`` does not compile. ``line``: where (None when unknown);
-    ``message``: e.g. ``SyntaxError: invalid syntax``; ``source_line``: the offending line,
-    stripped (may be empty); ``detail``: the line and caret as Python prints them.
-    ``str()``: ``path:line: message[: source line]``."""
+    ``reason``: what Python says (e.g. ``'(' was never closed``); ``message``: the same with
+    the error's type (``SyntaxError: '(' was never closed``); ``source_line``: the offending
+    line, stripped (may be empty); ``detail``: the line and caret as Python prints them.
+    ``str()``: ``path:line: reason[: source line]``."""
 
     def __init__(
-        self, path: Path, line: int | None, message: str, source_line: str, detail: str
+        self, path: Path, line: int | None, error: SyntaxError | ValueError, source_line: str
     ) -> None:
+        reason = error.msg if isinstance(error, SyntaxError) else str(error)
         where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}" + (f": {source_line}" if source_line else ""))
+        super().__init__(f"{where}: {reason}" + (f": {source_line}" if source_line else ""))
         self.path = path
         self.line = line
-        self.message = message
+        self.reason = reason
+        self.message = f"{type(error).__name__}: {reason}"
         self.source_line = source_line
-        self.detail = detail
+        self.detail = "".join(traceback.format_exception_only(type(error), error)).rstrip()
 
 
 def compile_script(source: bytes, path: Path) -> CodeType:
@@ -32,18 +35,6 @@ def compile_script(source: bytes, path: Path) -> CodeType:
     try:
         return compile(source, str(path), "exec")
     except SyntaxError as error:
-        raise ScriptCompileError(
-            path,
-            error.lineno,
-            f"{type(error).__name__}: {error.msg}",
-            (error.text or "").strip(),
-            _detail(error),
-        ) from None
+        raise ScriptCompileError(path, error.lineno, error, (error.text or "").strip()) from None
     except ValueError as error:
-        raise ScriptCompileError(
-            path, None, f"{type(error).__name__}: {error}", "", _detail(error)
-        ) from None
-
-
-def _detail(error: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(error), error)).rstrip()
+        raise ScriptCompileError(path, None, error, "") from None
