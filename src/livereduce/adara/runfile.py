@@ -16,7 +16,6 @@ every pulse stays a pulse of its own, so no event is lost, merged or duplicated.
 
 from __future__ import annotations
 
-import datetime
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import scipp as sc
+
+from livereduce.nexus_values import decode_text as _decode
+from livereduce.nexus_values import iso_to_unix_ns
 
 ERROR_BANK_ID = 0xFFFFFFFE
 """ADARA bank ID of events whose pixel has the error bit (ADARA doc/design, banked events)."""
@@ -33,7 +35,6 @@ UNMAPPED_BANK_ID = 0xFFFFFFFF
 _PSEUDO_BANKS = {"bank_error_events": ERROR_BANK_ID, "bank_unmapped_events": UNMAPPED_BANK_ID}
 _BANK_NAME = re.compile(r"bank(\d+)_events")
 _MONITOR_NAME = re.compile(r"monitor(\d+)")
-_TZ_SUFFIX = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
 EPICS_EPOCH_UNIX_S = 631152000
 """Seconds from the Unix epoch to the EPICS epoch 1990-01-01 UTC, ADARA's time base."""
 
@@ -118,18 +119,6 @@ class RunFile:
         return sum(b.event_count for b in self.banks if b.ident < ERROR_BANK_ID)
 
 
-def iso_to_unix_ns(text: str) -> int:
-    """ISO 8601 time with nanoseconds and a timezone (as SNS writes ``start_time``) -> Unix ns.
-    Raises ValueError when ``text`` is not such a time."""
-    match = _TZ_SUFFIX.search(text)
-    local = text[: match.start()] if match else text
-    ns = int(np.datetime64(local, "ns").astype(np.int64))
-    if match and match.group(1) != "Z":
-        offset = datetime.datetime.strptime(match.group(1).replace(":", ""), "%z").utcoffset()
-        ns -= int(offset.total_seconds()) * 10**9 if offset else 0
-    return ns
-
-
 def read_run_file(path: str | Path) -> RunFile:
     """Read ``path`` (see the module docstring for the layout). Raises RunFileError naming the
     file and the HDF5 path when a required part is missing or inconsistent."""
@@ -199,14 +188,6 @@ def _group(path: Path, parent: h5py.Group, name: str) -> h5py.Group:
     if not isinstance(item, h5py.Group):
         raise RunFileError(f"{path}: {parent.name.rstrip('/')}/{name} is missing")
     return item
-
-
-def _decode(raw: object) -> str:
-    if isinstance(raw, np.ndarray):
-        raw = raw.ravel()[0] if raw.size else b""
-    if isinstance(raw, bytes | np.bytes_):
-        return bytes(raw).decode("utf-8", errors="replace")
-    return str(raw)
 
 
 _REQUIRED = object()

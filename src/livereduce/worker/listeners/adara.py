@@ -54,7 +54,14 @@ from livereduce.adara.metadata_xml import (
 from livereduce.address import parse_host_port
 from livereduce.config import Config, ConfigError, StartFrom
 from livereduce.delays import doubling_delay_s
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerError,
+    NotYet,
+    RunInfo,
+    make_events,
+    unit_or_none,
+)
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -121,11 +128,15 @@ class _Log:
             data = sc.array(dims=["time"], values=[str(v) for v in self.values])
         elif self.pv_type == "double":
             data = sc.array(
-                dims=["time"], values=np.asarray(self.values, np.float64), unit=_unit(self.units)
+                dims=["time"],
+                values=np.asarray(self.values, np.float64),
+                unit=unit_or_none(self.units),
             )
         else:
             data = sc.array(
-                dims=["time"], values=np.asarray(self.values, np.int64), unit=_unit(self.units)
+                dims=["time"],
+                values=np.asarray(self.values, np.int64),
+                unit=unit_or_none(self.units),
             )
         return sc.DataArray(data, coords={"time": times})
 
@@ -145,14 +156,6 @@ def _coerce(pv_type: str, value: object) -> object:
     if not -(2**63) <= number < 2**63:
         raise OverflowError(f"value {value!r} does not fit an integer PV")
     return number
-
-
-def _unit(text: str) -> sc.Unit | None:
-    """The PV's unit, or none when scipp does not know the spelling (e.g. 'pixel')."""
-    try:
-        return sc.Unit(text) if text else None
-    except (sc.UnitError, RuntimeError, ValueError):
-        return None
 
 
 class _Segment:

@@ -113,6 +113,15 @@ class Listener(Protocol):
         """Stop collecting and release sockets, threads and files. Safe to call twice."""
 
 
+def unit_or_none(text: str) -> sc.Unit | None:
+    """A log's unit as the stream or file spells it (a PV's ``units``, an NXlog's ``units``
+    attribute); None when empty or when scipp does not know the spelling (e.g. 'pixel')."""
+    try:
+        return sc.Unit(text) if text else None
+    except (sc.UnitError, RuntimeError, ValueError):
+        return None
+
+
 def make_events(
     pulse_times_ns: np.ndarray,
     pulse_event_counts: np.ndarray,

@@ -30,31 +30,23 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, empty_events
+from livereduce.nexus_values import decode_text, iso_to_unix_ns
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerError,
+    NotYet,
+    RunInfo,
+    empty_events,
+    unit_or_none,
+)
 
 _BANK = re.compile(r"bank\d+_events")
-_ISO = re.compile(r"^(?P<base>[^.]*?)(?P<frac>\.\d+)?(?P<tz>Z|[+-]\d\d:?\d\d)?$")
-
-
-def _iso_to_unix_ns(text: str) -> int:
-    """ISO 8601 with up to nanosecond fractions and an optional UTC offset (naive = UTC), as
-    SNS files write them; Unix ns. Raises ValueError when ``text`` is not such a time."""
-    match = _ISO.match(text.strip())
-    if not match:
-        raise ValueError(f"not an ISO 8601 time: {text!r}")
-    tz = match["tz"] or "+00:00"
-    moment = datetime.fromisoformat(match["base"] + ("+00:00" if tz == "Z" else tz))
-    fraction_ns = round(float(match["frac"] or 0) * 1e9)
-    return int(moment.timestamp()) * 1_000_000_000 + fraction_ns
 
 
 def _text(group: h5py.Group, name: str) -> str:
     if name not in group:
         return ""
-    raw = group[name][()]
-    if isinstance(raw, np.ndarray):
-        raw = raw.flat[0] if raw.size else b""
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return decode_text(group[name][()])
 
 
 class NexusListener:
@@ -112,7 +104,7 @@ class NexusListener:
             if not bank_names:
                 raise ValueError(f"no detector bank (bank<N>_events) in /{entry_name}")
             times = entry[bank_names[0]]["event_time_zero"]
-            offset_ns = _iso_to_unix_ns(_text_attr(times, "offset") or _text(entry, "start_time"))
+            offset_ns = iso_to_unix_ns(_text_attr(times, "offset") or _text(entry, "start_time"))
             pulse_s = np.asarray(times[()], dtype=np.float64)
             for name in bank_names[1:]:
                 if not np.array_equal(entry[name]["event_time_zero"][()], pulse_s):
@@ -131,7 +123,7 @@ class NexusListener:
             self._run = RunInfo(
                 number=int(run_text) if run_text.strip().isdigit() else 0,
                 title=_text(entry, "title"),
-                start_time=datetime.fromtimestamp(_iso_to_unix_ns(start) / 1e9, tz=UTC)
+                start_time=datetime.fromtimestamp(iso_to_unix_ns(start) / 1e9, tz=UTC)
                 if start
                 else None,
                 instrument=_text(entry["instrument"], "name") if "instrument" in entry else "",
@@ -229,9 +221,7 @@ class NexusListener:
 
 def _text_attr(dataset: h5py.Dataset, name: str) -> str:
     raw = dataset.attrs.get(name)
-    if raw is None:
-        return ""
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return "" if raw is None else decode_text(raw)
 
 
 def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
@@ -246,7 +236,7 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
             continue
         try:
             offset_ns = (
-                _iso_to_unix_ns(_text_attr(times, "offset")) if "offset" in times.attrs else 0
+                iso_to_unix_ns(_text_attr(times, "offset")) if "offset" in times.attrs else 0
             )
         except ValueError:
             continue
@@ -258,10 +248,10 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
         if raw.dtype.kind in "SO":
             if raw.ndim != 1:
                 continue
-            data = sc.array(dims=dims, values=[_decode(v) for v in raw])
+            data = sc.array(dims=dims, values=[decode_text(v) for v in raw])
         else:
             data = sc.array(
-                dims=dims, values=_scipp_dtype(raw), unit=_unit(_text_attr(values, "units"))
+                dims=dims, values=_scipp_dtype(raw), unit=unit_or_none(_text_attr(values, "units"))
             )
         logs[name] = (
             times_ns,
@@ -277,24 +267,12 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
     return logs
 
 
-def _decode(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def _scipp_dtype(raw: np.ndarray) -> np.ndarray:
     if raw.dtype.kind in "ui" and raw.dtype != np.int32:
         return raw.astype(np.int64)
     if raw.dtype.kind == "f" and raw.dtype not in (np.float32, np.float64):
         return raw.astype(np.float64)
     return raw
-
-
-def _unit(text: str) -> sc.Unit | None:
-    """The log's unit, or none when scipp does not know its spelling (e.g. 'pixel')."""
-    try:
-        return sc.Unit(text) if text else None
-    except (sc.UnitError, RuntimeError, ValueError):
-        return None
 
 
 def from_config(config: Config) -> NexusListener:
