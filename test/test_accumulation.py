@@ -115,3 +115,17 @@ def test_the_event_buffer_grows_without_moving_what_it_holds():
         now = accumulation.value().bins.constituents["data"].coords["event_time_offset"]
         assert now.values.__array_interface__["data"][0] == address
     assert sc.identical(accumulation.value(), sc.concat(chunks, "event_time_zero"))
+
+
+def test_a_first_chunk_without_events_then_events_joins_them():
+    def pulses(first: int, count: int, per_pulse: int) -> sc.DataArray:
+        n = count * per_pulse
+        times = (first + np.arange(count)) * 16_666_667
+        return make_events(times, np.full(count, per_pulse), np.zeros(n), np.ones(n))
+
+    accumulation = Accumulation()
+    accumulation.accumulate(ADD, pulses(0, 3, 0))  # a run begins with the beam off
+    assert accumulation.value().bins.size().sum().value == 0
+    accumulation.accumulate(ADD, pulses(3, 2, 5))
+    assert accumulation.value().sizes == {"event_time_zero": 5}
+    assert accumulation.value().bins.size().values.tolist() == [0, 0, 0, 5, 5]

@@ -90,7 +90,7 @@ def remove_stale_temporaries(
     that belong to our user and were last modified more than ``older_than_s`` seconds before
     ``now_s`` (default: now, Unix time). Returns what was removed; never raises."""
     now_s = time.time() if now_s is None else now_s
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = list(folder.glob(pattern))
     except OSError:

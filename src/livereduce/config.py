@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, overload
 
 from livereduce.address import parse_host_port
 from livereduce.instruments import Instrument, find_instrument
@@ -182,10 +182,9 @@ class Config:
     def existing_scripts(self) -> tuple[Path | None, Path | None]:
         """(proc script, post-proc script) as they are on disk now; None where a script is
         missing or empty (an empty file is what a half-finished save leaves)."""
+        proc = self.proc_script if _non_empty_file(self.proc_script) else None
         post = self.post_proc_script if self.post_process else None
-        return tuple(
-            p if p is not None and _non_empty_file(p) else None for p in (self.proc_script, post)
-        )
+        return proc, post if post is not None and _non_empty_file(post) else None
 
     def effective(self) -> dict[str, Any]:
         """Every setting with its effective value, JSON-compatible, for the start-up log."""
@@ -511,7 +510,7 @@ class _Reader:
     path_: Path | None
     prefix: str = ""
 
-    def fail(self, key: str, problem: str) -> None:
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise ConfigError(self.path_, self.prefix + key, problem)
 
     def _get(self, key: str) -> Any:
@@ -606,6 +605,10 @@ class _Reader:
             path = (self.path_.parent if self.path_ else Path.cwd()) / path
         return path
 
+    @overload
+    def path(self, key: str, default: Path) -> Path: ...
+    @overload
+    def path(self, key: str, default: None) -> Path | None: ...
     def path(self, key: str, default: Path | None) -> Path | None:
         value = self._get(key)
         if value is None:

@@ -209,12 +209,14 @@ class Watchdog:
         threshold = self.settings.threshold
         status = read_status(self.settings.status_file)
         last = None
+        state = None
         if status is not None and str(status.get("supervisor_pid")) == props.get("MainPID"):
             last = progress_time(status)
+            state = status.get("state")
         active_since = _micro(props.get("ActiveEnterTimestampMonotonic"))
         if last is not None:
             age = now - last
-            what = f"last progress {age:.0f} s ago (state {status.get('state')})"
+            what = f"last progress {age:.0f} s ago (state {state})"
         elif active_since is not None:
             age = now_mono - active_since
             what = f"no progress reported since it became active {age:.0f} s ago"

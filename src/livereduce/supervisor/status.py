@@ -126,9 +126,9 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
     pid = get("supervisor_pid")
     if isinstance(pid, int) and get("state") != "stopped" and not psutil.pid_exists(pid):
         lines.append(f"WARNING: supervisor pid {pid} is not running: this status is stale")
-    elif _overdue(status, now):
+    elif _overdue(status, now) and isinstance(updated := get("updated"), int | float):
         lines.append(
-            f"WARNING: not rewritten for {now - get('updated'):.0f} s (it should be every "
+            f"WARNING: not rewritten for {now - updated:.0f} s (it should be every "
             f"{WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
         )
     state = str(get("state", "?"))

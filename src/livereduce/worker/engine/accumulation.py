@@ -120,11 +120,12 @@ class Accumulation:
 def sum_bins(value: sc.DataArray | sc.Variable) -> sc.DataArray | sc.Variable:
     """Each bin's events summed (``bins.sum()``), as float64 when the events are float32:
     exact counts of integer weights up to 2^53 (float32 stops at 2^24, 16,777,216)."""
-    events = value.bins.constituents["data"]
-    weights = events.data if isinstance(events, sc.DataArray) else events
-    if weights.dtype == sc.DType.float32 and int(value.bins.size().max().value) > 1 << 24:
-        value = value.copy(deep=False)
-        value.data = value.data.astype("float64")
+    if value.bins.dtype == sc.DType.float32 and int(value.bins.size().max().value) > 1 << 24:
+        if isinstance(value, sc.DataArray):
+            value = value.copy(deep=False)
+            value.data = value.data.astype("float64")
+        else:
+            value = value.astype("float64")
     return _float64(value.bins.sum())
 
 
@@ -262,17 +263,17 @@ def _union_plan(accumulated: sc.DataArray, value: sc.DataArray) -> _Union:
             continue
         if mine is None and theirs is None and value.sizes[dim] == accumulated.sizes[dim]:
             continue
-        mine, theirs = _labels(accumulated, dim), _labels(value, dim)
-        if mine is None or theirs is None or (mine.dtype, mine.unit) != (theirs.dtype, theirs.unit):
+        held, given = _labels(accumulated, dim), _labels(value, dim)
+        if held is None or given is None or (held.dtype, held.unit) != (given.dtype, given.unit):
             raise AccumulationError(
                 f"coordinate '{dim}' differs from the accumulation's; Add needs equal bin edges"
                 " (or unique labels, e.g. from group)"
             )
-        union = np.union1d(mine.values, theirs.values)
+        union = np.union1d(held.values, given.values)
         plan[dim] = (
-            sc.array(dims=[dim], values=union, unit=mine.unit, dtype=mine.dtype),
-            np.searchsorted(union, mine.values),
-            np.searchsorted(union, theirs.values),
+            sc.array(dims=[dim], values=union, unit=held.unit, dtype=held.dtype),
+            np.searchsorted(union, held.values),
+            np.searchsorted(union, given.values),
         )
     for name, coord in accumulated.coords.items():
         if name in plan:
@@ -492,7 +493,9 @@ class _EventBufferNode(_Node):
         self._dim = value.dim
         self._event_dim = value.bins.constituents["dim"]
         self._fixed_coords = {k: c for k, c in value.coords.items() if self._dim not in c.dims}
-        self._buffer: sc.DataArray | None = None
+        table = _table(value)
+        wanted = max(_MIN_CAPACITY, RESERVE_BYTES // _width(table))
+        self._buffer = _allocate(table, self._event_dim, _MIN_CAPACITY, wanted)
         self._size = 0
         self._outer: list[sc.DataArray] = []
         self.add(value)
@@ -501,8 +504,8 @@ class _EventBufferNode(_Node):
         if not isinstance(value, sc.DataArray) or value.bins is None or value.dims != (self._dim,):
             raise AccumulationError(f"expected events binned along '{self._dim}' only")
         table = _table(value)
-        layout = _layout(self._buffer) if self._buffer is not None else None
-        if layout is not None and _layout(table) != layout:
+        layout = _layout(self._buffer)
+        if _layout(table) != layout:
             raise AccumulationError(
                 f"the chunk's events have fields {_layout(table)}, the accumulation's {layout}"
             )
@@ -537,14 +540,14 @@ class _EventBufferNode(_Node):
         self._size += count
 
     def _reserve(self, table: sc.DataArray, count: int) -> None:
-        capacity = self._buffer.sizes[self._event_dim] if self._buffer is not None else 0
+        """Room for ``count`` more events; past the reservation (more events than memory),
+        a buffer twice as large, with the events copied over."""
+        capacity = self._buffer.sizes[self._event_dim]
         if self._size + count <= capacity:
             return
-        needed = max(2 * capacity, self._size + count, _MIN_CAPACITY)
-        grown = _allocate(
-            table, self._event_dim, needed, max(needed, RESERVE_BYTES // _width(table))
-        )
-        if self._buffer is not None and self._size:
+        needed = max(2 * capacity, self._size + count)
+        grown = _allocate(table, self._event_dim, needed, needed)
+        if self._size:
             _copy_fields(self._buffer[self._event_dim, : self._size], grown, self._event_dim, 0)
         self._buffer = grown
 
@@ -572,7 +575,12 @@ def _check_join(last: Any, value: Any, dim: str) -> None:
 
 
 def _table(value: sc.DataArray) -> sc.DataArray:
-    return value.bins.constituents["data"]
+    """The event table of binned ``value``; AccumulationError when its events are not a
+    DataArray (a binned Variable holds no coordinates to keep)."""
+    table = value.bins.constituents["data"]
+    if not isinstance(table, sc.DataArray):
+        raise AccumulationError(f"expected events with coordinates, got {type(table).__name__}")
+    return table
 
 
 def _contiguous(begin: np.ndarray, end: np.ndarray) -> bool:

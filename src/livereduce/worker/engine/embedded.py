@@ -203,6 +203,8 @@ class EmbeddedEngine:
         """Extract and process one chunk (LoadLiveData). Never raises for a script fault;
         raises ListenerError when the listener cannot go on."""
         began = self._clock()
+        if self.listener is None:
+            raise ListenerError("the engine has no listener: run() makes one, tests pass one")
         try:
             chunk = self.listener.extract_data()
         except NotYet as not_yet:
@@ -214,11 +216,17 @@ class EmbeddedEngine:
         self._received_data = True
         self._count_events(chunk)
         if not _has_data(chunk):
-            if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
+            run = self._run
+            if (
+                self._run_open
+                and chunk.run is not None
+                and run is not None
+                and chunk.run.number == run.number
+            ):
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
             self._report_idle(chunk)
             return StepOutcome(waiting=True, extract_s=extracted - began)
-        if self._new_run_without_end(chunk):
+        if self._run is not None and self._new_run_without_end(chunk):
             finished = self._end_run(self._run)
             if finished:
                 return StepOutcome(finished=True, extract_s=extracted - began)

@@ -297,7 +297,7 @@ class _OutputUpdates:
             return self.count, self.at, self.wall
 
 
-def _observe_output(api: ModuleType, name: str, updates: _OutputUpdates) -> Any:
+def _observe_output(api: Any, name: str, updates: _OutputUpdates) -> Any:
     """An ADS observer calling ``updates.seen()`` when workspace ``name`` is added or replaced."""
 
     class OutputObserver(api.AnalysisDataServiceObserver):

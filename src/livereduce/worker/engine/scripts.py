@@ -107,7 +107,7 @@ class ScriptRunner:
     def run(self, data: Any, run: RunContext, monitors: Mapping[str, sc.DataArray]) -> ScriptResult:
         """Execute the script on ``data`` (the ``input`` global). Never raises for a fault of
         the script; returns its ``output`` or the failure."""
-        if self._load_failure is not None:
+        if self._code is None:  # not compiled: _load_failure says why
             return ScriptResult(failure=self._load_failure)
         namespace: dict[str, Any] = {
             "__name__": f"__livereduce_{self.role.replace('-', '_')}__",

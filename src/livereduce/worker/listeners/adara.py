@@ -37,6 +37,7 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import scipp as sc
@@ -141,7 +142,7 @@ class _Log:
         return sc.DataArray(data, coords={"time": times})
 
 
-def _coerce(pv_type: str, value: object) -> object:
+def _coerce(pv_type: str, value: Any) -> object:
     """``value`` as the log's type: str, float, or an int that fits int64. Raises ValueError,
     TypeError or OverflowError when it cannot be one."""
     if pv_type == "string":
@@ -441,7 +442,7 @@ class AdaraListener:
                 self._instrument = packet.long_name
                 self._update_run(instrument=packet.long_name)
 
-    def _update_run(self, **changes: object) -> None:
+    def _update_run(self, **changes: Any) -> None:
         if self._open is not None:
             self._open.run = dataclasses.replace(self._open.run, **changes)
 

@@ -187,9 +187,10 @@ class NexusListener:
             warnings.simplefilter("ignore", UserWarning)  # unit spellings scippnexus does not know
             parts = [bank["event_time_zero", first:stop] for bank in self._banks]
         if len(parts) == 1:
-            return parts[0].copy()
+            return _events(parts[0]).copy()
         # Every bank has the same pulses (checked at start): merge the event lists pulse by pulse.
-        return sc.concat(parts, "bank").bins.concat("bank")
+        merged = sc.concat([_events(part) for part in parts], "bank")
+        return _events(merged).bins.concat("bank")
 
     def _read_monitor(self, group: snx.Group, first: int, stop: int) -> sc.DataArray:
         if stop <= first:
@@ -197,7 +198,7 @@ class NexusListener:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             loaded = group["event_time_zero", first:stop]
-        return loaded["events"] if isinstance(loaded, sc.DataGroup) else loaded
+        return _events(loaded["events"] if isinstance(loaded, sc.DataGroup) else loaded)
 
     def _logs_between(self, first: int, stop: int) -> dict[str, sc.DataArray]:
         total = len(self._pulse_ns)
@@ -217,6 +218,14 @@ class NexusListener:
             self._file = None
         self._banks = []
         self._monitors = {}
+
+
+def _events(loaded: object) -> sc.DataArray:
+    """What scippnexus loaded from an NXevent_data / NXmonitor group: binned events, a
+    DataArray; ListenerError when the file holds something else there."""
+    if not isinstance(loaded, sc.DataArray) or loaded.bins is None:
+        raise ListenerError(f"expected event data, got {type(loaded).__name__}")
+    return loaded
 
 
 def _text_attr(dataset: h5py.Dataset, name: str) -> str:
