@@ -11,10 +11,11 @@ import pytest
 import scipp as sc
 import scippnexus as snx
 
-from livereduce.config import Config, StartFrom, config_from_mapping
+from livereduce.config import Config, StartFrom
 from livereduce.worker.engine.embedded import EmbeddedEngine
-from livereduce.worker.listeners.base import Chunk, NotYet, RunInfo
+from livereduce.worker.listeners.base import Chunk, RunInfo
 from livereduce.worker.listeners.nexus import NexusListener
+from test_engine_embedded import ChunkList, make_config
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "engine.md"
 HYS = "HYS_178921.nxs.h5"
@@ -28,18 +29,6 @@ def doc_text() -> str:
 
 def blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", doc_text(), flags=re.DOTALL)
-
-
-def config_for(tmp_path: Path, proc: str | None, post: str | None = None) -> Config:
-    scripts = tmp_path / "scripts"
-    scripts.mkdir(exist_ok=True)
-    if proc is not None:
-        (scripts / "reduce_HYS_live_proc.py").write_text(proc)
-    if post is not None:
-        (scripts / "reduce_HYS_live_post_proc.py").write_text(post)
-    raw = {"instrument": "HYSPEC", "engine": "embedded", "listener": "fake",
-           "script_dir": "scripts", "output_dir": "out", "update_every": 1}  # fmt: skip
-    return config_from_mapping(raw, tmp_path / "livereduce.conf", check_scripts=False)
 
 
 def run_file(config: Config, path: Path) -> EmbeddedEngine:
@@ -64,7 +53,7 @@ def test_the_doc_has_the_three_examples_and_states_their_counts():
 
 def test_the_time_of_flight_example_keeps_every_event(tmp_path, shared_data):
     histogram = blocks()[0]
-    engine = run_file(config_for(tmp_path, histogram), shared_data / HYS)
+    engine = run_file(make_config(tmp_path, histogram), shared_data / HYS)
     result = sc.io.load_hdf5(tmp_path / "out" / "result.h5")
     assert result.sum().value == HYS_EVENTS
     assert engine.progress.events == HYS_EVENTS
@@ -73,12 +62,12 @@ def test_the_time_of_flight_example_keeps_every_event(tmp_path, shared_data):
 def test_edges_that_stop_at_one_frame_keep_527_events(tmp_path, shared_data):
     one_frame = blocks()[0].replace("100_000.0, 1001", "16667.0, 201")
     assert one_frame != blocks()[0]
-    run_file(config_for(tmp_path, one_frame), shared_data / HYS)
+    run_file(make_config(tmp_path, one_frame), shared_data / HYS)
     assert sc.io.load_hdf5(tmp_path / "out" / "result.h5").sum().value == 527
 
 
 def test_the_per_pixel_example_keeps_every_event_on_hyspec(tmp_path, shared_data):
-    engine = run_file(config_for(tmp_path, blocks()[1]), shared_data / HYS)
+    engine = run_file(make_config(tmp_path, blocks()[1]), shared_data / HYS)
     result = engine.accumulation.value()
     assert result.bins.size().sum().value == HYS_EVENTS
     assert result.sizes == {"event_id": 11_657}
@@ -104,28 +93,8 @@ def test_the_per_pixel_example_keeps_every_event_on_hyspec(tmp_path, shared_data
 def test_the_per_pixel_example_keeps_every_event_of_every_sns_run(
     tmp_path, shared_data, name, events
 ):
-    engine = run_file(config_for(tmp_path, blocks()[1]), shared_data / name)
+    engine = run_file(make_config(tmp_path, blocks()[1]), shared_data / name)
     assert engine.accumulation.value().bins.size().sum().value == events
-
-
-class Pieces:
-    """A listener giving prepared chunks, then NotYet."""
-
-    name = "pieces"
-
-    def __init__(self, chunks: list[Chunk]) -> None:
-        self.chunks = chunks
-
-    def start(self, start_from: StartFrom) -> None:
-        del start_from
-
-    def extract_data(self) -> Chunk:
-        if not self.chunks:
-            raise NotYet("nothing more")
-        return self.chunks.pop(0)
-
-    def close(self) -> None:
-        self.chunks = []
 
 
 def test_the_per_pixel_example_keeps_every_event_of_the_isis_run(tmp_path, shared_data):
@@ -137,7 +106,7 @@ def test_the_per_pixel_example_keeps_every_event_of_the_isis_run(tmp_path, share
         Chunk(events=events["event_time_zero", a:b], run=run, begins_run=i == 0)
         for i, (a, b) in enumerate(itertools.pairwise(cuts))
     ]
-    engine = EmbeddedEngine(config_for(tmp_path, blocks()[1]), Pieces(chunks))
+    engine = EmbeddedEngine(make_config(tmp_path, blocks()[1]), ChunkList(chunks))
     for _ in range(CHUNKS):
         engine.step()
     assert engine.progress.errors == 0, engine.progress.last_error
@@ -146,7 +115,7 @@ def test_the_per_pixel_example_keeps_every_event_of_the_isis_run(tmp_path, share
 
 def test_the_post_processing_example_divides_by_the_proton_charge(tmp_path, shared_data):
     histogram, _, normalise = blocks()
-    engine = run_file(config_for(tmp_path, histogram, normalise), shared_data / HYS)
+    engine = run_file(make_config(tmp_path, histogram, normalise), shared_data / HYS)
     result = sc.io.load_hdf5(tmp_path / "out" / "result.h5")
     with snx.File(shared_data / HYS) as f:
         charge = f["entry/DASlogs/proton_charge"][()].sum().data

@@ -62,12 +62,7 @@ def write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     raises, and OSError."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_for(target)
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
+    _rename_over(temporary, target, lambda: write(temporary))
 
 
 def link_atomically(source: Path, target: Path) -> None:
@@ -76,7 +71,13 @@ def link_atomically(source: Path, target: Path) -> None:
     Raises OSError."""
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     os.link(source, temporary)
+    _rename_over(temporary, target, lambda: None)
+
+
+def _rename_over(temporary: Path, target: Path, fill: Callable[[], object]) -> None:
+    """``fill()`` the temporary, rename it over ``target``; it is removed when either fails."""
     try:
+        fill()
         os.replace(temporary, target)
     finally:
         with contextlib.suppress(OSError):
