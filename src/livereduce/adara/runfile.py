@@ -22,10 +22,10 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipp as sc
 
+from livereduce.nexus_values import BANK_NAME as _BANK_NAME
 from livereduce.nexus_values import decode_text as _decode
-from livereduce.nexus_values import iso_to_unix_ns
+from livereduce.nexus_values import iso_to_unix_ns, times_ns
 
 ERROR_BANK_ID = 0xFFFFFFFE
 """ADARA bank ID of events whose pixel has the error bit (ADARA doc/design, banked events)."""
@@ -33,10 +33,7 @@ UNMAPPED_BANK_ID = 0xFFFFFFFF
 """ADARA bank ID of events whose pixel is not in the pixel mapping table."""
 
 _PSEUDO_BANKS = {"bank_error_events": ERROR_BANK_ID, "bank_unmapped_events": UNMAPPED_BANK_ID}
-_BANK_NAME = re.compile(r"bank(\d+)_events")
 _MONITOR_NAME = re.compile(r"monitor(\d+)")
-EPICS_EPOCH_UNIX_S = 631152000
-"""Seconds from the Unix epoch to the EPICS epoch 1990-01-01 UTC, ADARA's time base."""
 
 
 class RunFileError(Exception):
@@ -203,20 +200,11 @@ def _text(path: Path, group: h5py.Group, name: str, default: object = _REQUIRED)
 
 
 def _times_ns(path: Path, dataset: h5py.Dataset) -> np.ndarray:
-    """A NeXus time dataset -> (M,) int64 Unix ns, computed as scippnexus does (float seconds
-    converted to integer ns by truncation) so pulse times match a scippnexus read exactly."""
-    attrs = dataset.attrs
-    if "offset_seconds" in attrs:
-        base = (int(attrs["offset_seconds"]) + EPICS_EPOCH_UNIX_S) * 10**9 + int(
-            attrs.get("offset_nanoseconds", 0)
-        )
-    elif "offset" in attrs or "start" in attrs:
-        base = iso_to_unix_ns(_decode(attrs.get("offset", attrs.get("start"))))
-    else:
-        raise RunFileError(f"{path}: {dataset.name} has no offset / start attribute")
-    unit = _decode(attrs.get("units", b"second"))
-    relative = sc.array(dims=["t"], values=np.asarray(dataset[()], dtype=np.float64), unit=unit)
-    return base + relative.to(unit="ns", dtype="int64").values
+    """:func:`livereduce.nexus_values.times_ns`, its errors as RunFileError naming the file."""
+    try:
+        return times_ns(dataset)
+    except ValueError as exc:
+        raise RunFileError(f"{path}: {exc}") from None
 
 
 def _event_group(path: Path, entry: h5py.Group, name: str, pulses_ns: np.ndarray) -> EventGroup:

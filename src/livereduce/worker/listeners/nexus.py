@@ -17,7 +17,6 @@ Neither: ``speed`` 1. ``start_from`` is ignored: a file is always read from its 
 from __future__ import annotations
 
 import math
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.nexus_values import decode_text, iso_to_unix_ns
+from livereduce.nexus_values import decode_text, detector_banks, iso_to_unix_ns, times_ns
 from livereduce.worker.listeners.base import (
     Chunk,
     ListenerError,
@@ -39,8 +38,6 @@ from livereduce.worker.listeners.base import (
     empty_events,
     unit_or_none,
 )
-
-_BANK = re.compile(r"bank\d+_events")
 
 
 def _text(group: h5py.Group, name: str) -> str:
@@ -98,13 +95,11 @@ class NexusListener:
             if entry_name is None:
                 raise ValueError("no NXentry group")
             entry = h5[entry_name]
-            bank_names = sorted(
-                (k for k in entry if _BANK.fullmatch(k)), key=lambda k: int(k[4:-7])
-            )
+            bank_names = detector_banks(entry)
             if not bank_names:
                 raise ValueError(f"no detector bank (bank<N>_events) in /{entry_name}")
             times = entry[bank_names[0]]["event_time_zero"]
-            offset_ns = iso_to_unix_ns(_text_attr(times, "offset") or _text(entry, "start_time"))
+            pulse_ns = times_ns(times, _text(entry, "start_time"))
             pulse_s = np.asarray(times[()], dtype=np.float64)
             for name in bank_names[1:]:
                 if not np.array_equal(entry[name]["event_time_zero"][()], pulse_s):
@@ -132,12 +127,12 @@ class NexusListener:
                 if "instrument" in entry and "instrument_xml" in entry["instrument"]
                 else "",
             )
-            self._logs = _read_logs(entry["DASlogs"]) if "DASlogs" in entry else {}
+            self._logs = _read_logs(entry["DASlogs"], start) if "DASlogs" in entry else {}
         # Pulse times can step backward in real files; release by the latest time seen so far.
         self._pulse_offset_s = (
             np.maximum.accumulate(pulse_s - pulse_s[0]) if pulse_s.size else pulse_s
         )
-        self._pulse_ns = offset_ns + np.round(pulse_s * 1e9).astype(np.int64)
+        self._pulse_ns = pulse_ns
         self._file = snx.File(self._path, "r")
         entry_group = self._file[entry_name]
         self._banks = [entry_group[name] for name in bank_names]
@@ -205,8 +200,8 @@ class NexusListener:
         low = -(1 << 62) if first == 0 else self._pulse_ns[min(first, total - 1)]
         high = 1 << 62 if stop >= total else self._pulse_ns[stop]
         out = {}
-        for name, (times_ns, log) in self._logs.items():
-            keep = (times_ns >= low) & (times_ns < high)
+        for name, (log_ns, log) in self._logs.items():
+            keep = (log_ns >= low) & (log_ns < high)
             if keep.any():
                 out[name] = log[sc.array(dims=["time"], values=keep)] if not keep.all() else log
         return out
@@ -233,9 +228,10 @@ def _text_attr(dataset: h5py.Dataset, name: str) -> str:
     return "" if raw is None else decode_text(raw)
 
 
-def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
-    """DASlogs as name -> (Unix ns per entry, DataArray over ``time``); logs whose time and
-    value do not line up are left out (they are not time series)."""
+def _read_logs(group: h5py.Group, start: str) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
+    """DASlogs as name -> (Unix ns per entry, DataArray over ``time``; times without an offset
+    count from the run's ``start``); logs whose time and value do not line up are left out
+    (they are not time series)."""
     logs = {}
     for name, log in group.items():
         if not isinstance(log, h5py.Group) or "time" not in log or "value" not in log:
@@ -244,14 +240,9 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
         if values.shape[:1] != times.shape or values.ndim > 2:
             continue
         try:
-            offset_ns = (
-                iso_to_unix_ns(_text_attr(times, "offset")) if "offset" in times.attrs else 0
-            )
+            log_ns = times_ns(times, start)
         except ValueError:
             continue
-        times_ns = offset_ns + np.round(np.asarray(times[()], dtype=np.float64) * 1e9).astype(
-            np.int64
-        )
         raw = values[()]
         dims = ["time"] if raw.ndim == 1 else ["time", "value_index"]
         if raw.dtype.kind in "SO":
@@ -263,12 +254,12 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
                 dims=dims, values=_scipp_dtype(raw), unit=unit_or_none(_text_attr(values, "units"))
             )
         logs[name] = (
-            times_ns,
+            log_ns,
             sc.DataArray(
                 data,
                 coords={
                     "time": sc.array(
-                        dims=["time"], values=times_ns.astype("datetime64[ns]"), unit="ns"
+                        dims=["time"], values=log_ns.astype("datetime64[ns]"), unit="ns"
                     )
                 },
             ),
