@@ -8,7 +8,12 @@ import pytest
 import scipp as sc
 
 from livereduce.config import AccumulationMethod
-from livereduce.worker.engine.accumulation import Accumulation, AccumulationError, sum_bins
+from livereduce.worker.engine.accumulation import (
+    Accumulation,
+    AccumulationError,
+    reserve_bytes,
+    sum_bins,
+)
 from livereduce.worker.listeners.base import make_events
 
 ADD = AccumulationMethod.ADD
@@ -129,3 +134,10 @@ def test_a_first_chunk_without_events_then_events_joins_them():
     accumulation.accumulate(ADD, pulses(3, 2, 5))
     assert accumulation.value().sizes == {"event_time_zero": 5}
     assert accumulation.value().bins.size().values.tolist() == [0, 0, 0, 5, 5]
+
+
+def test_no_address_space_is_reserved_under_strict_overcommit(tmp_path):
+    (tmp_path / "mode").write_text("2\n")
+    assert reserve_bytes(tmp_path / "mode") == 0
+    (tmp_path / "mode").write_text("0\n")
+    assert reserve_bytes(tmp_path / "mode") > 1 << 30

@@ -27,7 +27,7 @@ dimension go into one event buffer whose capacity is reserved once, as large as 
 memory (:data:`RESERVE_BYTES`): the kernel gives it pages only as events are written into it,
 so growth never moves what is there (no copy of everything accumulated, no pause that grows
 with the run). Past that reservation, which the memory guard never lets a worker reach, the
-buffer doubles. The accumulation read for post-processing and writing is a view of it. Other
+buffer doubles (as it does under strict overcommit, where reserved address space counts as used). The accumulation read for post-processing and writing is a view of it. Other
 joins and merges keep a list of chunks and concatenate it only when the accumulation is read
 (:meth:`Accumulation.value`), then keep the result so the next read only concatenates what
 came since.
@@ -35,6 +35,7 @@ came since.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,10 +51,21 @@ from RuntimeError and TypeError)."""
 _MIN_CAPACITY = 1 << 16
 """Smallest event buffer: avoids a string of tiny reallocations for sparse streams."""
 
-RESERVE_BYTES = psutil.virtual_memory().total
-"""Address space reserved for one event buffer (all its fields): the machine's memory, which
-no worker can fill (the memory guard stops it at ``system_mem_limit_perc``). ``sc.empty``
-leaves it untouched, so only the pages events are written to become resident."""
+
+def reserve_bytes(overcommit: Path = Path("/proc/sys/vm/overcommit_memory")) -> int:
+    """Address space to reserve for one event buffer (all its fields): the machine's memory,
+    which no worker can fill (the memory guard stops it at ``system_mem_limit_perc``).
+    ``sc.empty`` leaves it untouched, so only the pages events are written to become
+    resident. Zero under strict overcommit (mode 2), where reserved address space counts
+    against the machine's commit limit as if it were used: the buffer then doubles."""
+    try:
+        strict = overcommit.read_text().strip() == "2"
+    except OSError:
+        strict = False
+    return 0 if strict else int(psutil.virtual_memory().total)
+
+
+RESERVE_BYTES = reserve_bytes()
 
 SPECTRUM_DIM = "spectrum"
 """The dimension ``Append`` adds to 1-D chunks (Mantid's AppendSpectra: one spectrum each)."""
