@@ -27,8 +27,9 @@ dimension go into one event buffer whose capacity is reserved once, as large as 
 memory (:data:`RESERVE_BYTES`): the kernel gives it pages only as events are written into it,
 so growth never moves what is there (no copy of everything accumulated, no pause that grows
 with the run). Past that reservation, which the memory guard never lets a worker reach, the
-buffer doubles (as it does under strict overcommit, where reserved address space counts as used). The accumulation read for post-processing and writing is a view of it. Other
-joins and merges keep a list of chunks and concatenate it only when the accumulation is read
+buffer doubles (as it does under strict overcommit, where reserved address space counts as
+used). The accumulation read for post-processing and writing is a view of it. Other joins and
+merges keep a list of chunks and concatenate it only when the accumulation is read
 (:meth:`Accumulation.value`), then keep the result so the next read only concatenates what
 came since.
 """
