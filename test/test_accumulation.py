@@ -141,3 +141,14 @@ def test_no_address_space_is_reserved_under_strict_overcommit(tmp_path):
     assert reserve_bytes(tmp_path / "mode") == 0
     (tmp_path / "mode").write_text("0\n")
     assert reserve_bytes(tmp_path / "mode") > 1 << 30
+
+
+def test_a_chunk_with_variances_is_refused_by_an_accumulation_without():
+    accumulation = Accumulation()
+    plain = sc.DataArray(sc.array(dims=["x"], values=[1.0], unit="counts"))
+    accumulation.accumulate(ADD, plain)
+    with pytest.raises(AccumulationError, match="holds data without variances"):
+        accumulation.accumulate(
+            ADD, sc.DataArray(sc.array(dims=["x"], values=[1.0], variances=[1.0], unit="counts"))
+        )
+    assert accumulation.value().values.tolist() == [1.0]

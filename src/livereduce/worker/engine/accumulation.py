@@ -335,8 +335,12 @@ class _SumNode(_Node):
             )
         elif isinstance(value, sc.Dataset):
             _check_coords(self._sum, value)
-        if isinstance(value, sc.DataArray | sc.Variable) and value.unit != self._sum.unit:
-            raise AccumulationError(f"expected unit {self._sum.unit}, got {value.unit}")
+        if isinstance(value, sc.DataArray | sc.Variable):
+            if value.unit != self._sum.unit:
+                raise AccumulationError(f"expected unit {self._sum.unit}, got {value.unit}")
+            if (value.variances is None) != (self._sum.variances is None):
+                having = "with" if self._sum.variances is not None else "without"
+                raise AccumulationError(f"the accumulation holds data {having} variances")
 
     def add(self, value: Any) -> None:
         plan = _union_plan(self._sum, value) if isinstance(value, sc.DataArray) else {}
