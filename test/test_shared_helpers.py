@@ -1,4 +1,5 @@
-"""The small helpers both processes share: host:port and the doubling backoff."""
+"""The small helpers both processes share (host:port, the doubling backoff) and the listener
+contract every listener meets."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import pytest
 
 from livereduce.address import parse_host_port
 from livereduce.delays import doubling_delay_s
+from livereduce.worker.listeners.adara import AdaraListener
+from livereduce.worker.listeners.base import Listener
+from livereduce.worker.listeners.fake import FakeListener
+from livereduce.worker.listeners.nexus import NexusListener
 
 
 @pytest.mark.parametrize(
@@ -26,3 +31,12 @@ def test_doubling_delay():
     assert [doubling_delay_s(step, 0.5, 3.0) for step in range(0, 6)] == [
         0.5, 0.5, 1.0, 2.0, 3.0, 3.0
     ]  # fmt: skip
+
+
+def test_every_listener_meets_the_listener_protocol(tmp_path):
+    for listener in (
+        AdaraListener("127.0.0.1", 9),
+        FakeListener(),
+        NexusListener(tmp_path / "absent.nxs.h5"),
+    ):
+        assert isinstance(listener, Listener), type(listener).__name__
