@@ -132,7 +132,10 @@ class EmbeddedEngine:
         self._received_data = False
         self._run_events = 0
         self.progress = Progress(
-            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+            state=WorkerState.STARTING,
+            engine="embedded",
+            instrument=config.instrument.name,
+            results_written=0,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -195,7 +198,13 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(self._output, self._output_version, force=True)
+            self._count_write(self.writer.write(self._output, self._output_version, force=True))
+
+    def _count_write(self, wrote: bool) -> None:
+        """Count a result file written (``results_written``: the supervisor's ``failing``)."""
+        if wrote:
+            written = (self.progress.results_written or 0) + 1
+            self.progress = self.progress.with_(results_written=written)
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -317,6 +326,7 @@ class EmbeddedEngine:
             self._output = output
             self._output_version += 1
             wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            self._count_write(wrote)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
         written = self._clock()
@@ -407,7 +417,7 @@ class EmbeddedEngine:
         log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
         self._run_open = False
         self._replace_next = True
-        self.writer.write(self._output, self._output_version, force=True)
+        self._count_write(self.writer.write(self._output, self._output_version, force=True))
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number)
             if kept is not None:
