@@ -180,4 +180,4 @@ def test_without_hard_links_the_result_is_written_whole(tmp_path, monkeypatch, c
     assert not writer.appended
     assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
     assert caplog.text.count("output_links_unsupported") == 1
-    assert not list(tmp_path.glob(".result.h5.w*"))
+    assert not list(tmp_path.glob(".result.h5.*.tmp"))  # no working file left

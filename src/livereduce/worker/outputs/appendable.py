@@ -20,6 +20,7 @@ whole otherwise.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import h5py
 import numpy as np
 import scipp as sc
 from scipp.io.hdf5 import _as_hdf5_type, _collection_element_name, _serialize_unit
+
+from livereduce.atomic import temporary_for
 
 _CHUNK_ELEMENTS = 1 << 16
 """HDF5 chunk length of the resizable datasets: appends touch few chunks, and small files
@@ -164,20 +167,28 @@ def _compact(workspace: sc.DataArray) -> tuple[np.ndarray, sc.DataArray]:
 
 
 class AppendableFile:
-    """One HDF5 file written by :meth:`write`, which appends when it can; tracks what the file
-    holds (``pulses``, ``events``; 0 when nothing valid is there)."""
+    """One HDF5 working file for ``target`` written by :meth:`write`, which appends when it
+    can; ``path`` is the file (None before the first write; a whole write makes a new one, an
+    exclusively created temporary next to ``target``: :func:`livereduce.atomic.temporary_for`).
+    Tracks what the file holds (``pulses``, ``events``; 0 when nothing valid is there)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+        self.path: Path | None = None
         self.pulses = 0
         self.events = 0
         self._signature: tuple | None = None
         self._last_pulse: Any = None
 
     def forget(self) -> None:
-        """Treat the file as absent: the next write is whole."""
+        """Delete the working file (a link published from it keeps its inode); the next write
+        is whole."""
         self.pulses = self.events = 0
         self._signature = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+            self.path = None
 
     def write(self, workspace: sc.DataArray, *, extends: bool) -> bool:
         """Write ``workspace`` (:func:`appendable`); appended when ``extends`` (the caller
@@ -195,7 +206,7 @@ class AppendableFile:
             raise
 
     def _can_append(self, workspace: sc.DataArray) -> bool:
-        if self._signature is None or not self.path.is_file():
+        if self._signature is None or self.path is None or not self.path.is_file():
             return False
         if _signature(workspace) != self._signature or workspace.shape[0] < self.pulses:
             return False
@@ -213,7 +224,8 @@ class AppendableFile:
         event_dim = workspace.bins.constituents["dim"]
         end = np.cumsum(sizes, dtype=np.int64)
         begin = end - sizes
-        self.path.unlink(missing_ok=True)  # a new inode: a reader of the old one keeps it
+        self.forget()  # a new file: a reader (or a kept run) of the old inode keeps it
+        self.path = temporary_for(self.target)
         with h5py.File(self.path, "w") as h5:
             _header(h5, "DataArray")
             h5.attrs["name"] = workspace.name
@@ -246,6 +258,7 @@ class AppendableFile:
         end = self.events + np.cumsum(sizes, dtype=np.int64)
         begin = end - sizes
         total = int(end[-1]) if len(end) else self.events
+        assert self.path is not None  # _can_append checked it
         with h5py.File(self.path, "r+") as h5:
             values = h5["data/values"]
             for name, indices in (("begin", begin), ("end", end)):

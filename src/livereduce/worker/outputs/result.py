@@ -5,7 +5,8 @@ and renamed over the old file (an atomic rename on POSIX).
 
 Accumulated events (:func:`~livereduce.worker.outputs.appendable.appendable`: the raw chunk
 layout kept with ``preserve_events``) are written incrementally: the writer keeps two working
-files, ``.<name>.h5.w0.<pid>.tmp`` and ``.w1``, written in turn; each one gets the pulses
+files (temporaries next to the result, :func:`livereduce.atomic.temporary_for`), written in
+turn; each one gets the pulses
 added since it was last written appended to its resizable datasets (when the output only grew:
 no post-processing script, accumulation method Add or Append, no replace since), and is then
 published as ``<name>.h5`` by a hard link renamed over it. So a write costs what changed,
@@ -22,18 +23,19 @@ ends and stops force a write, so finished runs are always complete on disk.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from livereduce.atomic import link_atomically, remove_stale_temporaries, write_atomically
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS
 from livereduce.worker.outputs.appendable import AppendableFile, appendable
+
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
+"""What ``link`` fails with on a filesystem without hard links."""
 
 WRITE_SHARE = 0.25
 """Largest share of wall time spent writing the output file; the rest is left for chunks."""
@@ -61,10 +63,7 @@ class OutputWriter:
         self.appended = False
         """Whether the latest write appended to a working file (False: written whole)."""
         self._replaced = True
-        self._working = [
-            AppendableFile(self.path.with_name(f".{self.path.name}.w{k}.{os.getpid()}.tmp"))
-            for k in (0, 1)
-        ]
+        self._working = [AppendableFile(self.path), AppendableFile(self.path)]
         self._turn = 0
         self._links = True
         self._remove_stale_temporaries()
@@ -74,15 +73,11 @@ class OutputWriter:
         self._replaced = True
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporary files a killed worker left (``.<name>*.h5.<pid>.tmp`` of processes
-        that are gone): a worker killed during a write leaves one the size of the accumulation,
-        and over months of restarts they would fill the disk."""
-        for stale in self.path.parent.glob(f".{self._name}*.h5.*.tmp"):
-            pid = stale.suffixes[-2].lstrip(".") if len(stale.suffixes) >= 2 else ""
-            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-                    log.info("stale_temporary_removed: %s", stale)
+        """Delete temporary files a killed worker left (``.<name>*.h5.*.tmp``, ours and old:
+        :func:`livereduce.atomic.remove_stale_temporaries`): a worker killed during a write
+        leaves one the size of the accumulation, and over months of restarts they would fill
+        the disk."""
+        remove_stale_temporaries(self.path.parent, f".{self._name}*.h5.*.tmp")
 
     def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
@@ -107,44 +102,45 @@ class OutputWriter:
         return True
 
     def _save(self, workspace: Any, target: Path) -> bool:
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         self.appended = False
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             if self._links and appendable(workspace):
-                working = self._working[self._turn]
-                extends = self.output_grows and not self._replaced
-                if not extends:
-                    self._working[1 - self._turn].forget()
-                self.appended = working.write(workspace, extends=extends)
-                temporary.unlink(missing_ok=True)
-                try:
-                    os.link(working.path, temporary)
-                except OSError as error:  # a filesystem without hard links: write whole
-                    log.warning("output_links_unsupported: %s; writing whole files", error)
-                    self._links = False
-                    self._forget_working()
-                    workspace.save_hdf5(temporary)
-                self._turn = 1 - self._turn
+                self._save_appending(workspace, target)
             else:
                 self._forget_working()
-                workspace.save_hdf5(temporary)
-            os.replace(temporary, target)
+                write_atomically(target, workspace.save_hdf5)
         except (OSError, *SCIPP_ERRORS) as error:
             self.failure = f"cannot write {target}: {error}"
             log.error("output_write_failed: %s", self.failure)
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             return False
         return True
+
+    def _save_appending(self, workspace: Any, target: Path) -> None:
+        """Write ``workspace`` into the working file whose turn it is (appending when the
+        output only grew) and publish it as ``target`` by a hard link. Raises OSError and
+        h5py's errors."""
+        working = self._working[self._turn]
+        extends = self.output_grows and not self._replaced
+        if not extends:
+            self._working[1 - self._turn].forget()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.appended = working.write(workspace, extends=extends)
+        try:
+            link_atomically(working.path, target)
+        except OSError as error:
+            if error.errno not in _NO_LINKS:
+                raise
+            log.warning("output_links_unsupported: %s; writing whole files", error)
+            self._links = False
+            self._forget_working()
+            write_atomically(target, workspace.save_hdf5)
+        self._turn = 1 - self._turn
 
     def _forget_working(self) -> None:
         """Drop the working files: the next appendable write starts a new one (a new inode,
         so a file kept or published from them is never modified again)."""
         for working in self._working:
             working.forget()
-            with contextlib.suppress(OSError):
-                working.path.unlink(missing_ok=True)
 
     def keep_run(self, run_number: int) -> Path | None:
         """Keep the file as it is now as ``<name>_<run_number>.h5`` (Mantid's Rename clone).
@@ -154,14 +150,9 @@ class OutputWriter:
         if not self.path.is_file():
             return None
         self._forget_working()  # the kept file shares an inode with one of them
-        temporary = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
         try:
-            temporary.unlink(missing_ok=True)
-            os.link(self.path, temporary)
-            os.replace(temporary, kept)
+            link_atomically(self.path, kept)
         except OSError as error:
             log.error("output_keep_failed: cannot keep %s as %s: %s", self.path, kept, error)
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             return None
         return kept
