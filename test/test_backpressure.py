@@ -14,9 +14,12 @@ import pytest
 
 from livereduce.adara import packets
 from livereduce.config import ConfigError, StartFrom, config_from_mapping
+from livereduce.worker.engine.embedded import EmbeddedEngine
 from livereduce.worker.listeners import adara
 from livereduce.worker.listeners.base import NotYet
+from livereduce.worker.stop import StopToken
 from test_adara_client import T0, FakeSms, new_run
+from test_engine_embedded import ChunkList, make_config, run_chunks
 
 RUN = 4242
 
@@ -142,3 +145,66 @@ def test_a_bad_buffer_bytes_is_a_config_error_naming_the_key(value):
         config_from_mapping(
             {**base, "listener_options": {"buffer_bytes": value}}, None, check_scripts=False
         )
+
+
+class ReadyWhenStaged(ChunkList):
+    """A listener whose ``chunk_ready`` is True while chunks are staged; counts extractions."""
+
+    def __init__(self, chunks) -> None:
+        super().__init__([])
+        self.staged = list(chunks)
+        self.extractions = 0
+
+    @property
+    def chunk_ready(self) -> bool:
+        return bool(self.chunks)
+
+    def extract_data(self):
+        self.extractions += 1
+        return super().extract_data()
+
+
+def test_the_engine_takes_a_ready_chunk_at_once_not_at_its_next_tick(tmp_path):
+    config = make_config(tmp_path, update_every=3600)
+    listener = ReadyWhenStaged(run_chunks(7, 2))
+    engine = EmbeddedEngine(config, listener)
+    stop = StopToken()
+    reports = []
+    thread = threading.Thread(target=engine.run, args=(stop, reports.append))
+    thread.start()
+    try:
+        wait_for(lambda: listener.extractions >= 1, "the first tick")
+        listener.chunks = listener.staged  # the buffer fills long before the next tick
+        wait_for(lambda: engine.progress.chunks == 2, "both chunks taken early")
+    finally:
+        stop.request("test")
+        thread.join(10)
+    assert not thread.is_alive()
+    assert listener.extractions == 3  # the first tick, then one per ready chunk
+    assert engine.progress.events == 2 * 70
+
+
+def test_a_paused_reading_is_not_a_stale_stream():
+    flood = Flood(pulses=400, events=4000)
+    sms = FakeSms(flood)
+    listener = adara.AdaraListener("127.0.0.1", sms.port, buffer_bytes=1 << 20, stale_timeout_s=0.3)
+    listener.start(StartFrom.START_OF_RUN)
+    try:
+        wait_for(lambda: "buffer full" in listener.state, "a full buffer")
+        client = listener._client
+        # no packet taken for well over stale_timeout_sec: the wait is ours, not the SMS's
+        wait_for(lambda: time.monotonic() - client.last_packet_monotonic > 1.0, "a long pause")
+        assert listener.connections == 1
+        assert "buffer full" in listener.state
+        total, ended = 0, False
+        while not ended:
+            with contextlib.suppress(NotYet):
+                chunk = listener.extract_data()
+                total += chunk.event_count
+                ended = chunk.ends_run
+            wait_for(lambda: listener.chunk_ready or flood.done.is_set(), "more data")
+    finally:
+        listener.close()
+        sms.close()
+    assert total == 400 * 4000
+    assert listener.connections == 1
