@@ -15,7 +15,7 @@ import pytest
 from livereduce.adara import packets
 from livereduce.config import ConfigError, StartFrom, config_from_mapping
 from livereduce.worker.engine.embedded import EmbeddedEngine
-from livereduce.worker.listeners import adara
+from livereduce.worker.listeners import adara, pulse_events
 from livereduce.worker.listeners.base import NotYet
 from livereduce.worker.stop import StopToken
 from test_adara_client import T0, FakeSms, new_run
@@ -208,3 +208,11 @@ def test_a_paused_reading_is_not_a_stale_stream():
         sms.close()
     assert total == 400 * 4000
     assert listener.connections == 1
+
+
+def test_under_strict_overcommit_the_event_table_starts_small_and_grows(monkeypatch):
+    reserving = adara.AdaraListener("127.0.0.1", 1, buffer_bytes=120_000_000)
+    assert reserving._capacity == 10_000_000 + (32 << 20) // 8
+    monkeypatch.setattr(adara, "RESERVE_BYTES", 0)
+    strict = adara.AdaraListener("127.0.0.1", 1, buffer_bytes=120_000_000)
+    assert strict._capacity == pulse_events.FIRST_CAPACITY

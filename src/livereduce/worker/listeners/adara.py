@@ -63,6 +63,7 @@ from livereduce.address import parse_host_port
 from livereduce.config import Config, ConfigError, StartFrom
 from livereduce.delays import doubling_delay_s
 from livereduce.supervisor.memory import memory_limit
+from livereduce.worker.engine.accumulation import RESERVE_BYTES
 from livereduce.worker.listeners.base import (
     Chunk,
     ListenerError,
@@ -70,7 +71,7 @@ from livereduce.worker.listeners.base import (
     RunInfo,
     unit_or_none,
 )
-from livereduce.worker.listeners.pulse_events import EVENT_BYTES, PulseEvents
+from livereduce.worker.listeners.pulse_events import EVENT_BYTES, FIRST_CAPACITY, PulseEvents
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -237,9 +238,14 @@ class AdaraListener:
         self.buffer_bytes = buffer_bytes
         """Bound of what the listener holds (bytes): once reached it stops taking packets
         from the connection until the engine takes a chunk (see :attr:`chunk_ready`)."""
-        self._capacity = buffer_bytes // EVENT_BYTES + MAX_PAYLOAD_BYTES // 8
+        self._capacity = (
+            buffer_bytes // EVENT_BYTES + MAX_PAYLOAD_BYTES // 8
+            if RESERVE_BYTES
+            else FIRST_CAPACITY
+        )
         # the detector events a segment can hold: reading pauses at the bound, and one more
-        # packet may come before the check
+        # packet may come before the check. Under strict overcommit (no reservations: reserved
+        # address space counts as used) the table starts small and doubles instead.
         self.backpressure_waits = 0
         """Times the buffer was full and reading paused until a chunk was taken."""
         self._lock = threading.Lock()

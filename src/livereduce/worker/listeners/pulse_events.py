@@ -10,7 +10,8 @@ field: pixel IDs cast, times of flight converted by :func:`tof_to_us`, counts se
 the reader thread, so that the engine's thread, the busier one, only wraps the table). That is
 a bounded number of numpy calls per packet and bank and no Python work per event. When the
 room runs out the table grows (doubling, one copy of what is held); the ADARA listener gives
-its detector buffer the room its byte bound allows, so that only happens to beam monitors.
+its detector buffer the room its byte bound allows, so that only happens to beam monitors (and,
+under strict overcommit, where reserved address space counts as used, to every buffer).
 
 :meth:`PulseEvents.to_events` then makes the chunk's binned variable over the filled part of
 the table without a copy (scipp shares the memory of a sliced buffer).
