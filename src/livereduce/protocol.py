@@ -94,6 +94,12 @@ class Progress:
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
     ``script_timeout_sec`` before it counts the worker as hung.
+
+    ``input_counts``: what the listener received but left out or could not read since the
+    worker started, by kind (``error_events``, ``unmapped_events``, ``out_of_range_events``,
+    ``duplicate_pulses``, ``paused_events``, ``malformed_packets``, ``skipped_bytes``,
+    ``framing_failures``, ...; docs/adara.md). Stream faults among them also count in
+    ``errors``.
     """
 
     state: WorkerState
@@ -112,6 +118,7 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    input_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def resume(self) -> Resume | None:
