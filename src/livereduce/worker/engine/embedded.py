@@ -291,12 +291,11 @@ class EmbeddedEngine:
             self._run_input_counts[kind] = self._run_input_counts.get(kind, 0) + count
         faults = sum(chunk.input_counts.get(kind, 0) for kind in STREAM_FAULTS)
         summary = ", ".join(f"{count} {kind}" for kind, count in sorted(chunk.input_counts.items()))
+        last_error = f"bad input from the stream: {summary}" if faults else None
         self.progress = self.progress.with_(
             input_counts=total,
             errors=self.progress.errors + faults,
-            last_error=f"bad input from the stream: {summary}"
-            if faults
-            else self.progress.last_error,
+            last_error=last_error or self.progress.last_error,
         )
 
     def _see_run(self, run: RunInfo | None) -> None:
