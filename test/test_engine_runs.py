@@ -134,3 +134,16 @@ def test_the_oldest_unfinished_run_is_reported_until_its_end_is_handled(tmp_path
     fresh.step()
     assert fresh.progress.resume is None
     assert info.start_ns == int(START.timestamp()) * 10**9
+
+
+def test_a_run_whose_first_chunk_has_no_events_accumulates_without_error(tmp_path):
+    info = RunInfo(number=3)
+    first, second = run_chunks(3, 2)
+    chunks = [
+        Chunk(events=events(0, 0, 0, 0), run=info, begins_run=True),
+        dataclasses.replace(first, begins_run=False),
+        second,
+    ]
+    engine = drive(make_config(tmp_path), chunks)
+    assert engine.progress.errors == 0
+    assert engine.accumulation.value().bins.size().sum().value == 140
