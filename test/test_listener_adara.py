@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -508,3 +509,55 @@ def test_bad_descriptor_and_unknown_variables_are_logged_and_the_stream_goes_on(
     assert any("device 5 variable 1 ignored" in m for m in messages)
     assert temperatures == [4.5]
     assert len(sms.hellos) == 1  # the connection stayed up
+
+
+def _with_pause_and_scan(source, target) -> tuple[int, int]:
+    """Copy ``source`` to ``target`` with the run paused over its middle third and scan 5
+    running from the pause on: ``pause`` 0, 1, 0 and ``scan_index`` 0, 5, 0 (as the DAS writes
+    them). Returns the pause and resume times (Unix ns)."""
+    shutil.copy(source, target)
+    run = read_run_file(target)
+    first, last = int(run.pulse_times_ns[0]), int(run.pulse_times_ns[-1])
+    pause_ns, resume_ns = first + (last - first) // 3, first + 2 * (last - first) // 3
+    (base,) = next(log.times_ns for log in run.logs if log.name == "pause")  # time 0 s
+    with h5py.File(target, "r+") as h5:
+        for name, values in (("pause", [0, 1, 0]), ("scan_index", [0, 5, 0])):
+            group = h5[f"entry/DASlogs/{name}"]
+            time_attrs, value_attrs = dict(group["time"].attrs), dict(group["value"].attrs)
+            del group["time"], group["value"]
+            seconds = [0.0, (pause_ns - base) / 1e9, (resume_ns - base) / 1e9]
+            group.create_dataset("time", data=np.array(seconds)).attrs.update(time_attrs)
+            group.create_dataset("value", data=np.array(values, np.uint16)).attrs.update(
+                value_attrs
+            )
+    return pause_ns, resume_ns
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["paused-dropped", "paused-kept"])
+def test_replayed_pause_and_scan_annotations_reach_the_run(shared_data, tmp_path, keep):
+    path = tmp_path / SMALL
+    pause_ns, resume_ns = _with_pause_and_scan(shared_data / SMALL, path)
+    truth = file_events(path)
+    keys = np.maximum.accumulate(read_run_file(path).pulse_times_ns)
+    paused_pulses = (keys >= pause_ns) & (keys < resume_ns)
+    pulse_of_event = np.searchsorted(read_run_file(path).pulse_times_ns, truth["pulse_ns"])
+    paused = int(np.count_nonzero(paused_pulses[pulse_of_event]))
+    assert 0 < paused < len(truth["event_id"])
+    with ReplayServer([path], port=0, speed=0) as server:
+        listener = adara.AdaraListener("127.0.0.1", server.port, keep_paused_events=keep)
+        listener.start(StartFrom.START_OF_RUN)
+        try:
+            chunks = collect(listener, runs=1)
+        finally:
+            listener.close()
+    events = sum(c.event_count for c in chunks)
+    counts = collections.Counter()
+    logs = collections.defaultdict(list)
+    for chunk in chunks:
+        counts.update(chunk.input_counts)
+        for name, series in chunk.logs.items():
+            logs[name].extend(np.asarray(series.values).tolist())
+    assert events == len(truth["event_id"]) - (0 if keep else paused)
+    assert counts["paused_events"] == (0 if keep else paused)
+    assert logs["pause"] == [0, 1, 0]
+    assert logs["scan_index"] == [0, 5, 0]
