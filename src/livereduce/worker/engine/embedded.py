@@ -149,6 +149,8 @@ class EmbeddedEngine:
         self._run_input_counts: dict[str, int] = {}
         self._unfinished: dict[int, int] = {}
         """Run number -> start (Unix ns) of every run seen whose end was not handled yet."""
+        self._resumed = resume.run_number if resume is not None else None
+        """The run handed over by the previous worker, until this engine meets it."""
         if resume is not None:
             self._unfinished[resume.run_number] = resume.start_ns
         self.progress = Progress(
@@ -299,6 +301,19 @@ class EmbeddedEngine:
         )
 
     def _see_run(self, run: RunInfo | None) -> None:
+        if run is not None and self._resumed is not None and run.number != self._resumed:
+            # the stream began after the handed-over run: it cannot be completed any more
+            log.warning(
+                "resume_abandoned: run %d was handed over unfinished, but the stream gave "
+                "run %d first; run %d stays incomplete",
+                self._resumed,
+                run.number,
+                self._resumed,
+            )
+            self._unfinished.pop(self._resumed, None)
+            self._report_unfinished()
+        if run is not None:
+            self._resumed = None
         if run is not None and run.number and run.number not in self._unfinished:
             start_ns = run.start_ns
             self._unfinished[run.number] = start_ns if start_ns is not None else 0
