@@ -21,6 +21,7 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.adara.replay import ReplayServer
+from test_adara_replay import file_events
 
 REPO = Path(__file__).resolve().parents[1]
 TOF_RESOLUTION_US = 0.1
@@ -170,6 +171,13 @@ def test_events_arrive_exactly_and_sigterm_stops(tmp_path, shared_data, daemons,
     assert status["run_number"] == int(name.split("_")[-1])
     assert status["chunks"] >= 1
     assert status["errors"] == 0
+    # the pseudo-bank events the file holds are counted, not accumulated
+    banks = file_events(path, banks="all")["bank"]
+    pseudo = {
+        "error_events": int(np.count_nonzero(banks == 0xFFFFFFFE)),
+        "unmapped_events": int(np.count_nonzero(banks == 0xFFFFFFFF)),
+    }
+    assert status["input_counts"] == {k: v for k, v in pseudo.items() if v}
     worker = status["worker_pid"]
     result = sc.io.load_hdf5(daemon.out / "result.h5")
     offline = offline_events(path)

@@ -42,8 +42,10 @@ FIELDS = {
     "events": "detector events received by the current worker",
     "events_per_s": "events received per second, over the last reports",
     "last_chunk_time": "Unix time of the last processed chunk (null before the first)",
-    "errors": "chunks lost to script errors (current worker)",
+    "errors": "chunks lost to script errors, and stream faults (current worker)",
     "last_error": "the last error, in words",
+    "input_counts": "what the listener left out or could not read, by kind (current worker; "
+    "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
     "memory_limit_bytes": "the worker's memory limit, bytes (null: no limit)",
