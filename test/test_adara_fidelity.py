@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import socket
 import struct
@@ -16,15 +17,19 @@ import threading
 import time
 from collections.abc import Callable
 
+import h5py
 import numpy as np
 import pytest
+import scipp as sc
 
 from livereduce.adara import packets
 from livereduce.adara.metadata_xml import ProcessVariable, device_xml, runinfo_xml
 from livereduce.config import StartFrom
-from livereduce.protocol import Resume
+from livereduce.protocol import Progress, Resume, WorkerExit
+from livereduce.worker.engine.embedded import EmbeddedEngine
 from livereduce.worker.listeners import adara
 from livereduce.worker.listeners.base import Chunk, NotYet
+from livereduce.worker.stop import StopToken
 from test_adara_client import FakeSms
 
 T0 = 1_700_000_000 * 10**9
@@ -493,3 +498,54 @@ def test_events_between_pause_and_resume_are_excluded_and_counted(sms_factory, k
     assert logs["pause"] == [0, 1, 0]
     assert logs["scan_index"] == [0, 3, 0]
     assert len(logs["proton_charge"]) == (4 if keep else 2)
+
+
+def test_a_hostile_run_completes_in_the_engine_with_the_faults_in_the_status(sms_factory, tmp_path):
+    from test_engine_embedded import make_config  # noqa: PLC0415
+
+    run = Run(values=0)
+    latin1 = packets.encode(
+        packets.VariableString(timestamp_ns=T0 + S, device_id=3, variable_id=2, value="\udcb0")
+    )
+    odd = struct.pack("<IIII", 6, packets.PacketType.BANKED_EVENT_V1, 0, 0) + b"\0" * 6
+
+    def script(connection, sock, hello):
+        whole, _ = run.from_time(hello.start_time_ns)
+        code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
+        sock.sendall(status(code) + descriptor() + latin1 + odd)
+        for t, data in run.items:
+            if t >= hello.start_time_ns:
+                sock.sendall(data)
+                if t == T0 + 3 * S:
+                    sock.sendall(oversize_header())
+                    return
+        sock.sendall(status(packets.RunStatusCode.END_RUN))
+
+    sms = sms_factory(script)
+    listener = adara.AdaraListener("127.0.0.1", sms.port, reconnect_max_s=0.5)
+    config = make_config(tmp_path, run_transition="Rename", update_every=0.05)
+    engine = EmbeddedEngine(config, listener)
+    stop = StopToken()
+    result = tmp_path / "out" / f"result_{RUN}.h5"
+
+    def report(progress: Progress) -> None:
+        if result.exists():
+            stop.request("the run was written")
+
+    timer = threading.Timer(30, stop.request, args=("timed out",))
+    timer.start()
+    try:
+        assert engine.run(stop, report) is WorkerExit.STOPPED
+    finally:
+        timer.cancel()
+    assert stop.reason == "the run was written"
+    progress = engine.progress
+    assert progress.events == run.events  # the replay after the first failure replaced it
+    assert progress.errors >= 2  # malformed packets and the framing failure skipped past
+    assert progress.input_counts["framing_failures"] == 1
+    assert progress.input_counts["skipped_bytes"] >= 22
+    assert progress.input_counts["text_not_utf8"] >= 1
+    kept = sc.io.load_hdf5(result)
+    assert kept.bins.size().sum().value == run.events
+    with h5py.File(result) as h5:
+        assert json.loads(h5.attrs["livereduce_input_counts"])["framing_failures"] == 1
