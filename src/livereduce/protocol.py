@@ -85,8 +85,8 @@ class Progress:
 
     ``chunks`` and ``events`` count chunks processed and detector events received;
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
-    ``errors`` counts chunks lost to script errors and stream faults; ``detail`` says in words what the worker
-    is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+    ``errors`` counts chunks lost to script errors and stream faults; ``detail`` says in words
+    what the worker is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
 
     ``unfinished_run`` / ``unfinished_run_start_ns`` are the :class:`Resume` to hand the next
     worker (``None`` between runs, once every run seen was written). ``in_script`` names the

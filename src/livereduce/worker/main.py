@@ -56,6 +56,13 @@ def make_engine(choice: EngineChoice, config: Config, resume: Resume | None = No
     if choice is EngineChoice.MANTID:
         from livereduce.worker.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
 
+        if resume is not None:
+            log.warning(
+                "resume_ignored: Mantid's StartLiveData cannot ask for a past time; "
+                "run %d may stay incomplete",
+                resume.run_number,
+            )
+
         return mantid.from_config(config)
     from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: PLC0415
     from livereduce.worker.listeners import create_listener  # noqa: PLC0415
