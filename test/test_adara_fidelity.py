@@ -330,6 +330,46 @@ def test_a_run_joined_late_is_partial_and_one_from_its_start_is_not(sms_factory)
     assert not chunk.run.partial
 
 
+def test_a_run_joined_at_its_end_without_a_pulse_is_partial(sms_factory):
+    def script(connection, sock, hello):
+        sock.sendall(status(packets.RunStatusCode.STATE) + descriptor())
+        end = packets.RunStatus(
+            timestamp_ns=T0 + 100 * S,
+            run_number=RUN,
+            run_start_ns=T0,
+            status=packets.RunStatusCode.END_RUN,
+        )
+        sock.sendall(packets.encode(end))
+
+    chunks = collect(listen(sms_factory(script)))
+    assert chunks[-1].run.partial
+    assert sum(c.event_count for c in chunks) == 0
+
+
+def test_array_variables_become_two_dimensional_logs(sms_factory):
+    pvs = [ProcessVariable(pv_id=4, name="Slits", pv_type="double array", units="mm")]
+    xml = device_xml("slits", pvs)
+    stream = [
+        status(packets.RunStatusCode.NEW_RUN),
+        packets.encode(packets.DeviceDescriptor(timestamp_ns=T0, device_id=5, xml=xml)),
+        *(
+            packets.encode(
+                packets.VariableDoubleArray(
+                    timestamp_ns=T0 + k * S, device_id=5, variable_id=4, value=[k, 2.0 * k]
+                )
+            )
+            for k in (1, 2)
+        ),
+        pulse(T0 + 3 * S, [1]),
+        status(packets.RunStatusCode.END_RUN),
+    ]
+    chunks = collect(listen(sms_factory(lambda c, sock, h: sock.sendall(b"".join(stream)))))
+    (log,) = [c.logs["Slits"] for c in chunks if "Slits" in c.logs]
+    assert log.dims == ("time", "element")
+    assert log.values.tolist() == [[1.0, 2.0], [2.0, 4.0]]
+    assert log.unit == "mm"
+
+
 def test_a_resumed_worker_asks_for_the_unfinished_run_from_its_start(sms_factory):
     run = Run()
     sms = sms_factory(lambda connection, sock, hello: serve_run(run, sock, hello))

@@ -610,12 +610,18 @@ class AdaraListener:
                 # one packet the listener cannot use must not stop the stream
                 with self._lock:
                     self._counts["unusable_packets"] += 1
-                log.error(
-                    "%s packet (header time %d ns) not used: %s",
-                    type(packet).__name__,
-                    packet.timestamp_ns,
-                    exc,
-                )
+                    run = self._open.run.number if self._open is not None else None
+                    key = ("unusable", int(packet.packet_type), run)
+                    first = key not in self._logged_faults
+                    self._logged_faults.add(key)
+                if first:
+                    log.error(
+                        "unusable_packet: %s packet (header time %d ns) not used: %s; further "
+                        "unusable packets of this type in this run are counted, not logged",
+                        type(packet).__name__,
+                        packet.timestamp_ns,
+                        exc,
+                    )
         return "closed", framing_lost
 
     def _bad_packet(self, error: AdaraProtocolError, skipped_bytes: int) -> None:
@@ -694,6 +700,7 @@ class AdaraListener:
         elif code is packets.RunStatusCode.END_RUN:
             if self._open is not None and self._open.run.number == packet.run_number:
                 self._decide_continuation()
+                self._first_data(packet.timestamp_ns)
                 log.info("run %d ended", packet.run_number)
                 self._close_open()
         elif code is packets.RunStatusCode.NO_RUN:
@@ -908,26 +915,26 @@ class AdaraListener:
             return None
         if self._held is not None:
             self._decide_replay(pulse_ns)
-        segment = self._open
-        segment.provisional.clear()
-        if not self._run_first_pulse_seen:
-            self._run_first_pulse_seen = True
-            start_ns = segment.run.start_ns
-            if (
-                self._joined_by_state
-                and start_ns is not None
-                and pulse_ns - start_ns > PARTIAL_JOIN_S * NS_PER_S
-                and not segment.run.partial
-            ):
-                log.warning(
-                    "run %d joined %.1f s after its start: its result is partial",
-                    segment.run.number,
-                    (pulse_ns - start_ns) / NS_PER_S,
-                )
-                self._update_run(partial=True)
+        self._open.provisional.clear()
+        self._first_data(pulse_ns)
         if self._run_last_pulse_ns is None or pulse_ns > self._run_last_pulse_ns:
             self._run_last_pulse_ns = pulse_ns
         return self._open
+
+    def _first_data(self, time_ns: int) -> None:
+        """At the run's first pulse (or its END_RUN when no pulse came): a run first met as
+        STATE whose data begin more than PARTIAL_JOIN_S after its start was joined late."""
+        if self._run_first_pulse_seen or self._open is None:
+            return
+        self._run_first_pulse_seen = True
+        run = self._open.run
+        start_ns = run.start_ns
+        late_s = (time_ns - start_ns) / NS_PER_S if start_ns is not None else 0.0
+        if self._joined_by_state and late_s > PARTIAL_JOIN_S and not run.partial:
+            log.warning(
+                "run %d joined %.1f s after its start: its result is partial", run.number, late_s
+            )
+            self._update_run(partial=True)
 
     def _banked_event(self, packet: packets.BankedEvent) -> None:
         segment = self._pulse(packet.timestamp_ns)
