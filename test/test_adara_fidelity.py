@@ -370,12 +370,25 @@ def test_array_variables_become_two_dimensional_logs(sms_factory):
     assert log.unit == "mm"
 
 
-def test_a_resumed_worker_asks_for_the_unfinished_run_from_its_start(sms_factory):
+@pytest.mark.parametrize("first_connection_drops", [False, True], ids=["once", "after-a-drop"])
+def test_a_resumed_worker_asks_for_the_unfinished_run_from_its_start(
+    sms_factory, first_connection_drops
+):
     run = Run()
-    sms = sms_factory(lambda connection, sock, hello: serve_run(run, sock, hello))
+
+    def script(connection, sock, hello):
+        if first_connection_drops and connection == 0:
+            sock.sendall(heartbeat())
+            sock.close()
+            return
+        serve_run(run, sock, hello)
+
+    sms = sms_factory(script)
     listener = listen(sms, resume=Resume(run_number=RUN, start_ns=T0 + 123_456_789))
     chunks = collect(listener)
-    assert sms.hellos[0].start_time_ns == T0  # whole seconds, at or before the run start
+    # whole seconds, at or before the run start, until the run has been met
+    assert {h.start_time_ns for h in sms.hellos} == {T0}
+    assert len(sms.hellos) == (2 if first_connection_drops else 1)
     assert_run_complete(run, chunks)
     assert chunks[0].begins_run
 

@@ -369,6 +369,7 @@ class AdaraListener:
         self._run_last_pulse_ns: int | None = None
         self._run_first_pulse_seen = False
         self._joined_by_state = False
+        self._seen_a_run = False
         self._instrument = ""
         self._geometry = ""
         self._pixels = _PixelRange()
@@ -462,16 +463,15 @@ class AdaraListener:
         """The start time of the next client hello (see the module docstring)."""
         if self._skip_to_ns is not None:
             return self._skip_to_ns
-        if self.connections == 0:
-            if self.resume is not None:
-                return _whole_second_at_or_before(self.resume.start_ns)
-            if self._start_from is StartFrom.START_OF_RUN:
-                return packets.START_OF_RUN
-            return packets.START_NOW
         with self._lock:
             run = self._open.run if self._open is not None else None
+            seen_a_run = self._seen_a_run
         if run is not None and run.start_ns is not None:
             return _whole_second_at_or_before(run.start_ns)
+        if self.resume is not None and not seen_a_run:
+            return _whole_second_at_or_before(self.resume.start_ns)
+        if self.connections == 0 and self._start_from is StartFrom.NOW:
+            return packets.START_NOW
         return packets.START_OF_RUN
 
     def _connect_and_consume(self) -> None:
@@ -736,6 +736,7 @@ class AdaraListener:
             geometry_xml=self._geometry,
         )
         self._open = _Segment(run, begins_run=True)
+        self._seen_a_run = True
         self._run_last_pulse_ns = None
         self._run_first_pulse_seen = False
         self._joined_by_state = packet.status is packets.RunStatusCode.STATE
@@ -911,6 +912,7 @@ class AdaraListener:
         """The segment a pulse at ``pulse_ns`` goes to (deciding a pending replay first), None
         outside a run. Marks a run first met as STATE and first pulsed long after its start as
         partial."""
+        self._rejoining = False  # data flow: a later run status is a repeat, not a rejoin
         if self._open is None:
             return None
         if self._held is not None:
