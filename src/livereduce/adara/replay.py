@@ -152,14 +152,6 @@ class _Timeline:
                 log.info("run %d ended (%s)", stream.run_number, stream.source)
 
 
-def _describe_start(start_ns: int) -> str:
-    if start_ns == packets.START_NOW:
-        return "now"
-    if start_ns == packets.START_OF_RUN:
-        return "start of run"
-    return f"at Unix time {start_ns / 1e9:.0f} s"
-
-
 class _ClientGone(Exception):
     """The client closed its socket or the server is stopping."""
 
@@ -180,7 +172,7 @@ class _Client:
         reason = "closed by the server"
         try:
             start = self._read_hello()
-            self.start_request = _describe_start(start)
+            self.start_request = packets.describe_start_time(start)
             log.debug("client %s said hello (start %s)", self.peer, self.start_request)
             if self.server.timeline.start():
                 self._stream(_Position(0, 0))  # the first client starts the timeline

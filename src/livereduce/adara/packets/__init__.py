@@ -41,7 +41,8 @@ API summary
   ``Heartbeat()``, ``DataDone()``, ``Rtdl(...)``, ``StreamAnnotation(marker_type, reset_hint,
   scan_index, comment)``, ``Sync(file_offset, comment, signature)``.
 - Client hello start times: ``START_NOW`` (0) and ``START_OF_RUN`` (1) are sent as is; any
-  other ``start_time_ns`` is a Unix time, sent as EPICS seconds.
+  other ``start_time_ns`` is a Unix time, sent as EPICS seconds; ``describe_start_time(ns)``
+  says which in words.
 - Constants: ``HEADER_FORMAT``, ``HEADER_SIZE``, ``EPICS_EPOCH_OFFSET_S``,
   ``UNMAPPED_BANK_ID``, ``ERROR_BANK_ID``, ``SYNC_SIGNATURE``, ``EVENT_DTYPE``;
   ``DECODABLE`` (the packet types with a decoder), ``PACKET_CLASSES``.
@@ -99,6 +100,7 @@ from livereduce.adara.packets.control import (
     RunStatus,
     StreamAnnotation,
     Sync,
+    describe_start_time,
 )
 from livereduce.adara.packets.events import BankedEvent, BeamMonitorEvent
 from livereduce.adara.packets.metadata import (
@@ -176,5 +178,6 @@ __all__ = [
     "decode",
     "decode_header",
     "decode_payload",
+    "describe_start_time",
     "encode",
 ]

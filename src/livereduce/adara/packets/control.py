@@ -35,6 +35,17 @@ START_OF_RUN = 1
 """Client hello start time: replay the current run from its first pulse (Mantid
 "FromStartOfRun")."""
 
+
+def describe_start_time(start_time_ns: int) -> str:
+    """A client hello's start time in words, for logs: "live data", "the start of the run"
+    or "data from Unix time N s"."""
+    if start_time_ns == START_NOW:
+        return "live data"
+    if start_time_ns == START_OF_RUN:
+        return "the start of the run"
+    return f"data from Unix time {start_time_ns / 1e9:.0f} s"
+
+
 SYNC_SIGNATURE = b"SNSADARAORNL\x00\x00\xf0\x7f"
 """The 16-byte signature that opens a sync packet (protocol §Synchronization)."""
 

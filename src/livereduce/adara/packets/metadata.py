@@ -148,15 +148,25 @@ class _VariableValue(Packet):
             | check_uint("severity", self.severity, 16),
         )
 
-    @staticmethod
-    def _decode_prefix(payload: Payload) -> dict[str, Any]:
+    @classmethod
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
+        value = cls._decode_value(payload, ctx)  # checks the payload's size first
         device_id, variable_id, alarm = struct.unpack_from("<III", payload)
-        return {
-            "device_id": device_id,
-            "variable_id": variable_id,
-            "status": enum_or_raw(VariableStatus, alarm >> 16),
-            "severity": enum_or_raw(VariableSeverity, alarm & 0xFFFF),
-        }
+        return cls(
+            timestamp_ns=timestamp_ns,
+            device_id=device_id,
+            variable_id=variable_id,
+            status=enum_or_raw(VariableStatus, alarm >> 16),
+            severity=enum_or_raw(VariableSeverity, alarm & 0xFFFF),
+            value=value,  # type: ignore[call-arg]  # each subclass declares its value field
+        )
+
+    @classmethod
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> Any:
+        """The value after the three prefix words; BadPayloadLengthError when it does not fit."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,12 +182,9 @@ class VariableU32(_VariableValue):
         return self._prefix() + WORD.pack(check_uint("value", self.value))
 
     @classmethod
-    def _decode(
-        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
-    ) -> Self:
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> int:
         exact(ctx, payload, 16)
-        prefix = cls._decode_prefix(payload)
-        return cls(timestamp_ns=timestamp_ns, value=WORD.unpack_from(payload, 12)[0], **prefix)
+        return WORD.unpack_from(payload, 12)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,13 +199,9 @@ class VariableDouble(_VariableValue):
         return self._prefix() + struct.pack("<d", self.value)
 
     @classmethod
-    def _decode(
-        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
-    ) -> Self:
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> float:
         exact(ctx, payload, 20)
-        prefix = cls._decode_prefix(payload)
-        (value,) = struct.unpack_from("<d", payload, 12)
-        return cls(timestamp_ns=timestamp_ns, value=value, **prefix)
+        return struct.unpack_from("<d", payload, 12)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,13 +216,9 @@ class VariableString(_VariableValue):
         return self._prefix() + length_prefixed(self.value)
 
     @classmethod
-    def _decode(
-        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
-    ) -> Self:
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> str:
         at_least(ctx, payload, 16)
-        prefix = cls._decode_prefix(payload)
-        value = length_prefixed_text(ctx, payload, 12, "the string value")
-        return cls(timestamp_ns=timestamp_ns, value=value, **prefix)
+        return length_prefixed_text(ctx, payload, 12, "the string value")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -240,11 +239,8 @@ class _VariableArray(_VariableValue):
         return self._prefix() + count + self.value.astype(self._DTYPE).tobytes()
 
     @classmethod
-    def _decode(
-        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
-    ) -> Self:
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> np.ndarray:
         at_least(ctx, payload, 16)
-        prefix = cls._decode_prefix(payload)
         (count,) = WORD.unpack_from(payload, 12)
         size = cls._DTYPE.itemsize
         if count * size > len(payload) - 16:
@@ -252,8 +248,7 @@ class _VariableArray(_VariableValue):
                 f"the array declares {count} elements ({count * size} bytes) but the payload "
                 f"holds {len(payload) - 16}"
             )
-        value = np.frombuffer(payload, cls._DTYPE, count, 16)
-        return cls(timestamp_ns=timestamp_ns, value=value, **prefix)
+        return np.frombuffer(payload, cls._DTYPE, count, 16)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

@@ -509,7 +509,7 @@ class AdaraListener:
                 self.host,
                 self.port,
                 self.connections,
-                _describe_start(start_ns),
+                packets.describe_start_time(start_ns),
             )
             if skipping_from is not None:
                 skipped_s = (start_ns - skipping_from) / NS_PER_S
@@ -1012,14 +1012,6 @@ _VariablePacket = (
 def _whole_second_at_or_before(unix_ns: int) -> int:
     """``unix_ns`` rounded down to a whole second (the client hello carries whole seconds)."""
     return unix_ns - unix_ns % NS_PER_S
-
-
-def _describe_start(start_ns: int) -> str:
-    if start_ns == packets.START_OF_RUN:
-        return "the start of the run"
-    if start_ns == packets.START_NOW:
-        return "live data"
-    return f"data from Unix time {start_ns / NS_PER_S:.0f} s"
 
 
 def parse_address(address: str) -> tuple[str, int]:
