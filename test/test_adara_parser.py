@@ -22,6 +22,7 @@ from livereduce.adara.errors import (
     OversizePacketError,
     TruncatedPacketError,
 )
+from livereduce.adara.packets import codec
 from livereduce.adara.parser import MAX_PAYLOAD_BYTES, StreamParser
 from test_adara_packets import SAMPLES, T_NS
 
@@ -98,7 +99,10 @@ def test_unknown_types_are_skipped_and_counted():
     assert [type(p) for p in parse_all([heartbeat_v1])] == [pk.Heartbeat]
 
 
-def test_a_newer_banked_event_version_is_read_with_the_latest_layout_and_one_warning(caplog):
+def test_a_newer_banked_event_version_is_read_with_the_latest_layout_and_one_warning(
+    caplog, monkeypatch
+):
+    monkeypatch.setattr(codec, "_WARNED_NEWER", set())  # once per process: start afresh
     v1 = pk.BankedEvent(
         timestamp_ns=T_NS,
         pulse_charge_10pc=5,

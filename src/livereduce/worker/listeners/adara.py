@@ -553,11 +553,8 @@ class AdaraListener:
                 self._skip_to_ns = _whole_second_at_or_before(point) + NS_PER_S
                 self._failure_repeats = 0
         if point is not None:
-            self._failure_point = point if framing_lost or repeated else self._failure_point
-        if not repeated:
             self._failure_point = point
-            return 1
-        return attempt + 1
+        return attempt + 1 if repeated else 1
 
     def _wait_to_retry(self, reason: str, attempt: int) -> None:
         delay = backoff_s(attempt, self.reconnect_max_s)
