@@ -336,6 +336,7 @@ def worker_config(tmp_path: Path, port: int) -> dict:
         "engine": "embedded",
         "script_dir": ".",
         "output_dir": "out",
+        "log_file": "out/livereduce.log",
         "update_every": 0.3,
         "run_transition": "Rename",
         "preserve_events": True,
