@@ -25,7 +25,7 @@ import scipp as sc
 from livereduce.adara import packets
 from livereduce.adara.metadata_xml import ProcessVariable, device_xml, runinfo_xml
 from livereduce.adara.packets import codec
-from livereduce.config import StartFrom
+from livereduce.config import StartFrom, config_from_mapping
 from livereduce.protocol import Progress, Resume, WorkerExit
 from livereduce.worker.engine.embedded import EmbeddedEngine
 from livereduce.worker.listeners import adara
@@ -606,3 +606,25 @@ def test_a_hostile_run_completes_in_the_engine_with_the_faults_in_the_status(sms
     assert kept.bins.size().sum().value == run.events
     with h5py.File(result) as h5:
         assert json.loads(h5.attrs["livereduce_input_counts"])["framing_failures"] == 1
+
+
+def test_without_a_geometry_the_instrument_table_gives_the_pixel_range(sms_factory, tmp_path):
+    config = config_from_mapping(
+        {"instrument": "HYSPEC", "listener": "adara", "address": "127.0.0.1:1"},
+        tmp_path / "livereduce.conf",
+        check_scripts=False,
+    )
+    assert config.instrument.pixel_ids == (0, 20479)
+    stream = [
+        status(packets.RunStatusCode.NEW_RUN),
+        pulse(T0 + S, [0, 20479, 20480, 99999]),
+        status(packets.RunStatusCode.END_RUN),
+    ]
+    sms = sms_factory(lambda c, sock, h: sock.sendall(b"".join(stream)))
+    listener = adara.AdaraListener(
+        "127.0.0.1", sms.port, pixel_ids=config.instrument.pixel_ids, reconnect_max_s=0.5
+    )
+    listener.start(StartFrom.START_OF_RUN)
+    events, _, counts = accumulated(collect(listener))
+    assert events == 2
+    assert counts["out_of_range_events"] == 2

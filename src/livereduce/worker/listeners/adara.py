@@ -12,7 +12,8 @@ its packets into per-run buffers (mantid-live-data.md §3.2.4 for what Mantid do
   pulse charge (10 pC units) becomes the ``proton_charge`` log in pC. Left out and counted
   (``Chunk.input_counts``): events of the error and unmapped pseudo-banks (``error_events``,
   ``unmapped_events``), pixel IDs with the error bit 0x80000000 (``error_events``) or outside
-  the instrument's pixels (``out_of_range_events``; the range comes from the stream's geometry),
+  the instrument's pixels (``out_of_range_events``; the range comes from the stream's
+  geometry, else from the instrument table),
   pulses flagged DUPLICATE_PULSE (``duplicate_pulses``: neither their events nor their charge),
   and pulses between a PAUSE and a RESUME annotation (``paused_events``; kept with
   ``keep_paused_events``);
@@ -325,7 +326,8 @@ class AdaraListener:
 
     ``keep_paused_events``: accumulate pulses between PAUSE and RESUME too (Mantid drops them).
     ``resume``: the run a previous worker left unfinished; the first connection asks for data
-    from its start.
+    from its start. ``pixel_ids``: the instrument's pixel IDs (first, last) from the instrument
+    table, used until the stream sends a geometry.
     """
 
     def __init__(
@@ -338,6 +340,7 @@ class AdaraListener:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         keep_paused_events: bool = False,
         resume: Resume | None = None,
+        pixel_ids: tuple[int, int] | None = None,
     ) -> None:
         self.name = f"adara {host}:{port}"
         self.host = host
@@ -372,7 +375,8 @@ class AdaraListener:
         self._seen_a_run = False
         self._instrument = ""
         self._geometry = ""
-        self._pixels = _PixelRange()
+        self._table_pixels = _PixelRange((pixel_ids,) if pixel_ids is not None else ())
+        self._pixels = self._table_pixels
         self._pvs: dict[tuple[int, int], ProcessVariable] = {}
         self._unknown_pvs: set[tuple[int, int]] = set()
         self._mistyped: set[str] = set()
@@ -680,10 +684,11 @@ class AdaraListener:
             log.warning("geometry XML has bytes that are not UTF-8: replaced")
         if xml != self._geometry:
             try:
-                self._pixels = _PixelRange(pixel_id_ranges(xml))
+                ranges = pixel_id_ranges(xml)
             except MetadataXmlError as exc:
-                log.warning("instrument geometry not read, pixel IDs not checked: %s", exc)
-                self._pixels = _PixelRange()
+                log.warning("instrument geometry not read: %s", exc)
+                ranges = ()
+            self._pixels = _PixelRange(ranges) if ranges else self._table_pixels
         self._geometry = xml
         self._update_run(geometry_xml=xml)
 
@@ -1037,4 +1042,5 @@ def from_config(config: Config, resume: Resume | None = None) -> AdaraListener:
         connect_timeout_s=float(options.get("connect_timeout_sec", CONNECT_TIMEOUT_S)),
         keep_paused_events=bool(options.get("keep_paused_events", False)),
         resume=resume,
+        pixel_ids=config.instrument.pixel_ids,
     )
