@@ -23,7 +23,7 @@ from livereduce.adara.errors import (
     TruncatedPacketError,
 )
 from livereduce.adara.packets import codec
-from livereduce.adara.parser import MAX_PAYLOAD_BYTES, StreamParser
+from livereduce.adara.parser import MAX_PAYLOAD_BYTES, MAX_SKIPPED_KINDS, OTHER_TYPES, StreamParser
 from test_adara_packets import SAMPLES, T_NS
 
 STREAM = b"".join(pk.encode(p) for p in SAMPLES)
@@ -355,3 +355,12 @@ def test_hostile_timestamps_decode_to_unix_ns():
     data = HOSTILE["timestamp in 2126"][0]
     (packet,) = StreamParser().feed(data)
     assert packet.timestamp_ns == (631_152_000 + 0xFFFFFFFF) * 10**9 + 999_999_999
+
+
+def test_made_up_types_cannot_grow_the_skip_counter_without_bound():
+    stream = b"".join(_raw(0x100000 + k, b"") for k in range(MAX_SKIPPED_KINDS + 50))
+    parser = StreamParser()
+    assert parse_all([stream], parser) == []
+    assert len(parser.skipped) == MAX_SKIPPED_KINDS + 1
+    assert parser.skipped[OTHER_TYPES] == 50
+    assert parser.skipped_count == MAX_SKIPPED_KINDS + 50

@@ -374,9 +374,7 @@ def test_unknown_packets_and_events_outside_a_run_are_reported(sms_factory, capl
     finally:
         listener.close()
     assert "3 events that arrived outside a run were not kept" in caplog.text
-    assert "packets of unknown types skipped on this connection: 2 of format 0x12345600" in (
-        caplog.text
-    )
+    assert "packets of unknown types skipped on this connection: 2 of 0x12345600" in (caplog.text)
 
 
 def test_refused_connection_is_retried_and_extract_data_says_why(caplog):

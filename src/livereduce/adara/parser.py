@@ -53,6 +53,12 @@ stream at 60 Hz puts 1.67 M events of 8 bytes, about 13.3 MB, in one packet, so 
 2.4x margin for bursts while bounding what one header can make us buffer. (Mantid's ADARA
 parser stops at 8 MiB, which such a stream would exceed.)"""
 
+MAX_SKIPPED_KINDS = 256
+"""Distinct unknown format words counted one by one in :attr:`StreamParser.skipped`; packets of
+further words count under :data:`OTHER_TYPES`, so a stream of made-up types cannot grow it."""
+OTHER_TYPES = -1
+"""The :attr:`StreamParser.skipped` key of unknown packets beyond :data:`MAX_SKIPPED_KINDS`."""
+
 _SMALL_PIECE = 4096
 """Fed pieces shorter than this count as small for the joining below."""
 _MAX_SMALL_RUN = 256
@@ -75,7 +81,8 @@ class StreamParser:
     views on the very bytes that were fed (no copy at all).
 
     Counters: ``packets`` (decoded packets yielded), ``skipped`` (Counter of format word ->
-    packets skipped because no decoder exists), ``malformed`` (Counter of format word ->
+    packets skipped because no decoder exists; at most MAX_SKIPPED_KINDS words, the rest
+    under OTHER_TYPES), ``malformed`` (Counter of format word ->
     malformed packets dropped), ``malformed_bytes`` (their bytes, headers included),
     ``offset`` (stream bytes consumed so far).
     Not thread-safe: one thread feeds and iterates.
@@ -174,7 +181,10 @@ class StreamParser:
             self._header = None
             if not decodable(header.packet_type):
                 self._skip(size)
-                self.skipped[int(header.packet_type)] += 1
+                word = int(header.packet_type)
+                if word not in self.skipped and len(self.skipped) >= MAX_SKIPPED_KINDS:
+                    word = OTHER_TYPES
+                self.skipped[word] += 1
                 continue
             try:
                 check_length(header, offset)

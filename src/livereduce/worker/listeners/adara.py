@@ -79,6 +79,7 @@ from livereduce.adara.metadata_xml import (
     parse_runinfo_xml,
     pixel_id_ranges,
 )
+from livereduce.adara.parser import OTHER_TYPES
 from livereduce.config import Config, ConfigError, StartFrom
 from livereduce.protocol import Resume
 from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
@@ -303,7 +304,13 @@ class _PixelRange:
     without the error bit is taken)."""
 
     def __init__(self, ranges: tuple[tuple[int, int], ...] = ()) -> None:
-        self.ranges = ranges
+        merged: list[tuple[int, int]] = []
+        for first, last in sorted(ranges):  # adjacent and overlapping ranges joined: few checks
+            if merged and first <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+            else:
+                merged.append((first, last))
+        self.ranges = tuple(merged)
 
     def invalid(self, ids: np.ndarray) -> np.ndarray | None:
         """(N,) bool mask of IDs outside the ranges (or with the error bit), None when all are
@@ -532,7 +539,9 @@ class AdaraListener:
             client.close()
             if client.parser.skipped:
                 kinds = ", ".join(
-                    f"{count} of format 0x{word:08x}"
+                    f"{count} of other formats"
+                    if word == OTHER_TYPES
+                    else f"{count} of 0x{word:06x}"
                     for word, count in sorted(client.parser.skipped.items())
                 )
                 log.warning("packets of unknown types skipped on this connection: %s", kinds)
