@@ -628,3 +628,24 @@ def test_without_a_geometry_the_instrument_table_gives_the_pixel_range(sms_facto
     events, _, counts = accumulated(collect(listener))
     assert events == 2
     assert counts["out_of_range_events"] == 2
+
+
+def test_pv_values_received_before_any_pulse_are_not_doubled_by_a_replay(sms_factory):
+    run = Run(values=0)
+    values = [temperature(T0 + k * S // 10, 280.0 + k) for k in (1, 2, 3)]
+
+    def script(connection, sock, hello):
+        sock.sendall(status(packets.RunStatusCode.NEW_RUN) + descriptor() + b"".join(values))
+        if connection == 0:
+            time.sleep(0.2)  # the values are handed on, then the SMS goes away (beam still off)
+            sock.close()
+            return
+        sock.sendall(b"".join(data for _, data in run.items))
+        sock.sendall(status(packets.RunStatusCode.END_RUN))
+
+    sms = sms_factory(script)
+    chunks = collect(listen(sms))
+    _, logs, _ = accumulated(chunks)
+    assert len(sms.hellos) == 2
+    assert logs["SampleTemp"] == [281.0, 282.0, 283.0]
+    assert len(logs["proton_charge"]) == run.pulses

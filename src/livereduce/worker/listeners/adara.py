@@ -62,6 +62,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import numpy as np
@@ -276,15 +277,26 @@ class _Segment:
         entry.values.append(value)
         return True
 
-    def absorb(self, later: _Segment) -> None:
-        """Add what ``later`` (the same run, received after this) holds: its logs and events."""
+    def absorb(self, later: _Segment, newer_than: Mapping[str, int] | None = None) -> None:
+        """Add what ``later`` (the same run, received after this) holds: its logs and events.
+        ``newer_than``: log name -> the latest time the run already has; values of ``later``
+        not newer than it are re-sent ones (an SMS's variable cache, a replay) and left out."""
         for name, entry in later.logs.items():
+            after = newer_than.get(name) if newer_than is not None else None
             for time_ns, value in zip(entry.times_ns, entry.values, strict=True):
-                self.add_log(name, entry.pv_type, entry.units, time_ns, value)
+                if after is None or time_ns > after:
+                    self.add_log(name, entry.pv_type, entry.units, time_ns, value)
         self.events.extend(later.events)
         for name, events in later.monitors.items():
             self.monitors.setdefault(name, _Events()).extend(events)
         self.run = later.run
+
+    def latest_times(self, into: dict[str, int]) -> None:
+        """Raise ``into`` (log name -> latest time) to the latest time of each of these logs."""
+        for name, entry in self.logs.items():
+            if entry.times_ns:
+                latest = max(entry.times_ns)
+                into[name] = max(into.get(name, latest), latest)
 
     def to_chunk(self, input_counts: dict[str, int]) -> Chunk:
         return Chunk(
@@ -389,6 +401,8 @@ class AdaraListener:
         self._mistyped: set[str] = set()
         self._warned_text: set[str] = set()
         self._last_pv: dict[str, _PvValue] = {}
+        self._log_last_ns: dict[str, int] = {}
+        """Log name -> latest value time the open run has (not counting a pending rejoin)."""
         self._run_seed: list[_PvValue] = []
         self._paused = False
         self._counts: Counter[str] = Counter()
@@ -747,6 +761,7 @@ class AdaraListener:
             geometry_xml=self._geometry,
         )
         self._open = _Segment(run, begins_run=True)
+        self._log_last_ns = {}
         self._seen_a_run = True
         self._run_last_pulse_ns = None
         self._run_first_pulse_seen = False
@@ -771,6 +786,7 @@ class AdaraListener:
         for pv in self._run_seed:
             segment.add_log(pv.name, pv.pv_type, pv.units, pv.time_ns, pv.value)
             segment.provisional.add(pv.name)
+        segment.latest_times(self._log_last_ns)
 
     def _decide_replay(self, pulse_ns: int) -> None:
         """After a reconnect into the same run, the first pulse decides: not later than the
@@ -792,8 +808,10 @@ class AdaraListener:
         else:
             log.info("run %d replayed from its start after the reconnect", number)
             fresh = _Segment(replay.run, begins_run=held.begins_run)
+        self._log_last_ns = {}
         self._seed(fresh)
         fresh.absorb(replay)
+        fresh.latest_times(self._log_last_ns)
         self._open = fresh
         self._run_last_pulse_ns = None
 
@@ -806,7 +824,8 @@ class AdaraListener:
         log.info(
             "run %d goes on after the reconnect with later data: nothing reset", held.run.number
         )
-        held.absorb(self._open)
+        held.absorb(self._open, newer_than=dict(self._log_last_ns))
+        self._open.latest_times(self._log_last_ns)
         self._open = held
 
     def _close_open(self) -> None:
@@ -862,7 +881,10 @@ class AdaraListener:
         self._last_pv[pv.name] = pv
         if self._open is None:
             return True
-        return self._open.add_log(pv.name, pv.pv_type, pv.units, pv.time_ns, pv.value)
+        added = self._open.add_log(pv.name, pv.pv_type, pv.units, pv.time_ns, pv.value)
+        if added and self._held is None:
+            self._log_last_ns[pv.name] = max(self._log_last_ns.get(pv.name, pv.time_ns), pv.time_ns)
+        return added
 
     def _variable(self, packet: _VariablePacket) -> None:
         key = (packet.device_id, packet.variable_id)
