@@ -42,8 +42,9 @@ time = the run start, whole seconds); outside a run, for the start of the curren
 the SMS really replays is decided from what arrives, never from what was asked: when the first
 pulse after the run's status is not later than the latest pulse already received, the run is
 replayed and its next chunk has ``data_reset=True`` (events, monitors and logs are replaced
-together: nothing is counted twice); when it is later, the data continue the run and what was
-received is kept.
+together: nothing is counted twice); when it is later (or the run had no pulse yet), the
+data continue the run: what was received is kept, and PV values sent again that are not newer
+than what the run has are left out.
 
 Bad input never loops: a malformed packet is skipped by its declared length (counted as
 ``malformed_packets`` and ``skipped_bytes``, logged once per packet type and run). A declared
