@@ -65,6 +65,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from enum import Enum
 
 import numpy as np
 import scipp as sc
@@ -312,6 +313,20 @@ class _Segment:
         )
 
 
+class _Rejoin(Enum):
+    """Where the listener is in rejoining a run after a reconnect.
+
+    NONE -> AWAIT_STATUS on every reconnect; AWAIT_STATUS -> AWAIT_PULSE when the run status
+    of the open run comes again (the open run is held), -> NONE when another run begins, the
+    SMS reports no run, or data flow without a status; AWAIT_PULSE -> NONE at the first pulse
+    (a replay when it is not later than the latest pulse of the run, else a continuation) or
+    at the run's end (a continuation)."""
+
+    NONE = "in step with the stream"
+    AWAIT_STATUS = "reconnected, waiting for the run status"
+    AWAIT_PULSE = "the open run's status came again: the first pulse decides"
+
+
 class _PixelRange:
     """The detector pixel IDs of the instrument, as inclusive ranges (empty: not known, every ID
     without the error bit is taken)."""
@@ -385,9 +400,9 @@ class AdaraListener:
         # run state, guarded by _lock
         self._finished: deque[_Segment] = deque()
         self._open: _Segment | None = None
-        self._held: _Segment | None = None  # the run as it was before a reconnect, while
-        # the first pulse after it decides between a replay and a continuation
-        self._rejoining = False
+        self._rejoin = _Rejoin.NONE
+        self._held: _Segment | None = None
+        """The run as it was before a reconnect, in state AWAIT_PULSE (None otherwise)."""
         self._delivered_run: int | None = None
         self._run_last_pulse_ns: int | None = None
         self._run_first_pulse_seen = False
@@ -525,7 +540,7 @@ class AdaraListener:
             self._skip_to_ns = None
             self._data_ns = None
             with self._lock:
-                self._rejoining = reconnect
+                self._rejoin = _Rejoin.AWAIT_STATUS if reconnect else _Rejoin.NONE
                 self._heard = False
                 self._state = (
                     f"connected to the SMS at {self.host}:{self.port}, nothing received yet"
@@ -734,21 +749,21 @@ class AdaraListener:
                 self._decide_continuation()
                 log.warning("the SMS reports no run; run %d ended unseen", self._open.run.number)
                 self._close_open()
-            self._rejoining = False
+            self._rejoin = _Rejoin.NONE
             self._state = f"connected to the SMS at {self.host}:{self.port}, waiting for a run"
 
     def _begin(self, packet: packets.RunStatus) -> None:
         number = packet.run_number
         current = self._open
         if current is not None and current.run.number == number:
-            if self._rejoining and self._held is None:
+            if self._rejoin is _Rejoin.AWAIT_STATUS:
                 # the same run after a reconnect: hold what we have until the first pulse
                 # says whether the SMS replays the run or continues it
-                self._rejoining = False
+                self._rejoin = _Rejoin.AWAIT_PULSE
                 self._held = current
                 self._open = _Segment(current.run, begins_run=False)
             return  # else a repeated status of the run we are in
-        self._rejoining = False
+        self._rejoin = _Rejoin.NONE  # another run: nothing to rejoin
         if current is not None:
             self._decide_continuation()
             log.warning(
@@ -801,6 +816,7 @@ class AdaraListener:
             self._decide_continuation()
             return
         self._held = None
+        self._rejoin = _Rejoin.NONE
         number = held.run.number
         replay = self._open
         if self._delivered_run == number:
@@ -822,6 +838,7 @@ class AdaraListener:
         if held is None or self._open is None:
             return
         self._held = None
+        self._rejoin = _Rejoin.NONE
         log.info(
             "run %d goes on after the reconnect with later data: nothing reset", held.run.number
         )
@@ -883,7 +900,7 @@ class AdaraListener:
         if self._open is None:
             return True
         added = self._open.add_log(pv.name, pv.pv_type, pv.units, pv.time_ns, pv.value)
-        if added and self._held is None:
+        if added and self._rejoin is not _Rejoin.AWAIT_PULSE:
             self._log_last_ns[pv.name] = max(self._log_last_ns.get(pv.name, pv.time_ns), pv.time_ns)
         return added
 
@@ -946,10 +963,11 @@ class AdaraListener:
         """The segment a pulse at ``pulse_ns`` goes to (deciding a pending replay first), None
         outside a run. Marks a run first met as STATE and first pulsed long after its start as
         partial."""
-        self._rejoining = False  # data flow: a later run status is a repeat, not a rejoin
+        if self._rejoin is _Rejoin.AWAIT_STATUS:
+            self._rejoin = _Rejoin.NONE  # data flow: a later run status is a repeat
         if self._open is None:
             return None
-        if self._held is not None:
+        if self._rejoin is _Rejoin.AWAIT_PULSE:
             self._decide_replay(pulse_ns)
         self._open.provisional.clear()
         self._first_data(pulse_ns)
