@@ -414,3 +414,37 @@ def test_a_restart_near_a_run_end_loses_no_run(tmp_path, shared_data, daemons, h
     )
     assert_runs_equal_their_files(daemon.out, paths)
     daemon.terminate()
+
+
+def test_paused_events_are_left_out_end_to_end(tmp_path, shared_data, daemons):
+    from test_listener_adara import SMALL, _with_pause_and_scan  # noqa: PLC0415
+
+    path = tmp_path / SMALL
+    pause_ns, resume_ns = _with_pause_and_scan(shared_data / SMALL, path)
+    offline = offline_events(path)
+    pulses = offline.coords["event_time_zero"].values.astype(np.int64)
+    keys = np.maximum.accumulate(pulses)
+    sizes = offline.bins.size().values
+    paused = int(sizes[(keys >= pause_ns) & (keys < resume_ns)].sum())
+    total = int(sizes.sum())
+    assert 0 < paused < total
+    server = serve(daemons, [path])
+    seen = tmp_path / "logs.json"
+    post = (
+        "import json, pathlib\n"
+        "logs = [run.logs[name].values.tolist() for name in ('pause', 'scan_index')]\n"
+        f"pathlib.Path({str(seen)!r}).write_text(json.dumps(logs))\n"
+        "output = input\n"
+    )
+    daemon = daemons(
+        tmp_path / "daemon",
+        {"address": f"127.0.0.1:{server.port}", "preserve_events": True},
+        "output = input\n",
+        post,
+    )
+    status = daemon.wait_for(finished(total - paused))
+    assert status["input_counts"]["paused_events"] == paused
+    result = sc.io.load_hdf5(daemon.out / "result.h5")
+    assert result.bins.size().sum().value == total - paused
+    assert json.loads(seen.read_text()) == [[0, 1, 0], [0, 5, 0]]
+    daemon.terminate()
