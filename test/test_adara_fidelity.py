@@ -649,3 +649,55 @@ def test_pv_values_received_before_any_pulse_are_not_doubled_by_a_replay(sms_fac
     assert len(sms.hellos) == 2
     assert logs["SampleTemp"] == [281.0, 282.0, 283.0]
     assert len(logs["proton_charge"]) == run.pulses
+
+
+def test_a_reconnect_answered_from_inside_the_run_keeps_what_came_and_drops_the_repeats(
+    sms_factory, caplog
+):
+    caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
+    run = Run()  # pulses at 1..6 s, values at 1.5, 2.5, 3.5 s
+    first = [data for t, data in run.items if t <= T0 + 4 * S]
+    again = [data for t, data in run.items if t >= T0 + 2 * S]  # overlaps 2..4 s
+
+    def script(connection, sock, hello):
+        if connection == 0:
+            sock.sendall(b"".join([status(packets.RunStatusCode.NEW_RUN), descriptor(), *first]))
+            time.sleep(0.2)
+            sock.close()
+            return
+        sock.sendall(b"".join([status(packets.RunStatusCode.STATE), descriptor(), *again]))
+        sock.sendall(status(packets.RunStatusCode.END_RUN))
+
+    chunks = collect(listen(sms_factory(script)))
+    assert not any(c.data_reset for c in chunks)
+    assert_run_complete(run, chunks)
+    assert any("sends again from 1.000 s into the run" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_bytes_at_two_points_are_each_skipped_past_and_never_met_again(sms_factory):
+    run = Run(values=0)
+    bad_after = {T0 + 3 * S, T0 + 4 * S}
+
+    def script(connection, sock, hello):
+        whole, _ = run.from_time(hello.start_time_ns)
+        code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
+        sock.sendall(status(code) + descriptor())
+        for t, data in run.items:
+            if t >= hello.start_time_ns:
+                sock.sendall(data)
+                if t in bad_after:
+                    sock.sendall(oversize_header())
+                    return
+        sock.sendall(status(packets.RunStatusCode.END_RUN))
+
+    sms = sms_factory(script)
+    chunks = collect(listen(sms, reconnect_max_s=0.5))
+    counts = assert_run_complete(run, chunks)
+    assert counts["framing_failures"] == 2
+    assert [h.start_time_ns for h in sms.hellos] == [
+        packets.START_OF_RUN,
+        T0,  # the run again from its start: the same failure at 3 s
+        T0 + 4 * S,  # past it; fails after 4 s
+        T0 + 4 * S,  # not back before the first bad point: the same failure at 4 s
+        T0 + 5 * S,  # past the second one
+    ]

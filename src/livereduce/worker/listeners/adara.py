@@ -313,6 +313,27 @@ class _Segment:
         )
 
 
+@dataclasses.dataclass(slots=True, kw_only=True)
+class _RunTracking:
+    """Where the open run stands in the stream (a new one for every run)."""
+
+    joined_by_state: bool = False
+    """The run was first met as run status STATE (joined, not begun)."""
+    seed: list[_PvValue] = dataclasses.field(default_factory=list)
+    """The PV values carried into the run from before it began."""
+    first_data_seen: bool = False
+    first_pulse_ns: int | None = None
+    last_pulse_ns: int | None = None
+    log_last_ns: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Log name -> the latest value time the run has (not counting a pending rejoin)."""
+    resent_until_ns: int | None = None
+    """After a reconnect answered from inside the run: pulses up to this time come again."""
+    skip_ns: int | None = None
+    """The latest hello start time that skipped past bad bytes in this run."""
+    paused: bool = False
+    """Between a PAUSE and a RESUME annotation."""
+
+
 class _Rejoin(Enum):
     """Where the listener is in rejoining a run after a reconnect.
 
@@ -404,9 +425,7 @@ class AdaraListener:
         self._held: _Segment | None = None
         """The run as it was before a reconnect, in state AWAIT_PULSE (None otherwise)."""
         self._delivered_run: int | None = None
-        self._run_last_pulse_ns: int | None = None
-        self._run_first_pulse_seen = False
-        self._joined_by_state = False
+        self._tracking = _RunTracking()
         self._seen_a_run = False
         self._instrument = ""
         self._geometry = ""
@@ -417,10 +436,6 @@ class AdaraListener:
         self._mistyped: set[str] = set()
         self._warned_text: set[str] = set()
         self._last_pv: dict[str, _PvValue] = {}
-        self._log_last_ns: dict[str, int] = {}
-        """Log name -> latest value time the open run has (not counting a pending rejoin)."""
-        self._run_seed: list[_PvValue] = []
-        self._paused = False
         self._counts: Counter[str] = Counter()
         self._logged_faults: set[tuple[str, int, int | None]] = set()
         self._dropped_outside_run = 0
@@ -429,6 +444,7 @@ class AdaraListener:
         self._failure_point: int | None = None
         self._failure_repeats = 0
         self._skip_to_ns: int | None = None
+        self._last_skip_ns: int | None = None
 
     @property
     def connected(self) -> bool:
@@ -507,8 +523,10 @@ class AdaraListener:
         with self._lock:
             run = self._open.run if self._open is not None else None
             seen_a_run = self._seen_a_run
+            skipped_to = self._tracking.skip_ns
         if run is not None and run.start_ns is not None:
-            return _whole_second_at_or_before(run.start_ns)
+            # never back before bad bytes already skipped past in this run
+            return max(_whole_second_at_or_before(run.start_ns), skipped_to or 0)
         if self.resume is not None and not seen_a_run:
             return _whole_second_at_or_before(self.resume.start_ns)
         if self.connections == 0 and self._start_from is StartFrom.NOW:
@@ -556,6 +574,8 @@ class AdaraListener:
                 skipped_s = (start_ns - skipping_from) / NS_PER_S
                 with self._lock:
                     self._counts["framing_failures"] += 1
+                    if self._open is not None:
+                        self._tracking.skip_ns = start_ns
                 log.error(
                     "stream_skipped: the SMS stream broke framing %d times at the same point "
                     "(packet time %d ns); asked for data from %.0f s on: up to %.3f s of the "
@@ -593,7 +613,10 @@ class AdaraListener:
             same = point is not None and point == self._failure_point
             self._failure_repeats = self._failure_repeats + 1 if same else 1
             if self._failure_repeats >= REPEATED_FAILURES and point is not None:
-                self._skip_to_ns = _whole_second_at_or_before(point) + NS_PER_S
+                skip = _whole_second_at_or_before(point) + NS_PER_S
+                if self._last_skip_ns is not None and skip <= self._last_skip_ns:
+                    skip = self._last_skip_ns + NS_PER_S  # the same bytes again: further on
+                self._skip_to_ns = self._last_skip_ns = skip
                 self._failure_repeats = 0
         if point is not None:
             self._failure_point = point
@@ -777,20 +800,18 @@ class AdaraListener:
             geometry_xml=self._geometry,
         )
         self._open = _Segment(run, begins_run=True)
-        self._log_last_ns = {}
         self._seen_a_run = True
-        self._run_last_pulse_ns = None
-        self._run_first_pulse_seen = False
-        self._joined_by_state = packet.status is packets.RunStatusCode.STATE
-        self._paused = False
-        self._run_seed = [
-            *self._last_pv.values(),
-            _PvValue("pause", "integer", "", packet.run_start_ns, 0),
-            _PvValue("scan_index", "integer", "", packet.run_start_ns, 0),
-        ]
+        self._tracking = _RunTracking(
+            joined_by_state=packet.status is packets.RunStatusCode.STATE,
+            seed=[
+                *self._last_pv.values(),
+                _PvValue("pause", "integer", "", packet.run_start_ns, 0),
+                _PvValue("scan_index", "integer", "", packet.run_start_ns, 0),
+            ],
+        )
         self._seed(self._open)
         self._state = f"in run {number}"
-        log.info("%s run %d", "joined" if self._joined_by_state else "new", number)
+        log.info("%s run %d", "joined" if self._tracking.joined_by_state else "new", number)
         if self._dropped_outside_run:
             log.info(
                 "%d events that arrived outside a run were not kept", self._dropped_outside_run
@@ -799,20 +820,32 @@ class AdaraListener:
 
     def _seed(self, segment: _Segment) -> None:
         """The PV values carried into the run (the last value of every PV before it began)."""
-        for pv in self._run_seed:
+        for pv in self._tracking.seed:
             segment.add_log(pv.name, pv.pv_type, pv.units, pv.time_ns, pv.value)
             segment.provisional.add(pv.name)
-        segment.latest_times(self._log_last_ns)
+        segment.latest_times(self._tracking.log_last_ns)
 
     def _decide_replay(self, pulse_ns: int) -> None:
-        """After a reconnect into the same run, the first pulse decides: not later than the
-        latest pulse already received means the SMS replays the run (data reset), later means
-        the data continue it."""
+        """After a reconnect into the same run, the first pulse decides: the run's first pulse
+        (or earlier) means the SMS replays the run (data reset); later than the latest pulse
+        received means the data continue it; in between, the SMS re-sends part of the run: what
+        was received is kept and the pulses and values that come again are left out."""
         held = self._held
         if held is None or self._open is None:
             return
-        latest = self._run_last_pulse_ns
+        latest, first = self._tracking.last_pulse_ns, self._tracking.first_pulse_ns
         if latest is None or pulse_ns > latest:
+            self._decide_continuation()
+            return
+        if first is not None and pulse_ns > first:
+            log.info(
+                "run %d: the SMS sends again from %.3f s into the run; the %.3f s already "
+                "received are kept, not reset",
+                held.run.number,
+                (pulse_ns - first) / NS_PER_S,
+                (latest - pulse_ns) / NS_PER_S,
+            )
+            self._tracking.resent_until_ns = latest
             self._decide_continuation()
             return
         self._held = None
@@ -825,12 +858,13 @@ class AdaraListener:
         else:
             log.info("run %d replayed from its start after the reconnect", number)
             fresh = _Segment(replay.run, begins_run=held.begins_run)
-        self._log_last_ns = {}
+        self._tracking.log_last_ns = {}
         self._seed(fresh)
         fresh.absorb(replay)
-        fresh.latest_times(self._log_last_ns)
+        fresh.latest_times(self._tracking.log_last_ns)
         self._open = fresh
-        self._run_last_pulse_ns = None
+        self._tracking.last_pulse_ns = None
+        self._tracking.first_pulse_ns = None
 
     def _decide_continuation(self) -> None:
         """What arrived since the reconnect continues the held run: join the two."""
@@ -842,8 +876,8 @@ class AdaraListener:
         log.info(
             "run %d goes on after the reconnect with later data: nothing reset", held.run.number
         )
-        held.absorb(self._open, newer_than=dict(self._log_last_ns))
-        self._open.latest_times(self._log_last_ns)
+        held.absorb(self._open, newer_than=dict(self._tracking.log_last_ns))
+        self._open.latest_times(self._tracking.log_last_ns)
         self._open = held
 
     def _close_open(self) -> None:
@@ -883,8 +917,8 @@ class AdaraListener:
     def _annotation(self, packet: packets.StreamAnnotation) -> None:
         marker = packet.marker_type
         if marker in (packets.MarkerType.PAUSE, packets.MarkerType.RESUME):
-            self._paused = marker is packets.MarkerType.PAUSE
-            name, value = "pause", int(self._paused)
+            self._tracking.paused = marker is packets.MarkerType.PAUSE
+            name, value = "pause", int(self._tracking.paused)
         elif marker is packets.MarkerType.SCAN_START:
             name, value = "scan_index", packet.scan_index
         elif marker is packets.MarkerType.SCAN_STOP:
@@ -899,9 +933,16 @@ class AdaraListener:
         self._last_pv[pv.name] = pv
         if self._open is None:
             return True
+        if (
+            self._tracking.resent_until_ns is not None
+            and pv.time_ns <= self._tracking.log_last_ns.get(pv.name, pv.time_ns - 1)
+        ):
+            return True  # sent again after a reconnect: the run has it already
         added = self._open.add_log(pv.name, pv.pv_type, pv.units, pv.time_ns, pv.value)
         if added and self._rejoin is not _Rejoin.AWAIT_PULSE:
-            self._log_last_ns[pv.name] = max(self._log_last_ns.get(pv.name, pv.time_ns), pv.time_ns)
+            self._tracking.log_last_ns[pv.name] = max(
+                self._tracking.log_last_ns.get(pv.name, pv.time_ns), pv.time_ns
+            )
         return added
 
     def _variable(self, packet: _VariablePacket) -> None:
@@ -961,30 +1002,36 @@ class AdaraListener:
 
     def _pulse(self, pulse_ns: int) -> _Segment | None:
         """The segment a pulse at ``pulse_ns`` goes to (deciding a pending replay first), None
-        outside a run. Marks a run first met as STATE and first pulsed long after its start as
-        partial."""
+        outside a run and for a pulse sent again after a reconnect. Marks a run first met as
+        STATE and first pulsed long after its start as partial."""
         if self._rejoin is _Rejoin.AWAIT_STATUS:
             self._rejoin = _Rejoin.NONE  # data flow: a later run status is a repeat
         if self._open is None:
             return None
         if self._rejoin is _Rejoin.AWAIT_PULSE:
             self._decide_replay(pulse_ns)
+        if self._tracking.resent_until_ns is not None:
+            if pulse_ns <= self._tracking.resent_until_ns:
+                return None  # a pulse sent again after a reconnect: the run has it already
+            self._tracking.resent_until_ns = None
         self._open.provisional.clear()
         self._first_data(pulse_ns)
-        if self._run_last_pulse_ns is None or pulse_ns > self._run_last_pulse_ns:
-            self._run_last_pulse_ns = pulse_ns
+        if self._tracking.first_pulse_ns is None:
+            self._tracking.first_pulse_ns = pulse_ns
+        if self._tracking.last_pulse_ns is None or pulse_ns > self._tracking.last_pulse_ns:
+            self._tracking.last_pulse_ns = pulse_ns
         return self._open
 
     def _first_data(self, time_ns: int) -> None:
         """At the run's first pulse (or its END_RUN when no pulse came): a run first met as
         STATE whose data begin more than PARTIAL_JOIN_S after its start was joined late."""
-        if self._run_first_pulse_seen or self._open is None:
+        if self._tracking.first_data_seen or self._open is None:
             return
-        self._run_first_pulse_seen = True
+        self._tracking.first_data_seen = True
         run = self._open.run
         start_ns = run.start_ns
         late_s = (time_ns - start_ns) / NS_PER_S if start_ns is not None else 0.0
-        if self._joined_by_state and late_s > PARTIAL_JOIN_S and not run.partial:
+        if self._tracking.joined_by_state and late_s > PARTIAL_JOIN_S and not run.partial:
             log.warning(
                 "run %d joined %.1f s after its start: its result is partial", run.number, late_s
             )
@@ -993,7 +1040,8 @@ class AdaraListener:
     def _banked_event(self, packet: packets.BankedEvent) -> None:
         segment = self._pulse(packet.timestamp_ns)
         if segment is None:
-            self._dropped_outside_run += packet.event_count
+            if self._open is None:
+                self._dropped_outside_run += packet.event_count
             return
         counts = self._counts
         if packet.flags & packets.BankedEventFlag.DUPLICATE_PULSE:
@@ -1021,7 +1069,7 @@ class AdaraListener:
                     pixel_id, tof = pixel_id[~invalid], tof[~invalid]
                 ids.append(pixel_id)
                 tofs.append(tof + np.uint32(offset) if offset else tof)
-        if self._paused and not self.keep_paused_events:
+        if self._tracking.paused and not self.keep_paused_events:
             counts["paused_events"] += sum(len(a) for a in ids)
             counts["paused_pulses"] += 1
             return
@@ -1039,7 +1087,7 @@ class AdaraListener:
         if segment is None:
             return
         if packet.flags & packets.BankedEventFlag.DUPLICATE_PULSE or (
-            self._paused and not self.keep_paused_events
+            self._tracking.paused and not self.keep_paused_events
         ):
             return
         for monitor in packet.monitors:
