@@ -40,17 +40,20 @@ each attempt logged; the backoff starts over only once a connection got past the
 the previous one failed). A reconnect in a run asks for data from that run's start (hello start
 time = the run start, whole seconds); outside a run, for the start of the current run. Whether
 the SMS really replays is decided from what arrives, never from what was asked: when the first
-pulse after the run's status is not later than the latest pulse already received, the run is
-replayed and its next chunk has ``data_reset=True`` (events, monitors and logs are replaced
-together: nothing is counted twice); when it is later (or the run had no pulse yet), the
-data continue the run: what was received is kept, and PV values sent again that are not newer
-than what the run has are left out.
+pulse after the run's status is the run's first pulse (or earlier), the run is replayed and its
+next chunk has ``data_reset=True`` (events, monitors and logs are replaced together: nothing is
+counted twice); when it is later than the latest pulse received (or the run had no pulse yet),
+the data continue the run: what was received is kept, and PV values sent again that are not
+newer than what the run has are left out; in between, the SMS answered from inside the run:
+what was received is kept and the pulses and values that come again are left out.
 
 Bad input never loops: a malformed packet is skipped by its declared length (counted as
 ``malformed_packets`` and ``skipped_bytes``, logged once per packet type and run). A declared
 length beyond any sane bound forces a reconnect; when two connections in a row fail at the
 same point of the stream, the next one asks for data from the first whole second after that
-point (the skip is counted as ``framing_failures`` and logged with the seconds skipped).
+point (the skip is counted as ``framing_failures`` and logged with the seconds skipped); later
+reconnects in the run never ask for data before it, and the same bytes met again move the skip
+one second further.
 
 A worker that takes over from one that did not finish a run gets a :class:`Resume`: the first
 connection asks for data from that run's start, so the run is completed before the current one.
