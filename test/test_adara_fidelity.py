@@ -701,3 +701,21 @@ def test_bad_bytes_at_two_points_are_each_skipped_past_and_never_met_again(sms_f
         T0 + 4 * S,  # not back before the first bad point: the same failure at 4 s
         T0 + 5 * S,  # past the second one
     ]
+
+
+def test_a_late_joined_run_replayed_from_its_start_is_complete(sms_factory):
+    run = Run(values=0)
+
+    def script(connection, sock, hello):
+        if connection == 0:  # joined late: the first pulse is 4 s after the start
+            sock.sendall(status(packets.RunStatusCode.STATE) + descriptor())
+            sock.sendall(b"".join(data for t, data in run.items if t >= T0 + 4 * S))
+            time.sleep(0.2)
+            sock.close()
+            return
+        serve_run(run, sock, hello)  # asked for the run's start: all of it, NEW_RUN
+
+    chunks = collect(listen(sms_factory(script)))
+    assert_run_complete(run, chunks)
+    assert any(c.run.partial for c in chunks)  # as first joined
+    assert not chunks[-1].run.partial

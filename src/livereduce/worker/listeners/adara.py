@@ -425,6 +425,7 @@ class AdaraListener:
         self._finished: deque[_Segment] = deque()
         self._open: _Segment | None = None
         self._rejoin = _Rejoin.NONE
+        self._rejoined_by_state = False
         self._held: _Segment | None = None
         """The run as it was before a reconnect, in state AWAIT_PULSE (None otherwise)."""
         self._delivered_run: int | None = None
@@ -786,6 +787,7 @@ class AdaraListener:
                 # the same run after a reconnect: hold what we have until the first pulse
                 # says whether the SMS replays the run or continues it
                 self._rejoin = _Rejoin.AWAIT_PULSE
+                self._rejoined_by_state = packet.status is packets.RunStatusCode.STATE
                 self._held = current
                 self._open = _Segment(current.run, begins_run=False)
             return  # else a repeated status of the run we are in
@@ -861,13 +863,17 @@ class AdaraListener:
         else:
             log.info("run %d replayed from its start after the reconnect", number)
             fresh = _Segment(replay.run, begins_run=held.begins_run)
-        self._tracking.log_last_ns = {}
+        tracking = self._tracking
+        tracking.log_last_ns = {}
         self._seed(fresh)
         fresh.absorb(replay)
-        fresh.latest_times(self._tracking.log_last_ns)
+        fresh.latest_times(tracking.log_last_ns)
+        # the replay may bring the start a late join missed: judge the run afresh
+        fresh.run = dataclasses.replace(fresh.run, partial=False)
         self._open = fresh
-        self._tracking.last_pulse_ns = None
-        self._tracking.first_pulse_ns = None
+        tracking.last_pulse_ns = tracking.first_pulse_ns = None
+        tracking.first_data_seen = False
+        tracking.joined_by_state = self._rejoined_by_state
 
     def _decide_continuation(self) -> None:
         """What arrived since the reconnect continues the held run: join the two."""
