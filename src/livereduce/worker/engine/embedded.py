@@ -154,7 +154,10 @@ class EmbeddedEngine:
         if resume is not None:
             self._unfinished[resume.run_number] = resume.start_ns
         self.progress = Progress(
-            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+            state=WorkerState.STARTING,
+            engine="embedded",
+            instrument=config.instrument.name,
+            results_written=0,
         )
         self._report_unfinished()
 
@@ -220,7 +223,13 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(self._output, self._output_version, force=True)
+            self._count_write(self.writer.write(self._output, self._output_version, force=True))
+
+    def _count_write(self, wrote: bool) -> None:
+        """Count a result file written (``results_written``: the supervisor's ``failing``)."""
+        if wrote:
+            written = (self.progress.results_written or 0) + 1
+            self.progress = self.progress.with_(results_written=written)
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -386,6 +395,7 @@ class EmbeddedEngine:
                 force=chunk.ends_run,
                 metadata=self._file_metadata(),
             )
+            self._count_write(wrote)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
         written = self._clock()
@@ -477,8 +487,10 @@ class EmbeddedEngine:
         )
         self._run_open = False
         self._replace_next = True
-        self.writer.write(
-            self._output, self._output_version, force=True, metadata=self._file_metadata()
+        self._count_write(
+            self.writer.write(
+                self._output, self._output_version, force=True, metadata=self._file_metadata()
+            )
         )
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number, partial=run.partial)
