@@ -306,10 +306,6 @@ BEFORE_END_S = 1.5
 run ended at the SMS, so only a resume completes it."""
 RESUME_SPEED = 120.0
 """178921 (232 s) replays in about 1.9 s."""
-SUPERVISOR_SENDS_RESUME = (
-    '"resume"' in (REPO / "src" / "livereduce" / "supervisor" / "worker_process.py").read_text()
-)
-"""The supervisor half of the contract (developer ``sup``): the resume in the worker's stdin."""
 
 
 def wait_until_near_the_end(server: ReplayServer, run_index: int, before_s: float) -> None:
@@ -383,10 +379,6 @@ def test_a_worker_ended_near_a_run_end_hands_the_run_to_its_successor(
     assert_runs_equal_their_files(tmp_path / "out", paths)
 
 
-@pytest.mark.skipif(
-    not SUPERVISOR_SENDS_RESUME,
-    reason="needs the supervisor to hand the resume to the next worker (developer sup's change)",
-)
 @pytest.mark.parametrize("how", ["script saved", "worker killed"])
 def test_a_restart_near_a_run_end_loses_no_run(tmp_path, shared_data, daemons, how):
     paths = [shared_data / f"HYS_{run}.nxs.h5" for run in RUNS[:2]]
