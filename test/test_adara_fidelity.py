@@ -719,3 +719,29 @@ def test_a_late_joined_run_replayed_from_its_start_is_complete(sms_factory):
     assert_run_complete(run, chunks)
     assert any(c.run.partial for c in chunks)  # as first joined
     assert not chunks[-1].run.partial
+
+
+def test_a_reconnect_that_ends_before_its_first_pulse_loses_nothing(sms_factory):
+    run = Run(values=0)
+    first = [data for t, data in run.items if t <= T0 + 3 * S]
+    later = [data for t, data in run.items if t > T0 + 3 * S]
+    answered = threading.Event()
+
+    def script(connection, sock, hello):
+        if connection == 0:
+            sock.sendall(b"".join([status(packets.RunStatusCode.NEW_RUN), descriptor(), *first]))
+            sock.close()
+        elif connection == 1:  # the run's status and metadata again, then gone before a pulse
+            sock.sendall(status(packets.RunStatusCode.STATE) + descriptor())
+            sock.close()
+        else:  # live data only
+            sock.sendall(b"".join([status(packets.RunStatusCode.STATE), descriptor(), *later]))
+            sock.sendall(status(packets.RunStatusCode.END_RUN))
+            answered.set()
+
+    sms = sms_factory(script)
+    listener = listen(sms)
+    assert answered.wait(10)  # nothing is extracted before (an engine's long update_every)
+    chunks = collect(listener)
+    assert len(sms.hellos) == 3
+    assert_run_complete(run, chunks)

@@ -343,8 +343,8 @@ class _Rejoin(Enum):
     NONE -> AWAIT_STATUS on every reconnect; AWAIT_STATUS -> AWAIT_PULSE when the run status
     of the open run comes again (the open run is held), -> NONE when another run begins, the
     SMS reports no run, or data flow without a status; AWAIT_PULSE -> NONE at the first pulse
-    (a replay when it is not later than the latest pulse of the run, else a continuation) or
-    at the run's end (a continuation)."""
+    (a replay, a continuation or a re-sent part, see ``_decide_replay``), at the run's end or at
+    the next reconnect (a continuation)."""
 
     NONE = "in step with the stream"
     AWAIT_STATUS = "reconnected, waiting for the run status"
@@ -562,6 +562,9 @@ class AdaraListener:
             self._skip_to_ns = None
             self._data_ns = None
             with self._lock:
+                # a rejoin the previous connection left undecided (no pulse came): what it
+                # brought joins the held run, and this connection decides afresh
+                self._decide_continuation()
                 self._rejoin = _Rejoin.AWAIT_STATUS if reconnect else _Rejoin.NONE
                 self._heard = False
                 self._state = (
