@@ -212,9 +212,13 @@ def assert_run_complete(run: Run, chunks: list[Chunk]) -> collections.Counter:
 # ----------------------------------------------------------------------- reconnects
 
 
+@pytest.mark.parametrize("extract", ["often", "after-the-run"])
 @pytest.mark.parametrize("close_inside_a_packet", [False, True], ids=["clean", "inside-a-packet"])
-def test_charge_and_pv_counts_equal_the_run_after_a_close(sms_factory, close_inside_a_packet):
+def test_charge_and_pv_counts_equal_the_run_after_a_close(
+    sms_factory, close_inside_a_packet, extract
+):
     run = Run()
+    served = threading.Event()
 
     def script(connection, sock, hello):
         if connection == 0:
@@ -225,9 +229,12 @@ def test_charge_and_pv_counts_equal_the_run_after_a_close(sms_factory, close_ins
             sock.close()
             return
         serve_run(run, sock, hello)
+        served.set()
 
     sms = sms_factory(script)
     listener = listen(sms)
+    if extract == "after-the-run":  # as an engine with a long update_every
+        assert served.wait(10)
     chunks = collect(listener)
     assert_run_complete(run, chunks)
     assert len(sms.hellos) == 2
