@@ -69,6 +69,7 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
+from typing import Any
 
 import numpy as np
 import scipp as sc
@@ -86,9 +87,18 @@ from livereduce.adara.metadata_xml import (
     pixel_id_ranges,
 )
 from livereduce.adara.parser import OTHER_TYPES
+from livereduce.address import parse_host_port
 from livereduce.config import Config, ConfigError, StartFrom
+from livereduce.delays import doubling_delay_s
 from livereduce.protocol import Resume
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerError,
+    NotYet,
+    RunInfo,
+    make_events,
+    unit_or_none,
+)
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -125,7 +135,7 @@ event data; Mantid drops such events)."""
 
 def backoff_s(attempt: int, maximum_s: float) -> float:
     """Wait before connection attempt ``attempt`` + 1 (attempt >= 1): 0.5 s doubling, capped."""
-    return min(maximum_s, FIRST_BACKOFF_S * 2.0 ** max(attempt - 1, 0))
+    return doubling_delay_s(attempt, FIRST_BACKOFF_S, maximum_s)
 
 
 class _Events:
@@ -172,7 +182,7 @@ class _Log:
         times = sc.array(
             dims=["time"], values=np.asarray(self.times_ns, dtype="datetime64[ns]"), unit="ns"
         )
-        unit = _unit(self.units)
+        unit = unit_or_none(self.units)
         if self.pv_type == "string":
             data = sc.array(dims=["time"], values=[str(v) for v in self.values])
         elif self.pv_type == "double":
@@ -195,7 +205,7 @@ class _Log:
         return latest == value
 
 
-def _coerce(pv_type: str, value: object, like: object | None = None) -> object:
+def _coerce(pv_type: str, value: Any, like: object | None = None) -> object:
     """``value`` as the log's type: str, float, an int that fits int64, or for array logs an
     array of the length of ``like`` (the log's first value). Raises ValueError, TypeError or
     OverflowError when it cannot be one."""
@@ -212,21 +222,13 @@ def _coerce(pv_type: str, value: object, like: object | None = None) -> object:
     if pv_type == "double":
         if isinstance(value, str):
             raise TypeError(f"a string value {value!r} for a double PV")
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     if isinstance(value, str) or (isinstance(value, float) and not value.is_integer()):
         raise TypeError(f"value {value!r} for an integer PV")
-    number = int(value)  # type: ignore[call-overload]
+    number = int(value)
     if not -(2**63) <= number < 2**63:
         raise OverflowError(f"value {value!r} does not fit an integer PV")
     return number
-
-
-def _unit(text: str) -> sc.Unit | None:
-    """The PV's unit, or none when scipp does not know the spelling (e.g. 'pixel')."""
-    try:
-        return sc.Unit(text) if text else None
-    except (sc.UnitError, RuntimeError, ValueError):
-        return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -453,18 +455,24 @@ class AdaraListener:
     @property
     def connected(self) -> bool:
         """Whether a connection to the SMS is open now."""
-        return self._client is not None
+        with self._lock:
+            return self._client is not None
 
     @property
     def waiting_for_run(self) -> bool:
         """Connected, the SMS has sent packets on this connection, and no run is open."""
-        return self.connected and self._heard and self._open is None
+        with self._lock:
+            return self._waiting_for_run()
+
+    def _waiting_for_run(self) -> bool:
+        return self._client is not None and self._heard and self._open is None
 
     @property
     def state(self) -> str:
         """What the listener is doing, in words: connecting, waiting for a run, in run N, or
         why the connection ended and when the next attempt comes."""
-        return self._state
+        with self._lock:
+            return self._state
 
     # ------------------------------------------------------------------ Listener contract
 
@@ -495,16 +503,18 @@ class AdaraListener:
             elif self._failure is not None:
                 raise ListenerError(self._failure)
             else:
-                raise NotYet(self._state)
+                raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
             self._delivered_run = segment.run.number
             counts = dict(self._counts)
             self._counts.clear()
-        return segment.to_chunk(counts)
+            connected, activity = self._client is not None, self._state
+        return dataclasses.replace(segment.to_chunk(counts), connected=connected, activity=activity)
 
     def close(self) -> None:
         """Stop the thread and close the connection; returns within about two seconds."""
         self._stop.set()
-        client = self._client
+        with self._lock:
+            client = self._client
         if client is not None:
             client.close()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -555,8 +565,6 @@ class AdaraListener:
                 reason = f"cannot connect to the SMS at {self.host}:{self.port}: {exc}"
                 self._wait_to_retry(reason, attempt)
                 continue
-            self._client = client
-            self.connections += 1
             self.hello_start_ns.append(start_ns)
             skipping_from = self._failure_point if self._skip_to_ns is not None else None
             self._skip_to_ns = None
@@ -566,6 +574,8 @@ class AdaraListener:
                 # brought joins the held run, and this connection decides afresh
                 self._decide_continuation()
                 self._rejoin = _Rejoin.AWAIT_STATUS if reconnect else _Rejoin.NONE
+                self._client = client
+                self.connections += 1
                 self._heard = False
                 self._state = (
                     f"connected to the SMS at {self.host}:{self.port}, nothing received yet"
@@ -602,7 +612,11 @@ class AdaraListener:
                     for word, count in sorted(client.parser.skipped.items())
                 )
                 log.warning("packets of unknown types skipped on this connection: %s", kinds)
-            self._client = None
+            with self._lock:
+                self._client = None
+                self._state = (
+                    f"the connection to the SMS at {self.host}:{self.port} ended: {reason}"
+                )
             if self._stop.is_set():
                 break
             attempt = self._next_attempt(attempt, framing_lost)
@@ -743,9 +757,9 @@ class AdaraListener:
                 self._instrument = packet.long_name
                 self._update_run(instrument=packet.long_name)
 
-    def _update_run(self, **changes: object) -> None:
+    def _update_run(self, **changes: Any) -> None:
         if self._open is not None:
-            self._open.run = dataclasses.replace(self._open.run, **changes)  # type: ignore[arg-type]
+            self._open.run = dataclasses.replace(self._open.run, **changes)
 
     def _geometry_packet(self, packet: packets.Geometry) -> None:
         xml, replaced = clean_text(packet.xml)
@@ -1126,21 +1140,13 @@ def _whole_second_at_or_before(unix_ns: int) -> int:
     return unix_ns - unix_ns % NS_PER_S
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port). Raises ValueError when it is not of that form."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected 'host:port', got {address!r}")
-    return host, int(port)
-
-
 def from_config(config: Config, resume: Resume | None = None) -> AdaraListener:
     """The adara listener for ``config.address`` and ``config.listener_options``
     (``stale_timeout_sec``, ``reconnect_max_sec``, ``connect_timeout_sec``,
     ``keep_paused_events``), completing ``resume`` first when given. Raises ConfigError when
     the address is not ``host:port``."""
     try:
-        host, port = parse_address(config.address)
+        host, port = parse_host_port(config.address)
     except ValueError as exc:
         raise ConfigError(config.path, "address", str(exc)) from exc
     options = config.listener_options
