@@ -752,3 +752,32 @@ def test_a_reconnect_that_ends_before_its_first_pulse_loses_nothing(sms_factory)
     chunks = collect(listener)
     assert len(sms.hellos) == 3
     assert_run_complete(run, chunks)
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["raw", "in-a-banked-event-header"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_bytes_inside_a_run_never_loop_and_the_run_completes(sms_factory, seed, framed):
+    run = Run(values=0)
+    garbage = np.random.default_rng(seed).integers(0, 256, 36, dtype=np.uint8).tobytes()
+    if framed:  # a plausible header, a payload of noise: malformed, skipped by its length
+        garbage = struct.pack("<IIII", 36, packets.PacketType.BANKED_EVENT_V1, 0, 0) + garbage
+
+    def script(connection, sock, hello):
+        whole, _ = run.from_time(hello.start_time_ns)
+        code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
+        sock.sendall(status(code) + descriptor())
+        for t, data in run.items:
+            if t >= hello.start_time_ns:
+                sock.sendall(data + (garbage if t == T0 + 2 * S else b""))
+        sock.sendall(status(packets.RunStatusCode.END_RUN))
+
+    sms = sms_factory(script)
+    chunks = collect(listen(sms, reconnect_max_s=0.5))
+    events, _, counts = accumulated(chunks)
+    assert chunks[-1].ends_run
+    assert len(sms.hellos) <= 3  # at most two failures at the same point, then past it
+    assert counts["framing_failures"] + counts["malformed_packets"] >= 1
+    assert events >= run.events - 2 * 100  # at most the pulses around the bad bytes are lost
+    if framed:
+        assert len(sms.hellos) == 1
+        assert events == run.events
