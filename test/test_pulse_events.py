@@ -68,9 +68,10 @@ class Pair:
         if isinstance(packet, packets.BankedEvent):
             old_banked(self.old, packet)
             dropped = self.new.add_banked(packet)
-            assert dropped == sum(
+            assert dropped.error_bank + dropped.unmapped_bank == sum(
                 len(b.events) for b in packet.banks if b.bank_id >= packets.ERROR_BANK_ID
             )
+            assert dropped.not_kept == 0
         elif isinstance(packet, packets.BeamMonitorEvent):
             for monitor in packet.monitors:
                 tof = monitor.tof_100ns

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import threading
 
 import numpy as np
@@ -50,16 +51,25 @@ class ReconnectingSms:
             self._pulses(sock, self.pulses // 3)
             sock.shutdown(socket.SHUT_RDWR)
             return
-        assert start == packets.START_OF_RUN, start
+        # the start of the run: asked as such, or as a time at or before the run's start
+        assert start == packets.START_OF_RUN or packets.START_OF_RUN < start <= T0, start
         self._pulses(sock, self.pulses)
-        sock.sendall(_status(packets.RunStatusCode.END_RUN, T0 + 10**9))
+        sock.sendall(_status(packets.RunStatusCode.END_RUN, _pulse_ns(self.pulses)))
         self.replayed.set()
         while sock.recv(1 << 16):
             pass
 
     def _pulses(self, sock: socket.socket, count: int) -> None:
+        """Pulses 0 .. count - 1 of the run, each with its own pulse time (60 Hz from T0)."""
         for pulse in range(count):
-            sock.sendall(self.encoded[pulse % len(self.encoded)])
+            packet = bytearray(self.encoded[pulse % len(self.encoded)])
+            seconds, nanoseconds = divmod(_pulse_ns(pulse), 10**9)
+            struct.pack_into("<II", packet, 8, seconds - packets.EPICS_EPOCH_OFFSET_S, nanoseconds)
+            sock.sendall(packet)
+
+
+def _pulse_ns(pulse: int) -> int:
+    return T0 + pulse * 16_666_667
 
 
 def replay_after_reconnect(folder, run_events: int, buffer_bytes: int) -> dict:

@@ -24,7 +24,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 from livereduce.adara import packets
 from livereduce.adara.errors import AdaraProtocolError
@@ -63,12 +62,6 @@ class AdaraClient:
     time in ns. ``connect()`` raises OSError (refused, unreachable, timeout after
     ``connect_timeout_s``). ``get()`` returns packets in stream order and raises the failures
     described in the module docstring.
-
-    With ``on_packet``, the reader thread hands every packet to ``on_packet(packet)`` instead
-    of queueing it (one thread decodes and consumes: no queue, no second thread taking turns
-    with it for the GIL on every packet), and ``get()`` delivers the failures only, each after
-    every packet before it was handled. A handler that blocks stops the reading (back-pressure);
-    an exception from it ends the connection and comes out of ``get()``.
     """
 
     def __init__(
@@ -80,7 +73,6 @@ class AdaraClient:
         connect_timeout_s: float = 5.0,
         queue_packets: int = QUEUE_PACKETS,
         queue_bytes: int = QUEUE_BYTES,
-        on_packet: Callable[[packets.Packet], None] | None = None,
     ) -> None:
         self.address = f"{host}:{port}"
         self._host_port = (host, port)
@@ -99,7 +91,6 @@ class AdaraClient:
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._ended: BaseException | None = None
-        self._on_packet = on_packet
         self.parser = StreamParser()
         self._put_offset = 0  # stream offset up to which bytes were accounted to queued packets
 
@@ -177,16 +168,9 @@ class AdaraClient:
             try:
                 for packet in feed:
                     self.last_packet_monotonic = time.monotonic()
-                    if self._on_packet is not None:
-                        try:
-                            self._on_packet(packet)
-                        except Exception as exc:  # noqa: BLE001 - the handler's fault ends the connection
-                            self._put(exc)
-                            self._closed.set()
-                    else:
-                        consumed = self.parser.offset
-                        self._put(packet, consumed - self._put_offset)
-                        self._put_offset = consumed
+                    consumed = self.parser.offset
+                    self._put(packet, consumed - self._put_offset)
+                    self._put_offset = consumed
                     if self._closed.is_set():
                         return True  # the rest of this read is not wanted any more
                 return True

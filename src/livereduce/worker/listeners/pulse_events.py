@@ -19,6 +19,9 @@ the table without a copy (scipp shares the memory of a sliced buffer).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numpy as np
 import scipp as sc
 
@@ -37,6 +40,16 @@ PULSE_BYTES = 72
 (a list slot of 8 bytes and an int object of 28, CPython 3.11)."""
 
 _TEN = np.float32(10.0)
+
+
+class BankDrops(NamedTuple):
+    """Events of a banked event packet that :meth:`PulseEvents.add_banked` did not keep:
+    in the error pseudo-bank, in the unmapped pseudo-bank, and (with ``keep`` False) the
+    events it would have kept."""
+
+    error_bank: int
+    unmapped_bank: int
+    not_kept: int
 
 
 def tof_to_us(tof_100ns: np.ndarray, out: np.ndarray) -> None:
@@ -139,21 +152,54 @@ class PulseEvents:
         self._weights[begin:end] = 1.0
         self._events = end
 
-    def add_banked(self, packet: packets.BankedEvent) -> int:
+    def add_banked(
+        self,
+        packet: packets.BankedEvent,
+        screen: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        *,
+        keep: bool = True,
+    ) -> BankDrops:
         """Add one banked event packet as a pulse (header time = pulse time): the events of
         its real banks, each source's TOF offset added where the source has not applied it.
-        Returns the events of the error and unmapped pseudo-banks, which are not kept (as
-        Mantid drops them)."""
-        self.add_pulse(packet.timestamp_ns)
-        dropped = 0
+        ``screen(pixel_id)`` ((K,) uint32 of a bank) may return a (K,) bool mask of events to
+        leave out (None: keep all). With ``keep`` False nothing is added (a paused pulse), but
+        the screen still runs and the drops are counted. Returns what was not kept."""
+        error_bank = unmapped_bank = not_kept = 0
+        if keep:
+            self.add_pulse(packet.timestamp_ns)
         for source in packet.sources:
             offset = 0 if source.tof_corrected else source.tof_offset_100ns
             for bank in source.banks:
-                if bank.bank_id < packets.ERROR_BANK_ID:
-                    self.add_events(bank.events, offset)
+                pairs = bank.events
+                if not len(pairs):
+                    continue
+                if bank.bank_id == packets.ERROR_BANK_ID:
+                    error_bank += len(pairs)
+                    continue
+                if bank.bank_id == packets.UNMAPPED_BANK_ID:
+                    unmapped_bank += len(pairs)
+                    continue
+                invalid = screen(pairs[:, 1]) if screen is not None else None
+                if invalid is not None:
+                    pairs = pairs[~invalid]
+                if keep:
+                    self.add_events(pairs, offset)
                 else:
-                    dropped += len(bank.events)
-        return dropped
+                    not_kept += len(pairs)
+        return BankDrops(error_bank, unmapped_bank, not_kept)
+
+    def extend(self, later: PulseEvents) -> None:
+        """Append the pulses of ``later`` (received after these): one copy of its events."""
+        count = later.events
+        begin, end = self._events, self._events + count
+        if end > len(self._ids):
+            self._allocate(max(end, 2 * len(self._ids)))
+        self._ids[begin:end] = later._ids[:count]
+        self._tofs[begin:end] = later._tofs[:count]
+        self._weights[begin:end] = later._weights[:count]
+        self._pulse_ns.extend(later._pulse_ns)
+        self._pulse_begin.extend(first + begin for first in later._pulse_begin)
+        self._events = end
 
     def add_monitor_events(self, monitor_id: int, tof_100ns: np.ndarray) -> None:
         """Add monitor events to the open pulse: ``tof_100ns`` ((K,) uint32), ``event_id`` =
