@@ -19,10 +19,24 @@ replace the accumulation; Rename does the same and keeps the finished run's outp
 ``<output_workspace>_<run>.h5``; Stop writes the output and ends the loop (state run_ended). A
 chunk that begins a new run when the previous one never reported its end counts as that end.
 A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+
+Each user script is announced: just before it runs the engine reports ``in_script`` (the
+script's file name) and ``in_script_since`` (wall time), and just after it one with
+``in_script`` empty, so the supervisor allows the script its ``script_timeout_sec`` instead of the
+heartbeat timeout.
+
+A stop (issue 15.3) is checked between the phases of a step (after the extract, the processing
+script, the accumulation and the post-processing script); a stop signal that arrives inside a
+script, the accumulation or an output write abandons that work at once
+(:meth:`~livereduce.worker.stop.StopToken.abandonable`): the step is dropped, the output file on
+disk stays the last one completely written, and no final write follows (the accumulation may be
+half updated). A stop between steps writes a pending output first, unless the last write took
+more than ``STOP_FLUSH_MAX_S``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -38,9 +52,14 @@ from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, Ac
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from livereduce.worker.outputs.result import OutputWriter
-from livereduce.worker.stop import StopToken
+from livereduce.worker.stop import StopRequested, StopToken
 
 log = logging.getLogger(__name__)
+
+STOP_FLUSH_MAX_S = 1.0
+"""At a stop between steps, a pending output is written only when the last write took at most
+this long (seconds): a stop must take seconds (issue 15.3), and a longer write is the kind that
+the rate limit defers anyway."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +141,8 @@ class EmbeddedEngine:
         self._replace_next = True
         self._received_data = False
         self._run_events = 0
+        self._stop: StopToken | None = None
+        self._report: Callable[[Progress], None] = _no_report
         self.progress = Progress(
             state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
         )
@@ -131,7 +152,10 @@ class EmbeddedEngine:
     def run(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
         """Start the listener and run chunks every ``update_every`` seconds until ``stop`` or,
         with run_transition Stop, the end of the run. Reports after every chunk and at least
-        every HEARTBEAT_INTERVAL_S while waiting. ListenerError: ENGINE_FAILURE."""
+        every HEARTBEAT_INTERVAL_S while waiting, and around every user script. ListenerError:
+        ENGINE_FAILURE. A stop abandons the step in hand (module docstring)."""
+        self._stop, self._report = stop, report
+        abandoned = ""
         if self.listener is None:
             from livereduce.worker.listeners import create_listener  # noqa: PLC0415 - lazy: picks a module by kind
 
@@ -147,13 +171,39 @@ class EmbeddedEngine:
         try:
             self.listener.start(self.config.start_from)
             return self._loop(stop, report)
+        except StopRequested as stopped:
+            abandoned = stopped.phase or "a step"
+            log.info("engine_stopping: %s: %s abandoned", stopped.reason, abandoned)
+            return WorkerExit.STOPPED
         except ListenerError as error:
             log.error("listener_failed: %s", error)
             self._set(WorkerState.ERROR, f"listener failed: {error}", last_error=str(error))
             report(self.progress)
             return WorkerExit.ENGINE_FAILURE
         finally:
-            self.flush()
+            self._finish(stop, abandoned)
+
+    def _finish(self, stop: StopToken, abandoned: str) -> None:
+        """Close the listener; write a pending output unless the stop made it unsafe or slow."""
+        try:
+            why_not = ""
+            if abandoned:
+                why_not = f"the stop abandoned {abandoned}"
+            elif stop.requested and self.writer.last_write_s > STOP_FLUSH_MAX_S:
+                why_not = (
+                    f"the last write took {self.writer.last_write_s:.1f} s "
+                    f"(more than {STOP_FLUSH_MAX_S:g} s at a stop)"
+                )
+            if not self.writer.pending:
+                pass
+            elif why_not:
+                log.warning(
+                    "output_not_flushed: %s; %s stays as last written", why_not, self.writer.path
+                )
+            else:
+                with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
+                    self.flush()
+        finally:
             self.listener.close()
 
     def _loop(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
@@ -186,13 +236,28 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(self._output, self._output_version, force=True)
+            self._write(force=True)
+
+    def _write(self, *, force: bool) -> bool:
+        """Write the current output (abandoned by a stop signal: the rename never happens, so
+        the file on disk stays whole); returns whether it was written."""
+        with self._abandonable("the output write"):
+            return self.writer.write(self._output, self._output_version, force=force)
+
+    def _abandonable(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        return self._stop.abandonable(phase) if self._stop is not None else contextlib.nullcontext()
+
+    def _phase_done(self) -> None:
+        """Between two phases of a step: raise StopRequested if a stop was asked for."""
+        if self._stop is not None:
+            self._stop.check()
 
     # -- one chunk -----------------------------------------------------------------------
 
     def step(self) -> StepOutcome:
         """Extract and process one chunk (LoadLiveData). Never raises for a script fault;
-        raises ListenerError when the listener cannot go on."""
+        raises ListenerError when the listener cannot go on, StopRequested when a stop (of the
+        token :meth:`run` was given) abandons the step."""
         began = self._clock()
         try:
             chunk = self.listener.extract_data()
@@ -202,6 +267,7 @@ class EmbeddedEngine:
             self._set(state, str(not_yet))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
         extracted = self._clock()
+        self._phase_done()
         self._received_data = True
         self._count_events(chunk)
         if not _has_data(chunk):
@@ -261,6 +327,7 @@ class EmbeddedEngine:
         run = self._run_context()
         result = self._script("processing", chunk.events, run, chunk.monitors)
         processed = self._clock()
+        self._phase_done()
         if isinstance(result, ScriptFailure):
             return self._lost(
                 chunk,
@@ -274,7 +341,8 @@ class EmbeddedEngine:
             result = to_histogram(result)
         method, replace = self.config.accum_method, self._replace_next
         try:
-            self.accumulation.accumulate(method, result, replace=replace)
+            with self._abandonable("the accumulation"):
+                self.accumulation.accumulate(method, result, replace=replace)
         except AccumulationError as error:
             return self._lost(
                 chunk, str(error), "", began=began, extracted=extracted, processed=processed
@@ -288,13 +356,15 @@ class EmbeddedEngine:
             log.info("accumulation_replaced: %s replaces the accumulation", self._describe(chunk))
         self._replace_next = False
         accumulated = self._clock()
+        self._phase_done()
         output = self._post_process(run)
         post_processed = self._clock()
+        self._phase_done()
         wrote = False
         if output is not None:
             self._output = output
             self._output_version += 1
-            wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            wrote = self._write(force=chunk.ends_run)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
         written = self._clock()
@@ -336,10 +406,19 @@ class EmbeddedEngine:
         return result
 
     def _script(self, role: str, data: Any, run: RunContext, monitors: Any) -> Any:
+        """The script's output or its ScriptFailure, announced to the supervisor before and
+        after (``in_script``); a stop signal abandons it."""
         runner = self._runners.get(role)
         if runner is None:
             return data
-        outcome = runner.run(data, run, monitors)
+        self.progress = self.progress.with_(in_script=runner.path.name, in_script_since=time.time())
+        self._report(self.progress)
+        try:
+            with self._abandonable(f"the {role} script {runner.path.name}"):
+                outcome = runner.run(data, run, monitors)
+        finally:
+            self.progress = self.progress.with_(in_script="", in_script_since=None)
+        self._report(self.progress)
         return outcome.failure if outcome.failure is not None else outcome.output
 
     def _lost(
@@ -377,7 +456,7 @@ class EmbeddedEngine:
         log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
         self._run_open = False
         self._replace_next = True
-        self.writer.write(self._output, self._output_version, force=True)
+        self._write(force=True)
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number)
             if kept is not None:
@@ -426,3 +505,7 @@ class EmbeddedEngine:
             run_title=run.title if run is not None else "",
             **changes,
         )
+
+
+def _no_report(_progress: Progress) -> None:
+    """The reporter of an engine stepped outside :meth:`EmbeddedEngine.run` (tests)."""
