@@ -113,9 +113,9 @@ class StopToken:
     @contextlib.contextmanager
     def abandonable(self, phase: str) -> Iterator[None]:
         """Run the block as work a stop abandons: a stop signal arriving inside raises
-        StopRequested (``phase`` names the work); raises it at entry if a stop was asked for.
-        Main thread only; not nested."""
-        self.check()
+        StopRequested (``phase`` names the work). A stop asked for before does not: the engine
+        checks for it between phases, and writes the last output inside this block at a stop
+        (which a second signal then abandons). Main thread only; not nested."""
         self.abandoning = phase
         try:
             yield

@@ -28,10 +28,11 @@ heartbeat timeout.
 A stop (issue 15.3) is checked between the phases of a step (after the extract, the processing
 script, the accumulation and the post-processing script); a stop signal that arrives inside a
 script, the accumulation or an output write abandons that work at once
-(:meth:`~livereduce.worker.stop.StopToken.abandonable`): the step is dropped, the output file on
-disk stays the last one completely written, and no final write follows (the accumulation may be
-half updated). A stop between steps writes a pending output first, unless the last write took
-more than ``STOP_FLUSH_MAX_S``.
+(:meth:`~livereduce.worker.stop.StopToken.abandonable`): the step is dropped and the output file
+on disk stays the last one completely written. Before the process ends, an output still waiting
+for its write (writes are rate-limited) is written, unless the last write took more than
+``STOP_FLUSH_MAX_S`` or the stop abandoned the accumulation (which may be half updated) or a
+write (the same write again would hold the stop up).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ STOP_FLUSH_MAX_S = 1.0
 """At a stop between steps, a pending output is written only when the last write took at most
 this long (seconds): a stop must take seconds (issue 15.3), and a longer write is the kind that
 the rate limit defers anyway."""
+
+ACCUMULATION_PHASE = "the accumulation"
+WRITE_PHASE = "the output write"
+NO_FLUSH_AFTER = (ACCUMULATION_PHASE, WRITE_PHASE)
+"""Abandoned work after which a pending output is not written at a stop."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,8 +178,8 @@ class EmbeddedEngine:
             self.listener.start(self.config.start_from)
             return self._loop(stop, report)
         except StopRequested as stopped:
-            abandoned = stopped.phase or "a step"
-            log.info("engine_stopping: %s: %s abandoned", stopped.reason, abandoned)
+            abandoned = stopped.phase
+            log.info("engine_stopping: %s: %s abandoned", stopped.reason, abandoned or "a step")
             return WorkerExit.STOPPED
         except ListenerError as error:
             log.error("listener_failed: %s", error)
@@ -187,7 +193,7 @@ class EmbeddedEngine:
         """Close the listener; write a pending output unless the stop made it unsafe or slow."""
         try:
             why_not = ""
-            if abandoned:
+            if abandoned in NO_FLUSH_AFTER:
                 why_not = f"the stop abandoned {abandoned}"
             elif stop.requested and self.writer.last_write_s > STOP_FLUSH_MAX_S:
                 why_not = (
@@ -241,7 +247,7 @@ class EmbeddedEngine:
     def _write(self, *, force: bool) -> bool:
         """Write the current output (abandoned by a stop signal: the rename never happens, so
         the file on disk stays whole); returns whether it was written."""
-        with self._abandonable("the output write"):
+        with self._abandonable(WRITE_PHASE):
             return self.writer.write(self._output, self._output_version, force=force)
 
     def _abandonable(self, phase: str) -> contextlib.AbstractContextManager[None]:
@@ -341,7 +347,7 @@ class EmbeddedEngine:
             result = to_histogram(result)
         method, replace = self.config.accum_method, self._replace_next
         try:
-            with self._abandonable("the accumulation"):
+            with self._abandonable(ACCUMULATION_PHASE):
                 self.accumulation.accumulate(method, result, replace=replace)
         except AccumulationError as error:
             return self._lost(

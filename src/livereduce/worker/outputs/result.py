@@ -88,6 +88,10 @@ class OutputWriter:
             with contextlib.suppress(OSError):
                 temporary.unlink(missing_ok=True)
             return False
+        except BaseException:  # a stop abandoned the write: the old file stays, not the half
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            raise
         return True
 
     def keep_run(self, run_number: int) -> Path | None:
