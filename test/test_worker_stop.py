@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipp as sc
-from daemon_process import Daemon
 
+from daemon_process import Daemon
 from livereduce.config import config_from_mapping
 from livereduce.protocol import Progress, WorkerExit, WorkerState
 from livereduce.worker.engine.embedded import EmbeddedEngine
@@ -160,7 +160,7 @@ def test_any_base_exception_from_a_script_loses_that_chunk_only(
     assert last.state is WorkerState.RUN_ENDED
     assert last.errors == 1
     assert last.last_error == f"{tmp_path / script}:3: {message}"
-    assert 'line 3, in <module>' in caplog.text
+    assert "line 3, in <module>" in caplog.text
     assert f"{message}" in caplog.text
     if script == PROC:
         assert last.chunks == 2  # chunk 2 lost
@@ -396,7 +396,7 @@ def test_sigterm_on_6e7_accumulated_events(tmp_path, daemons, moment):
     out = tmp_path / "out"
     assert daemon.wait_for(lambda: status(tmp_path).get("events", 0) >= BIG, 90), daemon.text()
     if moment == "in an output write":
-        assert daemon.wait_for(lambda: (out / "result.h5").exists(), 30), daemon.text()
+        assert daemon.wait_for((out / "result.h5").exists, 30), daemon.text()
         assert daemon.wait_for(lambda: any(out.glob(".result.h5.*.tmp")), 30), daemon.text()
     before = (out / "result.h5").stat() if (out / "result.h5").exists() else None
     assert_stopped_promptly(daemon)

@@ -9,7 +9,9 @@ A stop must take seconds whatever the worker is doing (issue 15.3). Three things
 * work that may be abandoned (a user script, the accumulation, an output write: writes are
   atomic by rename, so an interrupted one leaves the previous file intact) runs inside
   :meth:`StopToken.abandonable`; a stop signal that arrives there raises :class:`StopRequested`
-  in the main thread at once, which unwinds a script in a 20 s ``time.sleep`` as well;
+  in the main thread at once, which unwinds a script in a 20 s ``time.sleep`` as well. When it
+  lands where Python ignores exceptions (a ``__del__`` or weakref callback run by the garbage
+  collector in the middle of an HDF5 write), it is raised again ``STOP_RETRY_S`` later (SIGALRM);
 * between the phases of a step the engine calls :meth:`StopToken.check`;
 * once a stop was asked for, a watcher thread ends the process with status 0 (STOPPED) after
   ``exit_after_s`` seconds if it is still there (a script that swallows StopRequested, a listener
@@ -28,12 +30,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 STOP_EXIT_AFTER_S = 3.0
 """Seconds after a stop request at which the worker ends itself with status 0 if it has not
 returned by then: inside the 5 s a stop may take (issue 15.3), with room for the supervisor."""
+
+STOP_RETRY_S = 0.01
+"""Delay before StopRequested is raised again when Python ignored it (see the module text)."""
 
 
 class StopRequested(BaseException):
@@ -85,6 +91,19 @@ class StopToken:
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for signum in signals:
             signal.signal(signum, self._handle)
+        signal.signal(signal.SIGALRM, self._raise_again)
+        self._unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self._ignored
+
+    def _ignored(self, unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, StopRequested):
+            signal.setitimer(signal.ITIMER_REAL, STOP_RETRY_S)
+            return
+        self._unraisablehook(unraisable)
+
+    def _raise_again(self, _signum: int, _frame: object) -> None:
+        if self.requested and self.abandoning:
+            raise StopRequested(self.reason, self.abandoning)
 
     def _handle(self, signum: int, _frame: object) -> None:
         self._set(signal.Signals(signum).name)
