@@ -277,6 +277,44 @@ def test_start_live_data_arguments(
         assert order[1] == "Listener"
 
 
+def test_script_paths_come_from_the_configuration_not_from_mantid(
+    calls: Calls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import mantid.api  # noqa: PLC0415 - the stand-in, from the calls fixture's path
+    import mantid.kernel  # noqa: PLC0415
+
+    info = mantid.kernel.InstrumentInfo("HYSPEC", "HYSPECX", "SNS", "SNSLiveEventDataListener", "")
+    others = [i for i in mantid.kernel.INSTRUMENTS if i.name() != "HYSPEC"]
+    monkeypatch.setattr(mantid.kernel, "INSTRUMENTS", (*others, info))
+    monkeypatch.setattr(mantid.api, "INSTRUMENTS", (*others, info))
+    config = make_config(tmp_path, {"instrument": "HYSPEC"}, ("proc",))
+    code, _reports, _ = run_engine(config, first_chunk)
+    assert code is WorkerExit.STOPPED
+    properties = calls.start_live_data()
+    assert properties["ProcessingScriptFilename"] == str(config.proc_script)
+    assert config.proc_script.name == "reduce_HYS_live_proc.py"
+    assert "PostProcessingScriptFilename" not in properties
+    assert "Mantid calls HYSPEC 'HYSPECX', livereduce 'HYS'" in caplog.text
+
+
+def test_no_script_is_a_boot_failure_naming_the_configured_paths(
+    calls: Calls, tmp_path: Path
+) -> None:
+    (tmp_path / "scripts").mkdir()
+    config = config_from_mapping(
+        {"instrument": "POWGEN", "script_dir": str(tmp_path / "scripts")},
+        tmp_path / "livereduce.conf",
+        check_scripts=False,  # the scripts were deleted after the supervisor started
+    )
+    code, reports, _ = run_engine(config)
+    assert code is WorkerExit.BOOT_FAILURE
+    assert reports[-1][1].last_error == (
+        f"no processing script in {tmp_path / 'scripts'}: need at least one non-empty "
+        "'reduce_PG3_live_proc.py' or 'reduce_PG3_live_post_proc.py'"
+    )
+    assert calls.named("AlgorithmManager.create") == []
+
+
 def test_other_facility_is_switched_to(calls: Calls, tmp_path: Path) -> None:
     config = make_config(tmp_path, {"instrument": "ISIS_Histogram", "address": "localhost:56789"})
     run_engine(config, first_chunk)
