@@ -383,6 +383,27 @@ def test_sigterm_with_a_script_that_swallows_the_stop(tmp_path, daemons):
     assert "stop_deadline: still running 3.0 s after the stop request (SIGTERM)" in text
 
 
+LEAVES_A_THREAD = """
+import pathlib, threading, time
+if 'thread' not in workspaces:
+    workspaces['thread'] = threading.Thread(target=time.sleep, args=(600,))  # not a daemon
+    workspaces['thread'].start()
+    pathlib.Path({mark!r}).write_text('started')
+output = input
+"""
+
+
+def test_sigterm_with_a_thread_a_script_left_running(tmp_path, daemons):
+    mark = tmp_path / "started"
+    source = LEAVES_A_THREAD.format(mark=str(mark))
+    daemon = start(tmp_path, daemons, daemon_config(tmp_path), proc=source)
+    assert daemon.wait_for(mark.exists, 60), daemon.text()
+    text = assert_stopped_promptly(daemon)
+    # Python's own exit would wait for the thread for ever; the worker ends without it.
+    assert "stop_deadline" not in text
+    assert "exit status 0 (STOPPED)" in text
+
+
 BIG = 6 * 10**7
 
 
