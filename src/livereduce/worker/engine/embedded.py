@@ -210,7 +210,8 @@ class EmbeddedEngine:
                 with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
                     self.flush()
         finally:
-            self.listener.close()
+            if self.listener is not None:
+                self.listener.close()
 
     def _loop(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
         next_chunk = self._clock()

@@ -321,7 +321,9 @@ class _OutputUpdates:
 def _observe_output(api: ModuleType, name: str, updates: _OutputUpdates) -> Any:
     """An ADS observer calling ``updates.seen()`` when workspace ``name`` is added or replaced."""
 
-    class OutputObserver(api.AnalysisDataServiceObserver):
+    base: Any = api.AnalysisDataServiceObserver  # a class of the module given at run time
+
+    class OutputObserver(base):
         def addHandle(self, ws_name: str, _workspace: Any) -> None:
             if ws_name == name:
                 updates.seen()

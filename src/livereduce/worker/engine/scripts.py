@@ -115,7 +115,7 @@ class ScriptRunner:
         """Execute the script on ``data`` (the ``input`` global). Never raises for a fault of
         the script, whatever it raises; returns its ``output`` or the failure. Raises
         StopRequested when the worker's stop interrupted the script."""
-        if self._load_failure is not None:
+        if self._load_failure is not None or self._code is None:
             return ScriptResult(failure=self._load_failure)
         namespace: dict[str, Any] = {
             "__name__": f"__livereduce_{self.role.replace('-', '_')}__",
