@@ -477,12 +477,9 @@ def test_listener_not_ready_is_reported_as_waiting(
 def test_not_ready_at_mantids_real_cadence_does_not_flap(
     calls: Calls, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scale = 50.0  # 50 s of the stand-in and the engine take 1 s
-    monkeypatch.setenv("MANTID_STANDIN_TIME_SCALE", str(scale))
-    monkeypatch.setenv("MANTID_STANDIN_NOT_READY_S", "100")
-    monkeypatch.setenv("MANTID_STANDIN_NOT_READY_EVERY_S", "20")  # real Mantid's cadence
-    config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 30})
-    _code, reports, _ = run_engine(config, first_chunk, scale=scale)
+    # 100 s without a run, and Mantid's real cadence: one warning every 20 s
+    knobs = {"NOT_READY_S": "100", "NOT_READY_EVERY_S": "20"}
+    config, reports = run_at_update_every_30(tmp_path, monkeypatch, knobs, 1)
     first_warning = next(i for i, (_t, p) in enumerate(reports) if "not ready" in p.detail)
     until_chunk = [p for _t, p in reports[first_warning:] if p.chunks == 0]
     assert [p.state for p in until_chunk] == [WorkerState.WAITING_FOR_RUN] * len(until_chunk)
@@ -491,16 +488,30 @@ def test_not_ready_at_mantids_real_cadence_does_not_flap(
     assert "heartbeats_stopped" not in caplog.text
 
 
+SCALE = 50.0
+"""Time scale of the tests of Mantid's real timings: 50 s of the stand-in's and the engine's
+time take 1 s."""
+
+
+def run_at_update_every_30(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, knobs: dict[str, str], chunks: int
+):
+    """The engine at ``update_every`` 30 on the stand-in with ``knobs``, at SCALE, until
+    ``chunks`` chunks were stored; returns (config, reports)."""
+    monkeypatch.setenv("MANTID_STANDIN_TIME_SCALE", str(SCALE))
+    for name, value in knobs.items():
+        monkeypatch.setenv(f"MANTID_STANDIN_{name}", value)
+    config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 30})
+    _code, reports, _ = run_engine(
+        config, lambda r: any(p.chunks >= chunks for _t, p in r), timeout_s=15, scale=SCALE
+    )
+    return config, reports
+
+
 def test_a_200_s_first_chunk_at_update_every_30_is_waited_for(
     calls: Calls, tmp_path: Path, monkeypatch
 ) -> None:
-    scale = 50.0
-    monkeypatch.setenv("MANTID_STANDIN_TIME_SCALE", str(scale))
-    monkeypatch.setenv("MANTID_STANDIN_FIRST_CHUNK_S", "200")
-    config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 30})
-    _code, reports, _ = run_engine(
-        config, lambda r: any(p.chunks >= 2 for _t, p in r), timeout_s=15, scale=scale
-    )
+    config, reports = run_at_update_every_30(tmp_path, monkeypatch, {"FIRST_CHUNK_S": "200"}, 2)
     (start_at, start), (stored_at, stored) = reports[1], reports[2]
     assert (start.state, start.in_script) == (WorkerState.CONNECTING, MANTID_CHUNK)
     assert (stored.chunks, stored.in_script, stored.detail) == (1, "", "chunk 1 processed")
@@ -515,13 +526,7 @@ def test_a_200_s_first_chunk_at_update_every_30_is_waited_for(
 def test_a_slow_chunk_is_announced_at_its_start_and_waited_for(
     calls: Calls, tmp_path: Path, monkeypatch
 ) -> None:
-    scale = 50.0
-    monkeypatch.setenv("MANTID_STANDIN_TIME_SCALE", str(scale))
-    monkeypatch.setenv("MANTID_STANDIN_CHUNK_S", "100")
-    config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 30})
-    _code, reports, _ = run_engine(
-        config, lambda r: any(p.chunks >= 3 for _t, p in r), timeout_s=15, scale=scale
-    )
+    config, reports = run_at_update_every_30(tmp_path, monkeypatch, {"CHUNK_S": "100"}, 3)
     announced = [(t, p) for t, p in reports if p.detail.startswith("loading chunk")][:2]
     assert [p.detail for _t, p in announced] == ["loading chunk 2", "loading chunk 3"]
     assert all(p.in_script == MANTID_CHUNK for _t, p in announced)
@@ -718,55 +723,54 @@ def test_daemon_restarts_a_worker_whose_monitor_stalled(
     assert code == 0, daemon.text()
 
 
-def test_daemon_stops_in_seconds_with_a_cancel_and_an_exit_hook_that_block(
-    tmp_path: Path, daemons: list[Daemon]
+@pytest.mark.parametrize(
+    ("raw", "env", "started", "cancelled", "logged"),
+    [
+        pytest.param(
+            {"stop_timeout": 2.0},
+            {"MANTID_STANDIN_CANCEL": "block"},
+            "MonitorLiveData.isRunning",
+            "MonitorLiveData.cancel",
+            "MonitorLiveData still runs 1.0 s after cancel",  # min(stop_timeout / 2, 2 s)
+            id="monitor-cancel-blocks",
+        ),
+        pytest.param(
+            {},
+            {"MANTID_STANDIN_FIRST_CHUNK_S": "600", "MANTID_STANDIN_CANCEL_S": "600"},
+            "StartLiveData.execute",
+            "StartLiveData.cancel",
+            "StartLiveData still runs 2.0 s after cancel",
+            id="slow-first-chunk-slow-cancel",
+        ),
+    ],
+)
+def test_daemon_stops_in_seconds_whatever_mantid_does(
+    tmp_path: Path,
+    daemons: list[Daemon],
+    raw: dict,
+    env: dict,
+    started: str,
+    cancelled: str,
+    logged: str,
 ) -> None:
-    # Mantid's exit hook (AlgorithmManager.shutdown() with the GIL held) never returns here: the
-    # worker ends with os._exit, so it never runs.
+    # Mantid's exit hook (AlgorithmManager.shutdown() with the GIL held) never returns here
+    # (MANTID_STANDIN_EXIT=block): the worker ends with os._exit, so it never runs.
     daemon = mantid_daemon(
         tmp_path,
-        {"instrument": "POWGEN", "engine": "mantid", "stop_timeout": 2.0},
-        {"MANTID_STANDIN_CANCEL": "block", "MANTID_STANDIN_EXIT": "block"},
+        {"instrument": "POWGEN", "engine": "mantid", **raw},
+        {"MANTID_STANDIN_EXIT": "block", **env},
         standin=True,
     )
     daemons.append(daemon)
-    assert daemon.wait_for(lambda: bool(recorded(daemon).named("MonitorLiveData.isRunning")), 20), (
-        daemon.text()
-    )
+    assert daemon.wait_for(lambda: bool(recorded(daemon).named(started)), 20), daemon.text()
     code, took = daemon.stop()
-    assert code == 0, daemon.text()
-    assert took < 5.0, daemon.text()
-    assert daemon.left_over() == [], daemon.text()
-    assert recorded(daemon).named("MonitorLiveData.cancel") == [{}]
-    assert "MonitorLiveData still runs 1.0 s after cancel" in daemon.text()
-    assert "worker_ended: pid" in daemon.text()
-    assert "exit status 0 (STOPPED)" in daemon.text()
-
-
-def test_daemon_stops_in_seconds_during_a_slow_first_chunk_with_a_slow_cancel(
-    tmp_path: Path, daemons: list[Daemon]
-) -> None:
-    daemon = mantid_daemon(
-        tmp_path,
-        {"instrument": "POWGEN", "engine": "mantid"},
-        {
-            "MANTID_STANDIN_FIRST_CHUNK_S": "600",
-            "MANTID_STANDIN_CANCEL_S": "600",
-            "MANTID_STANDIN_EXIT": "block",
-        },
-        standin=True,
-    )
-    daemons.append(daemon)
-    assert daemon.wait_for(lambda: bool(recorded(daemon).named("StartLiveData.execute")), 20), (
-        daemon.text()
-    )
-    code, took = daemon.stop()
-    assert code == 0, daemon.text()
-    assert took < 5.0, daemon.text()
-    assert daemon.left_over() == [], daemon.text()
-    assert recorded(daemon).named("StartLiveData.cancel") == [{}]
-    assert "StartLiveData still runs 2.0 s after cancel" in daemon.text()
-    assert "exit status 0 (STOPPED)" in daemon.text()
+    text = daemon.text()
+    assert code == 0, text
+    assert took < 5.0, text
+    assert daemon.left_over() == [], text
+    assert recorded(daemon).named(cancelled) == [{}]
+    assert logged in text
+    assert "ended with exit status 0 (STOPPED)" in text
 
 
 def test_engine_auto_without_mantid_uses_the_embedded_engine_and_says_why(

@@ -200,47 +200,45 @@ def test_a_stop_in_the_processing_script_skips_the_rest_of_the_step(tmp_path, ca
     assert "engine_stopping: test: a step abandoned" in caplog.text
 
 
-def test_a_stop_between_steps_writes_the_pending_output(tmp_path, caplog):
+@pytest.mark.parametrize(
+    ("write_s", "on_disk", "logged"),
+    [
+        (None, 140, ""),  # a quick write: the pending output (chunk 2) is written
+        (2.5, 70, "output_not_flushed: the last write took 2.5 s (more than 1 s at a stop)"),
+    ],
+)
+def test_a_stop_between_steps_writes_a_pending_output_when_quick(
+    tmp_path, caplog, write_s, on_disk, logged
+):
     engine = engine_for(tmp_path, None, POST_MARKS)
     stop = StopToken()
-    # Chunk 2's output waits for its write (the write budget is spent); the stop comes as
-    # the engine asks for chunk 3.
+    # Chunk 1 is written; chunk 2's output waits for its write (the write budget is spent);
+    # the stop comes as the engine asks for chunk 3.
     listener = Chunks(3, on_extract=lambda n: stop.request("test") if n == 3 else None)
     engine.writer._next_allowed = float("inf")
     engine.writer.write = _first_only(engine.writer.write)
+    if write_s is not None:
+        ticks = iter(range(10**6))
+        engine.writer._clock = lambda: next(ticks) * write_s  # every write seems that long
     with caplog.at_level(logging.INFO):
         code, _reports = run_engine(engine, listener, stop)
     assert code is WorkerExit.STOPPED
-    assert events_in(tmp_path / "out" / "result.h5") == 140
-    assert "output_not_flushed" not in caplog.text
+    assert events_in(tmp_path / "out" / "result.h5") == on_disk
+    if logged:
+        assert logged in caplog.text
+    else:
+        assert "output_not_flushed" not in caplog.text
 
 
 def _first_only(write):
-    """Let one unforced write through, then hold the others back (the write budget)."""
+    """Let the first write through at once, then hold the others to the write budget."""
     calls = []
 
     def limited(workspace, version, *, force=False):
         calls.append(version)
-        if len(calls) == 1:
-            return write(workspace, version, force=True)
-        return write(workspace, version, force=force)
+        return write(workspace, version, force=force or len(calls) == 1)
 
     return limited
-
-
-def test_a_stop_after_a_slow_write_leaves_the_pending_output(tmp_path, caplog):
-    engine = engine_for(tmp_path, None, POST_MARKS)
-    stop = StopToken()
-    listener = Chunks(3, on_extract=lambda n: stop.request("test") if n == 3 else None)
-    engine.writer._next_allowed = float("inf")
-    engine.writer.write = _first_only(engine.writer.write)
-    ticks = iter(range(0, 10**6, 5))
-    engine.writer._clock = lambda: next(ticks) / 2  # every write seems to take 2.5 s
-    with caplog.at_level(logging.INFO):
-        code, _reports = run_engine(engine, listener, stop)
-    assert code is WorkerExit.STOPPED
-    assert events_in(tmp_path / "out" / "result.h5") == 70
-    assert "output_not_flushed: the last write took 2.5 s (more than 1 s at a stop)" in caplog.text
 
 
 class _HalfWrite:
