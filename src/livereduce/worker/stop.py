@@ -91,15 +91,17 @@ class StopToken:
         signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for signum in signals:
             signal.signal(signum, self._handle)
-        signal.signal(signal.SIGALRM, self._raise_again)
         self._unraisablehook = sys.unraisablehook
         sys.unraisablehook = self._ignored
 
     def _ignored(self, unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, StopRequested):
-            signal.setitimer(signal.ITIMER_REAL, STOP_RETRY_S)
+        if not isinstance(unraisable.exc_value, StopRequested):
+            self._unraisablehook(unraisable)
             return
-        self._unraisablehook(unraisable)
+        # SIGALRM is taken only now, when stopping: a script's own alarm keeps its meaning.
+        with contextlib.suppress(ValueError):  # not the main thread: the deadline still holds
+            signal.signal(signal.SIGALRM, self._raise_again)
+            signal.setitimer(signal.ITIMER_REAL, STOP_RETRY_S)
 
     def _raise_again(self, _signum: int, _frame: object) -> None:
         if self.requested and self.abandoning:
