@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +432,53 @@ def test_sigterm_on_6e7_accumulated_events(tmp_path, daemons, moment):
     if before is not None:
         assert events_in(out / "result.h5") >= 3 * 10**7 - 10**5
     assert temporaries(out) == []
+
+
+@pytest.fixture
+def installed_stop():
+    """A StopToken installed in this (the main) thread, with everything it changes restored."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    saved_hook = sys.unraisablehook
+    stop = StopToken()
+    stop.install(exit_after_s=None)
+    try:
+        yield stop
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.set_wakeup_fd(-1)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        sys.unraisablehook = saved_hook
+
+
+class _Collected:
+    """An object whose collection runs a callback (as the garbage collector does mid-write)."""
+
+
+def _signal_in_a_callback_then_wait(stop: StopToken) -> None:
+    item = _Collected()
+    # The signal's handler runs inside the callback, where Python ignores exceptions.
+    keep = weakref.ref(item, lambda _ref: signal.raise_signal(signal.SIGTERM))
+    del item
+    assert keep() is None
+    assert stop.requested  # the handler ran, and its StopRequested was swallowed
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.001)  # raised again here, STOP_RETRY_S later
+
+
+def test_a_stop_swallowed_by_a_callback_is_raised_again(installed_stop):
+    stop = installed_stop
+    with pytest.raises(StopRequested) as raised, stop.abandonable("the output write"):
+        _signal_in_a_callback_then_wait(stop)
+    assert (raised.value.reason, raised.value.phase) == ("SIGTERM", "the output write")
+    assert stop.abandoning == ""
+
+
+def test_a_real_sigterm_interrupts_a_sleep_inside_abandonable_work(installed_stop):
+    stop = installed_stop
+    threading.Timer(0.2, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+    began = time.monotonic()
+    with pytest.raises(StopRequested), stop.abandonable("the processing script"):
+        time.sleep(20)
+    assert time.monotonic() - began < 5
