@@ -304,6 +304,10 @@ output = input
 """
 
 
+STOP_BOUND_S = 5.0
+"""The supervisor kills a stopping worker after this (``stop_timeout``): a stop must take less."""
+
+
 def daemon_config(tmp_path: Path, **extra) -> dict:
     return {
         "instrument": "FAKE",
@@ -313,6 +317,7 @@ def daemon_config(tmp_path: Path, **extra) -> dict:
         "output_dir": str(tmp_path / "out"),
         "status_file": str(tmp_path / "status.json"),
         "update_every": 0.3,
+        "stop_timeout": STOP_BOUND_S,
         "listener_options": {"event_rate": 10_000, "pixel_count": 64},
         **extra,
     }
@@ -336,10 +341,15 @@ def start(tmp_path: Path, daemons: list[Daemon], raw: dict, **scripts: str) -> D
 
 
 def assert_stopped_promptly(daemon: Daemon) -> str:
-    code, took = daemon.stop()
+    """SIGTERM: the daemon exits 0, its worker ended by itself with status 0 before the
+    supervisor's SIGKILL at ``stop_timeout`` (5 s: the issue's bound, kept by the supervisor's
+    clock, not asserted on ours; bench/stop_time.py prints the times), nothing it started
+    is left."""
+    code, _took = daemon.stop()
     text = daemon.text()
     assert code == 0, text
-    assert took < 5.0, text
+    assert "worker_killed" not in text, text
+    assert "ended with exit status 0 (STOPPED)" in text, text
     assert daemon.left_over() == [], text
     assert len(daemon.seen) >= 1
     return text
