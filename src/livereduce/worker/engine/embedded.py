@@ -192,26 +192,30 @@ class EmbeddedEngine:
     def _finish(self, stop: StopToken, abandoned: str) -> None:
         """Close the listener; write a pending output unless the stop made it unsafe or slow."""
         try:
-            why_not = ""
-            if abandoned in NO_FLUSH_AFTER:
-                why_not = f"the stop abandoned {abandoned}"
-            elif stop.requested and self.writer.last_write_s > STOP_FLUSH_MAX_S:
-                why_not = (
-                    f"the last write took {self.writer.last_write_s:.1f} s "
-                    f"(more than {STOP_FLUSH_MAX_S:g} s at a stop)"
-                )
-            if not self.writer.pending:
-                pass
-            elif why_not:
-                log.warning(
-                    "output_not_flushed: %s; %s stays as last written", why_not, self.writer.path
-                )
-            else:
-                with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
-                    self.flush()
+            if self.writer.pending:
+                why_not = self._why_not_flush(stop, abandoned)
+                if why_not:
+                    log.warning(
+                        "output_not_flushed: %s; %s stays as last written",
+                        why_not, self.writer.path,
+                    )  # fmt: skip
+                else:
+                    with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
+                        self.flush()
         finally:
             if self.listener is not None:
                 self.listener.close()
+
+    def _why_not_flush(self, stop: StopToken, abandoned: str) -> str:
+        """Why a pending output must not be written as the engine ends (empty: write it)."""
+        if abandoned in NO_FLUSH_AFTER:
+            return f"the stop abandoned {abandoned}"
+        if stop.requested and self.writer.last_write_s > STOP_FLUSH_MAX_S:
+            return (
+                f"the last write took {self.writer.last_write_s:.1f} s "
+                f"(more than {STOP_FLUSH_MAX_S:g} s at a stop)"
+            )
+        return ""
 
     def _loop(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
         next_chunk = self._clock()
