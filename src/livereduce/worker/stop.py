@@ -38,6 +38,9 @@ STOP_EXIT_AFTER_S = 3.0
 """Seconds after a stop request at which the worker ends itself with status 0 if it has not
 returned by then: inside the 5 s a stop may take (issue 15.3), with room for the supervisor."""
 
+FAREWELL_WAIT_S = 0.5
+"""How long the stop deadline waits for its log line to be written before it ends the process."""
+
 STOP_RETRY_S = 0.01
 """Delay before StopRequested is raised again when Python ignored it (see the module text)."""
 
@@ -168,13 +171,32 @@ class StopToken:
     def _exit_when_late(self, read_fd: int, exit_after_s: float) -> None:
         os.read(read_fd, 1)  # blocks (without the GIL) until the first stop request
         time.sleep(exit_after_s)
+        # Logging takes the handlers' locks, which the stuck main thread may hold: say why in
+        # a thread of its own, and end the process whether or not that returns.
+        farewell = threading.Thread(
+            target=self._say_late, args=(exit_after_s,), name="stop farewell", daemon=True
+        )
+        farewell.start()
+        farewell.join(FAREWELL_WAIT_S)
+        os._exit(0)
+
+    def _say_late(self, exit_after_s: float) -> None:
         log.warning(
             "stop_deadline: still running %.1f s after the stop request (%s)%s: exiting now",
             exit_after_s,
             self.reason,
             f", in {self.abandoning}" if self.abandoning else "",
         )
-        exit_now(0)
+        _flush_logs()
+
+
+def _flush_logs() -> None:
+    """Flush and close the log handlers and the standard streams (best effort)."""
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def exit_now(status: int) -> None:
@@ -184,9 +206,5 @@ def exit_now(status: int) -> None:
     calls ``AlgorithmManager.shutdown()`` holding the GIL and waits for algorithms that may
     never end (upstream-livereduce.md §2.5), and a non-daemon thread a script started would
     keep the interpreter waiting in its shutdown for ever."""
-    with contextlib.suppress(Exception):
-        logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    _flush_logs()
     os._exit(status)
