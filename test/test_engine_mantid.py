@@ -25,7 +25,14 @@ import pytest
 from daemon_process import Daemon
 from livereduce.config import MANTID_CHUNK, config_from_mapping
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.worker.engine.mantid import TICK_S, MantidEngine, from_config
+from livereduce.worker.engine.mantid import (
+    TICK_S,
+    MantidEngine,
+    MantidLogTap,
+    MonitorWatch,
+    OutputUpdates,
+    from_config,
+)
 from livereduce.worker.stop import StopToken
 
 REPO = Path(__file__).resolve().parents[1]
@@ -803,3 +810,133 @@ def test_engine_mantid_without_mantid_exits_2_at_start(
     assert (
         "engine 'mantid' is configured but no module named 'mantid' in this Python" in daemon.text()
     )
+
+
+# --- the watch, stepped on a fake clock ----------------------------------------------------
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class SteppedMonitor:
+    """MonitorLiveData as the watch sees it: running until the test ends it."""
+
+    def __init__(self) -> None:
+        self.running = True
+
+    def isRunning(self) -> bool:
+        return self.running
+
+    def isExecuted(self) -> bool:
+        return False
+
+
+class SteppedStart:
+    """StartLiveData whose execute returns at once, handing over ``monitor``."""
+
+    def __init__(self, monitor: SteppedMonitor) -> None:
+        self.monitor = monitor
+
+    def execute(self) -> bool:
+        return True
+
+    def getProperty(self, _name: str):
+        return type("Property", (), {"value": self.monitor})()
+
+
+def mantid_log(tap: MantidLogTap, level: int, text: str) -> None:
+    tap.emit(logging.LogRecord("Mantid", level, __file__, 0, text, None, None))
+
+
+def stepped_watch(tmp_path: Path):
+    """A MonitorWatch on a fake clock at update_every 30, begun; returns (config, watch, step,
+    reports, updates, tap): ``step(t, event)`` ticks every 0.25 s up to ``t`` seconds after the
+    start, then calls ``event``; reports carry those seconds."""
+    config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 30})
+    clock = FakeClock()
+    reports: list[tuple[float, Progress]] = []
+    updates, tap = OutputUpdates(clock), MantidLogTap(clock)
+    watch = MonitorWatch(
+        engine=MantidEngine(config, clock=clock),
+        start=SteppedStart(SteppedMonitor()),
+        updates=updates,
+        tap=tap,
+        report=lambda p: reports.append((clock.now - 1000.0, p)),
+        progress=Progress(state=WorkerState.STARTING, engine="mantid"),
+    )
+    watch.begin()
+    watch.thread.join()
+
+    def step(t: float, event: Callable[[], None] | None = None) -> None:
+        while clock.now - 1000.0 < t:
+            clock.now = round(clock.now + 0.25, 2)
+            assert watch.tick(clock.now) is None
+        if event is not None:
+            event()
+
+    return config, step, reports, updates, tap
+
+
+def test_the_watch_stepped_through_a_slow_start_and_a_stalled_chunk(tmp_path: Path) -> None:
+    config, step_until, reports, updates, tap = stepped_watch(tmp_path)
+    not_ready = "LoadLiveData: The SNSLiveEventDataListener is not ready to return data: no run"
+    step_until(20, lambda: mantid_log(tap, logging.WARNING, not_ready))
+    step_until(40, lambda: mantid_log(tap, logging.WARNING, not_ready))
+    step_until(200, updates.seen)  # the first chunk is stored 200 s after the start
+    step_until(300)  # the next chunk was due at 230 s and never ends
+    seen = [(t, p.state.value, p.in_script, p.detail) for t, p in reports]
+    beats = [(t, d) for t, _s, _i, d in seen if d.startswith("waiting for chunk 2")]
+    starting = "StartLiveData: connecting the listener and loading the first chunk"
+    assert seen[:4] == [
+        (0.0, "connecting", "LoadLiveData", starting),
+        (20.25, "waiting_for_run", "LoadLiveData", not_ready),
+        (40.25, "waiting_for_run", "LoadLiveData", not_ready),
+        (200.25, "running", "", "chunk 1 processed"),
+    ]  # fmt: skip
+    # Beats between chunks, one a second (half the heartbeat interval), until the due time
+    # (230.25 s: update_every after the store was seen) plus the 2 s slack; then the chunk
+    # counts as started at its due time, and silence follows.
+    assert beats[0][0] == 201.25
+    assert beats[-1][0] == 231.25
+    assert len(beats) == 31
+    assert seen[4 + len(beats) :] == [
+        (232.25, "running", "LoadLiveData", "chunk 2 due: MonitorLiveData loads it")
+    ]
+    last = reports[-1][1]
+    assert last.in_script_since == pytest.approx(time.time() - 2.0, abs=1.0)
+    assert supervisor_would_kill(config, reports, 300.0) == []
+    assert supervisor_would_kill(config, reports, 232.25 + 900.5) != []  # the chunk's limit
+
+
+def test_the_watch_stepped_through_logged_chunk_starts_and_a_long_chunk(tmp_path: Path) -> None:
+    config, step, reports, updates, tap = stepped_watch(tmp_path)
+    start = "MonitorLiveData: Loading live data chunk {} at 12:00:00"
+    step(10, updates.seen)
+    step(40, lambda: mantid_log(tap, logging.INFO, start.format(0)))
+    step(150, updates.seen)  # chunk 2 took 110 s, longer than update_every: chunk 3 starts now
+    mantid_log(tap, logging.INFO, start.format(1))
+    step(160, updates.seen)
+    step(170)
+    seen = [
+        (t, p.in_script, p.detail)
+        for t, p in reports
+        if not p.detail.startswith("waiting for chunk")
+    ]
+    assert seen[1:] == [
+        (10.25, "", "chunk 1 processed"),
+        (40.25, "LoadLiveData", "loading chunk 2"),
+        (150.25, "", "chunk 2 processed"),
+        (150.25, "LoadLiveData", "loading chunk 3"),
+        (160.25, "", "chunk 3 processed"),
+    ]
+    # Nothing while Mantid was in chunk 2 (40.25 - 150.25 s) or in chunk 3.
+    inside = [t for t, _p in reports if 40.25 < t < 150.25 or 150.25 < t < 160.25]
+    assert inside == []
+    assert supervisor_would_kill(config, reports, 170.0) == []

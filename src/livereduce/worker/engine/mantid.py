@@ -268,7 +268,7 @@ def route_mantid_log(log_to_python: Callable[..., None]) -> None:
             _routed_with.append(log_to_python)
 
 
-class _MantidLogTap(logging.Handler):
+class MantidLogTap(logging.Handler):
     """Remembers, from Mantid's log, the last error, the last listener-not-ready warning and
     the last chunk start (each with its time on ``clock``, monotonic seconds, and its text);
     Mantid's threads call it, the loop reads it."""
@@ -294,7 +294,7 @@ class _MantidLogTap(logging.Handler):
             self.chunk_start_at = self._clock()
 
 
-class _OutputUpdates:
+class OutputUpdates:
     """Counts stores of the output workspace in the ADS (one per chunk: LoadLiveData stores
     its result there after every chunk). Mantid calls :meth:`seen` from its own threads;
     ``clock`` gives monotonic seconds."""
@@ -318,7 +318,7 @@ class _OutputUpdates:
             return self.count, self.at, self.wall
 
 
-def _observe_output(api: ModuleType, name: str, updates: _OutputUpdates) -> Any:
+def _observe_output(api: ModuleType, name: str, updates: OutputUpdates) -> Any:
     """An ADS observer calling ``updates.seen()`` when workspace ``name`` is added or replaced."""
 
     base: Any = api.AnalysisDataServiceObserver  # a class of the module given at run time
@@ -391,7 +391,7 @@ class MantidEngine:
                 report, progress, WorkerExit.BOOT_FAILURE, f"cannot import Mantid: {error}"
             )
         route_mantid_log(log_to_python)
-        tap = _MantidLogTap(self.clock)
+        tap = MantidLogTap(self.clock)
         mantid_logger = logging.getLogger("Mantid")
         if mantid_logger.getEffectiveLevel() > logging.INFO:
             mantid_logger.setLevel(logging.INFO)  # the tap needs the chunk-start notices
@@ -408,7 +408,7 @@ class MantidEngine:
         *,
         api: ModuleType,
         kernel: ModuleType,
-        tap: _MantidLogTap,
+        tap: MantidLogTap,
         stop: StopToken,
         report: Callable[[Progress], None],
         progress: Progress,
@@ -431,9 +431,9 @@ class MantidEngine:
             "start_live_data: StartLiveData(%s)",
             ", ".join(f"{k}={v!r}" for k, v in properties.items()),
         )
-        updates = _OutputUpdates(self.clock)
+        updates = OutputUpdates(self.clock)
         observer = _observe_output(api, config.output_workspace, updates)
-        watch = _Watch(
+        watch = MonitorWatch(
             engine=self, start=start, updates=updates, tap=tap, report=report, progress=progress
         )
         result = watch.loop(stop)
@@ -455,7 +455,7 @@ def _failed(
     return code
 
 
-class _Watch:
+class MonitorWatch:
     """The worker's loop while Mantid runs live data: one :meth:`tick` every ``tick_s``.
 
     ``chunk_since`` is the (monotonic) start of the chunk Mantid is loading, None between
@@ -467,8 +467,8 @@ class _Watch:
         *,
         engine: MantidEngine,
         start: Any,
-        updates: _OutputUpdates,
-        tap: _MantidLogTap,
+        updates: OutputUpdates,
+        tap: MantidLogTap,
         report: Callable[[Progress], None],
         progress: Progress,
     ) -> None:
@@ -494,17 +494,22 @@ class _Watch:
         self.chunk_start_seen: float | None = None
 
     def loop(self, stop: StopToken) -> WorkerExit:
+        """:meth:`begin`, then :meth:`tick` every ``tick_s`` until Mantid ended or ``stop``."""
+        self.begin()
+        while not stop.wait(self.engine.tick_s):
+            ended = self.tick(self.clock())
+            if ended is not None:
+                return ended
+        return self._stop(stop.reason)
+
+    def begin(self) -> None:
+        """Run StartLiveData in its thread; its synchronous first chunk starts now."""
         self.thread.start()
         self._chunk_started(
             self.clock(),
             WorkerState.CONNECTING,
             "StartLiveData: connecting the listener and loading the first chunk",
         )
-        while not stop.wait(self.engine.tick_s):
-            ended = self.tick(self.clock())
-            if ended is not None:
-                return ended
-        return self._stop(stop.reason)
 
     def tick(self, now: float) -> WorkerExit | None:
         """Look at Mantid once at monotonic ``now``: report what moved; the exit status once
