@@ -1,8 +1,9 @@
 """A stop request that a signal handler can raise safely and a loop can sleep on.
 
-The handler only sets a flag; the wake-up comes from ``signal.set_wakeup_fd``, which the
-interpreter writes to from C as soon as the signal arrives (STYLE.md §1), so a loop sleeping in
-:meth:`StopToken.wait` returns at once instead of at the end of its timeout.
+The handler sets a flag (and raises only inside abandonable work, below); the wake-up comes
+from ``signal.set_wakeup_fd``, which the interpreter writes to from C as soon as the signal
+arrives (STYLE.md §1), so a loop sleeping in :meth:`StopToken.wait` returns at once instead of at
+the end of its timeout.
 
 A stop must take seconds whatever the worker is doing (issue 15.3). Three things make it so:
 
