@@ -379,19 +379,20 @@ def test_instrument_unknown_to_mantid_fails_at_start(calls: Calls, tmp_path: Pat
 
 
 def supervisor_would_kill(config, reports: Reports, now: float) -> list[str]:
-    """Where the supervisor's rule (protocol.py) would count the worker as hung: after a
-    report with ``in_script`` set it allows ``config.script_timeout(in_script)``, after any
-    other report ``config.heartbeat_timeout``, until the next report (or ``now``)."""
+    """Where the supervisor's rule (protocol.py, supervisor/machine.py) would count the worker
+    as hung: a script is timed from the first report naming it, and allowed
+    ``config.script_timeout(in_script)``; after a report with ``in_script`` empty the worker is
+    allowed ``config.heartbeat_timeout`` until the next report (or ``now``)."""
     misses = []
+    script, since = "", 0.0
     ends = [t for t, _p in reports[1:]] + [now]
     for (at, progress), until in zip(reports, ends, strict=True):
-        allowed = (
-            config.script_timeout(progress.in_script)
-            if progress.in_script
-            else config.heartbeat_timeout
-        )
-        if until - at > allowed:
-            misses.append(f"{until - at:.0f} s after {progress.detail!r} (allowed {allowed:g} s)")
+        if progress.in_script and progress.in_script != script:
+            since = at
+        script = progress.in_script
+        limit = config.script_timeout(script) if script else config.heartbeat_timeout
+        if until - (since if script else at) > limit:
+            misses.append(f"{until - at:.0f} s after {progress.detail!r} (allowed {limit:g} s)")
     return misses
 
 
@@ -469,13 +470,14 @@ def test_listener_not_ready_is_reported_as_waiting(
     config = make_config(tmp_path, {"instrument": "POWGEN", "update_every": 0.5})
     _code, reports, _ = run_engine(config, first_chunk)
     before_chunk = [(t, p) for t, p in reports[2:] if p.chunks == 0]
-    # One report per warning (the stand-in warns every second for 4 s), each a fresh start
-    # of LoadLiveData's wait, in state waiting_for_run.
-    assert len(before_chunk) in (4, 5)
+    # Two reports per warning (the stand-in warns every second for 4 s): that attempt ended,
+    # the next one starts; in state waiting_for_run.
+    warnings = len(before_chunk) // 2
+    assert warnings in (4, 5)
+    assert [p.in_script for _t, p in before_chunk] == ["", MANTID_CHUNK] * warnings
     assert all(p.state is WorkerState.WAITING_FOR_RUN for _t, p in before_chunk)
-    assert all(p.in_script == MANTID_CHUNK for _t, p in before_chunk)
     assert "SNSLiveEventDataListener is not ready to return data" in before_chunk[0][1].detail
-    since = [p.in_script_since for _t, p in before_chunk]
+    since = [p.in_script_since for _t, p in before_chunk if p.in_script]
     assert since == sorted(since)
     times = [t for t, _p in reports]
     assert max(b - a for a, b in itertools.pairwise(times)) <= 1.0 + 2 * TICK_S
@@ -490,7 +492,8 @@ def test_not_ready_at_mantids_real_cadence_does_not_flap(
     first_warning = next(i for i, (_t, p) in enumerate(reports) if "not ready" in p.detail)
     until_chunk = [p for _t, p in reports[first_warning:] if p.chunks == 0]
     assert [p.state for p in until_chunk] == [WorkerState.WAITING_FOR_RUN] * len(until_chunk)
-    assert len(until_chunk) in (5, 6)  # one per warning, 20 s apart, nothing in between
+    # two per warning (an attempt ended, the next began), 20 s apart, nothing in between
+    assert len(until_chunk) in (10, 12)
     assert supervisor_would_kill(config, reports, reports[-1][0]) == []
     assert "heartbeats_stopped" not in caplog.text
 
@@ -894,9 +897,11 @@ def test_the_watch_stepped_through_a_slow_start_and_a_stalled_chunk(tmp_path: Pa
     seen = [(t, p.state.value, p.in_script, p.detail) for t, p in reports]
     beats = [(t, d) for t, _s, _i, d in seen if d.startswith("waiting for chunk 2")]
     starting = "StartLiveData: connecting the listener and loading the first chunk"
-    assert seen[:4] == [
+    assert seen[:6] == [
         (0.0, "connecting", "LoadLiveData", starting),
+        (20.25, "waiting_for_run", "", not_ready),
         (20.25, "waiting_for_run", "LoadLiveData", not_ready),
+        (40.25, "waiting_for_run", "", not_ready),
         (40.25, "waiting_for_run", "LoadLiveData", not_ready),
         (200.25, "running", "", "chunk 1 processed"),
     ]  # fmt: skip
@@ -906,7 +911,7 @@ def test_the_watch_stepped_through_a_slow_start_and_a_stalled_chunk(tmp_path: Pa
     assert beats[0][0] == 201.25
     assert beats[-1][0] == 231.25
     assert len(beats) == 31
-    assert seen[4 + len(beats) :] == [
+    assert seen[6 + len(beats) :] == [
         (232.25, "running", "LoadLiveData", "chunk 2 due: MonitorLiveData loads it")
     ]
     last = reports[-1][1]
@@ -940,3 +945,16 @@ def test_the_watch_stepped_through_logged_chunk_starts_and_a_long_chunk(tmp_path
     inside = [t for t, _p in reports if 40.25 < t < 150.25 or 150.25 < t < 160.25]
     assert inside == []
     assert supervisor_would_kill(config, reports, 170.0) == []
+
+
+def test_waiting_an_hour_for_a_run_is_never_a_chunk_past_its_limit(tmp_path: Path) -> None:
+    config, step, reports, updates, tap = stepped_watch(tmp_path)
+    not_ready = "LoadLiveData: The SNSLiveEventDataListener is not ready to return data: no run"
+    for warning_at in range(20, 3600, 20):  # Mantid's real cadence, for an hour
+        step(warning_at, lambda: mantid_log(tap, logging.WARNING, not_ready))
+    step(3610, updates.seen)
+    step(3611)
+    assert {p.state for _t, p in reports[1:-1]} == {WorkerState.WAITING_FOR_RUN}
+    assert reports[-1][1].detail == "chunk 1 processed"
+    assert supervisor_would_kill(config, reports, 3611.0) == []
+    assert config.script_timeout(MANTID_CHUNK) + config.heartbeat_timeout < 3600

@@ -150,7 +150,10 @@ class EmbeddedEngine:
         self._stop: StopToken | None = None
         self._report: Callable[[Progress], None] = _no_report
         self.progress = Progress(
-            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+            state=WorkerState.STARTING,
+            engine="embedded",
+            instrument=config.instrument.name,
+            results_written=0,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -250,10 +253,18 @@ class EmbeddedEngine:
             self._write(force=True)
 
     def _write(self, *, force: bool) -> bool:
-        """Write the current output (abandoned by a stop signal: the rename never happens, so
-        the file on disk stays whole); returns whether it was written."""
+        """Write the current output and count it (abandoned by a stop signal: the rename never
+        happens, so the file on disk stays whole); returns whether it was written."""
         with self._abandonable(WRITE_PHASE):
-            return self.writer.write(self._output, self._output_version, force=force)
+            wrote = self.writer.write(self._output, self._output_version, force=force)
+        self._count_write(wrote)
+        return wrote
+
+    def _count_write(self, wrote: bool) -> None:
+        """Count a result file written (``results_written``: the supervisor's ``failing``)."""
+        if wrote:
+            written = (self.progress.results_written or 0) + 1
+            self.progress = self.progress.with_(results_written=written)
 
     def _abandonable(self, phase: str) -> contextlib.AbstractContextManager[None]:
         return self._stop.abandonable(phase) if self._stop is not None else contextlib.nullcontext()

@@ -21,7 +21,10 @@ a workspace name; mantid-live-data.md §2.5). The call sequence is the predecess
   chunk is stored; the supervisor allows it ``Config.script_timeout("LoadLiveData")`` (both
   scripts' limits). Between chunks the loop beats every HEARTBEAT_INTERVAL_S until the next one
   is due. Each "not ready" warning of the listener is progress too (state ``waiting_for_run``,
-  held until a chunk is stored: real Mantid repeats the warning only every ~20 s). A
+  held until a chunk is stored: real Mantid repeats the warning only every ~20 s): that attempt
+  of LoadLiveData ended and the next begins, so the worker sends a report with ``in_script``
+  empty and one naming ``LoadLiveData`` again (the supervisor times a script from the report
+  that first names it, so waiting hours for a run is never a script past its limit). A
   MonitorLiveData that ended in error ends the worker with ENGINE_FAILURE;
 * a stop cancels MonitorLiveData from the loop (never from a signal handler), waits at most
   ``CANCEL_WAIT_MAX_S`` and returns. It never calls ``AlgorithmManager.shutdown()``, whose wait
@@ -538,7 +541,11 @@ class MonitorWatch:
                 # A chunk longer than update_every: the next one started as this one was stored.
                 self._chunk_started(start_at, WorkerState.RUNNING, f"loading chunk {chunks + 1}")
         elif not_ready_at is not None and not_ready_at != self.not_ready_seen:
+            # That attempt of LoadLiveData ended (the listener answered "not ready") and the
+            # next one starts: two reports, so that the supervisor times the new attempt.
             self.not_ready_seen = not_ready_at
+            self.chunk_since = None
+            self._send(now, WorkerState.WAITING_FOR_RUN, self.tap.not_ready_text)
             self._chunk_started(not_ready_at, WorkerState.WAITING_FOR_RUN, self.tap.not_ready_text)
         elif self.chunk_since is not None:
             pass  # Mantid is in a chunk: silent until it is stored (module docstring)
