@@ -356,8 +356,9 @@ def assert_stopped_promptly(daemon: Daemon) -> str:
 
 
 def temporaries(folder: Path) -> list[str]:
-    """The temporary files of output writes in ``folder`` (hidden, renamed when complete)."""
-    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    """The temporary files of output writes in ``folder`` (``.result...``: hidden, renamed when
+    complete)."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".result")]
 
 
 def status(tmp_path: Path) -> dict:
