@@ -305,7 +305,8 @@ output = input
 
 
 STOP_BOUND_S = 5.0
-"""The supervisor kills a stopping worker after this (``stop_timeout``): a stop must take less."""
+"""``stop_timeout``: the supervisor's kill grace for a stopping worker is min(4 s, this), so a
+worker that ends by itself (no ``worker_killed``) took less than the issue's 5 s."""
 
 
 def daemon_config(tmp_path: Path, **extra) -> dict:
@@ -342,9 +343,8 @@ def start(tmp_path: Path, daemons: list[Daemon], raw: dict, **scripts: str) -> D
 
 def assert_stopped_promptly(daemon: Daemon) -> str:
     """SIGTERM: the daemon exits 0, its worker ended by itself with status 0 before the
-    supervisor's SIGKILL at ``stop_timeout`` (5 s: the issue's bound, kept by the supervisor's
-    clock, not asserted on ours; bench/stop_time.py prints the times), nothing it started
-    is left."""
+    supervisor's SIGKILL (STOP_BOUND_S: the issue's bound, kept by the supervisor's clock, not
+    asserted on ours; bench/stop_time.py prints the times), nothing it started is left."""
     code, _took = daemon.stop()
     text = daemon.text()
     assert code == 0, text
