@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "test"))
 from daemon_process import Daemon  # noqa: E402 - test helpers, from the path above
 from test_engine_mantid import mantid_daemon, recorded  # noqa: E402
 from test_worker_stop import (  # noqa: E402
+    IN_C_WITH_THE_GIL,
     SLEEPER,
     SWALLOWER,
     daemon_config,
@@ -62,6 +63,10 @@ def cases(rate: int) -> dict[str, tuple[Callable[[Path], Daemon], Callable[[Daem
             marked,
         ),
         "script that swallows the stop": (lambda tmp: embedded(tmp, {"proc": SWALLOWER}), marked),
+        "script in C code holding the GIL": (
+            lambda tmp: embedded(tmp, {"proc": IN_C_WITH_THE_GIL}),
+            marked,
+        ),
         f"step on >= {2 * rate:.0e} accumulated events": (lambda tmp: big(tmp, rate), many),
         f"output write in progress (>= {2 * rate:.0e} events)": (
             lambda tmp: big(tmp, rate),

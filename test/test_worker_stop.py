@@ -402,6 +402,29 @@ def test_sigterm_with_a_script_that_swallows_the_stop(tmp_path, daemons):
     assert "stop_deadline: still running 3.0 s after the stop request (SIGTERM)" in text
 
 
+IN_C_WITH_THE_GIL = """
+import pathlib
+pathlib.Path({mark!r}).write_text('in C')
+sum(range(10**12))  # one C call that holds the GIL for hours: no Python code runs meanwhile
+output = input
+"""
+
+
+def test_sigterm_with_a_script_in_c_code_holding_the_gil(tmp_path, daemons):
+    # Neither the signal handler nor the stop deadline can run: the supervisor's kill grace
+    # (4 s, at most stop_timeout) is the bound, and the daemon still exits 0, nothing left.
+    mark = tmp_path / "sleeping"
+    daemon = start(
+        tmp_path, daemons, daemon_config(tmp_path), proc=IN_C_WITH_THE_GIL.format(mark=str(mark))
+    )
+    assert daemon.wait_for(mark.exists, 60), daemon.text()
+    code, _took = daemon.stop()
+    text = daemon.text()
+    assert code == 0, text
+    assert "did not stop 4.0 s after SIGTERM: SIGKILL to its process group" in text
+    assert daemon.left_over() == [], text
+
+
 LEAVES_A_THREAD = """
 import pathlib, threading, time
 if 'thread' not in workspaces:
