@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from livereduce.protocol import Progress, ReportReader, WorkerExit, WorkerState
+from livereduce.config import ConfigError
+from livereduce.protocol import Progress, ReportReader, Resume, WorkerExit, WorkerState
 from livereduce.supervisor.worker_process import describe_exit
+from livereduce.worker.main import read_config
 
 
 class Worker:
@@ -211,3 +214,15 @@ def test_keyboard_interrupt_and_sys_exit_in_a_script_lose_one_chunk_each(tmp_pat
     worker.process.send_signal(signal.SIGTERM)
     assert worker.process.wait(10) == WorkerExit.STOPPED
     assert "reduce_FAKE_live_proc.py:4: KeyboardInterrupt" in worker.log()
+
+
+def test_the_resume_in_the_configuration_message_is_read():
+    raw = {"instrument": "FAKE", "listener": "fake", "engine": "embedded"}
+    message = {"path": None, "raw": raw, "resume": {"run_number": 7, "start_ns": 5 * 10**9}}
+    _config, resume = read_config(io.StringIO(json.dumps(message)))
+    assert resume == Resume(run_number=7, start_ns=5 * 10**9)
+    _config, resume = read_config(io.StringIO(json.dumps({"path": None, "raw": raw})))
+    assert resume is None
+    bad = {"path": None, "raw": raw, "resume": {"run_number": "x"}}
+    with pytest.raises(ConfigError, match="resume is not a run and a start time"):
+        read_config(io.StringIO(json.dumps(bad)))

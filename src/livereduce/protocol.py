@@ -89,8 +89,8 @@ class Progress:
 
     ``chunks`` and ``events`` count chunks processed and detector events received;
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
-    ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
-    is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+    ``errors`` counts chunks lost to script errors and stream faults; ``detail`` says in words
+    what the worker is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
 
     ``results_written`` counts the result files the worker wrote (None: its engine does not
     count them); with ``chunks`` and ``errors`` it tells the supervisor whether the worker is
@@ -105,6 +105,12 @@ class Progress:
     Mantid engine names a whole chunk ``LoadLiveData`` (``config.MANTID_CHUNK``: both scripts in
     one go); at each listener "not ready" retry it sends one with ``in_script`` empty (that
     attempt ended), then one naming ``LoadLiveData`` again with a new ``in_script_since``.
+
+    ``input_counts``: what the listener received but left out or could not read since the
+    worker started, by kind (``error_events``, ``unmapped_events``, ``out_of_range_events``,
+    ``duplicate_pulses``, ``paused_events``, ``malformed_packets``, ``skipped_bytes``,
+    ``framing_failures``, ...; docs/adara.md). Stream faults among them also count in
+    ``errors``.
     """
 
     state: WorkerState
@@ -124,6 +130,7 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    input_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def resume(self) -> Resume | None:

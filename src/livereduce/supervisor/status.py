@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from livereduce.atomic import write_atomically
 from livereduce.config import ConfigError, load_config
 
 WRITE_EVERY_S = 2.0
@@ -47,9 +48,11 @@ FIELDS = {
     "results_written": "result files the current worker wrote (null: its engine does not count)",
     "last_result_time": "Unix time the supervisor saw the last result file written",
     "in_script": "the user script the worker runs now (empty between scripts)",
-    "errors": "since the supervisor started: chunks lost to script errors, plus workers lost to "
-    "hangs, script time limits, memory kills and crashes",
+    "errors": "since the supervisor started: chunks lost to script errors and stream faults, "
+    "plus workers lost to hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
+    "input_counts": "what the listener left out or could not read, by kind (current worker; "
+    "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
     "worker_peak_rss_bytes": "peak resident memory of the last worker that ended, bytes",
@@ -85,17 +88,12 @@ class StatusError(Exception):
 
 
 def write_status(path: Path, status: Mapping[str, Any]) -> None:
-    """Write ``status`` as JSON to ``path`` atomically (temporary file + rename).
+    """Write ``status`` as JSON to ``path`` atomically (:func:`livereduce.atomic.write_atomically`).
 
     Raises OSError when the folder cannot be created or written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    text = json.dumps(status, indent=1, sort_keys=True) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -229,7 +227,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     config = None
     if config_path is not None:
         config = load_config(config_path, check_scripts=False)
-        if "status_file" in config.raw:
+        if "status_file" in config.given:
             return [config.status_file]
     paths.append(SYSTEMD_STATUS_FILE)
     if config is not None:

@@ -205,9 +205,9 @@ def start_live_data_properties(
     ``accumulation_workspace`` is required with a post-processing script.
     """
     properties: dict[str, Any] = {"Instrument": instrument.name}
-    if "listener" in config.raw:
+    if "listener" in config.given:
         properties["Listener"] = LISTENER_CLASSES[config.listener]
-    if "address" in config.raw and config.listener is not ListenerKind.NEXUS:
+    if "address" in config.given and config.listener is not ListenerKind.NEXUS:
         properties["Address"] = config.address
     from_start = config.start_from is StartFrom.START_OF_RUN
     properties |= {
@@ -321,12 +321,10 @@ class OutputUpdates:
             return self.count, self.at, self.wall
 
 
-def _observe_output(api: ModuleType, name: str, updates: OutputUpdates) -> Any:
+def _observe_output(api: Any, name: str, updates: OutputUpdates) -> Any:
     """An ADS observer calling ``updates.seen()`` when workspace ``name`` is added or replaced."""
 
-    base: Any = api.AnalysisDataServiceObserver  # a class of the module given at run time
-
-    class OutputObserver(base):
+    class OutputObserver(api.AnalysisDataServiceObserver):
         def addHandle(self, ws_name: str, _workspace: Any) -> None:
             if ws_name == name:
                 updates.seen()
