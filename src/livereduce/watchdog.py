@@ -290,7 +290,7 @@ def _micro(value: str | None) -> float | None:
     return micro / 1e6 if micro > 0 else None
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livereduce-watchdog",
         description="Restart livereduce.service when its status file shows no progress for "
@@ -310,7 +310,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-file", type=Path, help="also log to this file")
     parser.add_argument("--once", action="store_true", help="check once and exit")
     parser.add_argument("--version", action="version", version=f"livereduce-watchdog {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
 
 
 def _configure_logging(log_file: Path | None) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 
+from livereduce import __version__
 from livereduce.config import ConfigError, load_config
 
 WRITE_EVERY_S = 2.0
@@ -190,12 +191,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
-
-    Prints the status (0), or one message on stderr and 1 when the file is missing or bad,
-    2 for a bad configuration file.
-    """
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livereduce-status", description="Show what the livereduce service is doing."
     )
@@ -205,7 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config", type=Path, help="configuration file (default /etc/livereduce.conf)"
     )
     where.add_argument("--file", type=Path, help="status file to read")
-    args = parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"livereduce-status {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
+
+    Prints the status (0), or one message on stderr and 1 when the file is missing or bad,
+    2 for a bad configuration file.
+    """
+    args = _parser().parse_args(argv)
     try:
         candidates = _candidates(args)
     except ConfigError as error:
