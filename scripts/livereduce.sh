@@ -4,6 +4,7 @@
 # systemd's signals reach the daemon directly and its sd_notify messages come from the main PID.
 #
 #   livereduce.sh [CONFIG [more daemon arguments]]     CONFIG defaults to /etc/livereduce.conf
+#   livereduce.sh --version | --help                   in the environment of the default CONFIG
 #
 # Environment, first match wins (keys of the configuration file; docs/systemd.md):
 #   PIXI_ENV   a pixi workspace (a folder holding pixi.toml/pyproject.toml, or the manifest file
@@ -43,7 +44,7 @@ reader_python=${LIVEREDUCE_PYTHON:-$INSTALLED_PYTHON}
 command -v "$reader_python" >/dev/null 2>&1 ||
     die "Python '$reader_python' not found (set LIVEREDUCE_PYTHON to the interpreter to use)"
 
-if [ $# -ge 1 ]; then
+if [ $# -ge 1 ] && [[ $1 != -* ]]; then
     config=$1
     [ -f "$config" ] || die "configuration file $config not found"
 elif [ -f "$DEFAULT_CONFIG" ]; then
