@@ -16,14 +16,26 @@ runs LoadLiveData's steps (§2.3):
 
 Run transitions (``run_transition``): at the chunk that ends a run, Restart makes the next chunk
 replace the accumulation; Rename does the same and keeps the finished run's output as
-``<output_workspace>_<run>.h5``; Stop writes the output and ends the loop (state run_ended). A
-chunk that begins a new run when the previous one never reported its end counts as that end.
-A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+``<output_workspace>_<run>.h5`` (``<output_workspace>_<run>_partial.h5`` when the listener
+joined the run after its start: a partial result never replaces a complete one); Stop writes
+the output and ends the loop (state run_ended). A chunk that begins a new run when the previous
+one never reported its end counts as that end. After a chunk that ends a run the next chunk is
+taken at once, whatever ``update_every`` is, so runs finished in a burst are all handed on
+without lag. A data reset (the stream replays the run) replaces the run's events, monitors and
+logs together. A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+
+What the listener left out or could not read (``Chunk.input_counts``) is summed in the report's
+``input_counts`` and in the result file's ``livereduce_input_counts`` attribute (JSON, for the
+current run); stream faults (:data:`~livereduce.worker.listeners.base.STREAM_FAULTS`) also count
+as ``errors``. Every report names the oldest run seen whose end was not yet handled
+(``unfinished_run``, ``unfinished_run_start_ns``) so that a worker taking over (``resume``)
+completes it first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,14 +45,29 @@ from typing import Any
 import scipp as sc
 
 from livereduce.config import Config, RunTransitionBehavior
-from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
+from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, Resume, WorkerExit, WorkerState
+from livereduce.worker.engine.accumulation import (
+    SCIPP_ERRORS,
+    Accumulation,
+    AccumulationError,
+    sum_bins,
+)
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
-from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
+from livereduce.worker.listeners.base import (
+    STREAM_FAULTS,
+    Chunk,
+    Listener,
+    ListenerError,
+    NotYet,
+    RunInfo,
+)
 from livereduce.worker.outputs.result import OutputWriter
+from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger(__name__)
+
+_SCIPP_OBJECTS = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,11 +76,13 @@ class StepOutcome:
 
     ``processed``: the chunk went through processing and accumulation; ``waiting``: the
     listener had nothing (NotYet) or the chunk was empty; ``failed``: the chunk was lost to a
-    script or accumulation error; ``wrote``: the output file was written; ``finished``: the run
-    ended with run_transition Stop, the loop must end.
+    script or accumulation error; ``wrote``: the output file was written; ``ended_run``: a run
+    ended with this chunk (the next chunk is taken at once); ``finished``: the run ended with
+    run_transition Stop, the loop must end.
     """
 
     events: int = 0
+    ended_run: bool = False
     processed: bool = False
     waiting: bool = False
     failed: bool = False
@@ -68,13 +97,14 @@ class StepOutcome:
 
 def to_histogram(result: Any) -> Any:
     """``preserve_events`` false: every binned part of ``result`` becomes the sum of each bin
-    (weights of the events in it), the bins' coords and masks kept. Dense parts are unchanged."""
+    (weights of the events in it, float64: :func:`accumulation.sum_bins`), the bins' coords
+    and masks kept. Dense parts are unchanged."""
     if isinstance(result, sc.DataGroup):
         return result.apply(to_histogram)
     if isinstance(result, sc.Dataset):
         return sc.Dataset({k: to_histogram(v) for k, v in result.items()})
     if isinstance(result, sc.DataArray | sc.Variable) and result.bins is not None:
-        return result.bins.sum()
+        return sum_bins(result)
     return result
 
 
@@ -92,7 +122,9 @@ def _has_data(chunk: Chunk) -> bool:
 class EmbeddedEngine:
     """The live-data loop for ``config``. ``listener``: the source of chunks (None: made from
     the configuration by :func:`livereduce.worker.listeners.create_listener` when :meth:`run`
-    starts; tests pass one, already started or not). ``clock``: monotonic seconds."""
+    starts; tests pass one, already started or not). ``clock``: monotonic seconds.
+    ``resume``: the run a previous worker left unfinished (reported as unfinished until this
+    engine handles its end)."""
 
     def __init__(
         self,
@@ -100,6 +132,7 @@ class EmbeddedEngine:
         listener: Listener | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        resume: Resume | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -122,9 +155,20 @@ class EmbeddedEngine:
         self._replace_next = True
         self._received_data = False
         self._run_events = 0
+        self._run_input_counts: dict[str, int] = {}
+        self._unfinished: dict[int, int] = {}
+        """Run number -> start (Unix ns) of every run seen whose end was not handled yet."""
+        self._resumed = resume.run_number if resume is not None else None
+        """The run handed over by the previous worker, until this engine meets it."""
+        if resume is not None:
+            self._unfinished[resume.run_number] = resume.start_ns
         self.progress = Progress(
-            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+            state=WorkerState.STARTING,
+            engine="embedded",
+            instrument=config.instrument.name,
+            results_written=0,
         )
+        self._report_unfinished()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -168,6 +212,8 @@ class EmbeddedEngine:
                 last_report = self._clock()
                 if outcome.finished:
                     return WorkerExit.STOPPED
+                if outcome.ended_run:
+                    next_chunk = last_report  # a finished run waits for nothing: take the next
             elif now - last_report >= HEARTBEAT_INTERVAL_S:
                 report(self.progress)
                 last_report = now
@@ -186,7 +232,13 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(self._output, self._output_version, force=True)
+            self._count_write(self.writer.write(self._output, self._output_version, force=True))
+
+    def _count_write(self, wrote: bool) -> None:
+        """Count a result file written (``results_written``: the supervisor's ``failing``)."""
+        if wrote:
+            written = (self.progress.results_written or 0) + 1
+            self.progress = self.progress.with_(results_written=written)
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -194,28 +246,38 @@ class EmbeddedEngine:
         """Extract and process one chunk (LoadLiveData). Never raises for a script fault;
         raises ListenerError when the listener cannot go on."""
         began = self._clock()
+        if self.listener is None:
+            raise ListenerError("the engine has no listener: run() makes one, tests pass one")
         try:
             chunk = self.listener.extract_data()
         except NotYet as not_yet:
-            waiting = self._received_data or getattr(self.listener, "waiting_for_run", False)
+            waiting = self._received_data or not_yet.waiting_for_run
             state = WorkerState.WAITING_FOR_RUN if waiting else WorkerState.CONNECTING
             self._set(state, str(not_yet))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
         extracted = self._clock()
         self._received_data = True
         self._count_events(chunk)
+        self._count_input(chunk)
+        self._see_run(chunk.run)
         if not _has_data(chunk):
-            if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
+            run = self._run
+            if (
+                self._run_open
+                and chunk.run is not None
+                and run is not None
+                and chunk.run.number == run.number
+            ):
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
-            self._report_idle()
+            self._report_idle(chunk)
             return StepOutcome(waiting=True, extract_s=extracted - began)
-        if self._new_run_without_end(chunk):
+        if self._run is not None and self._new_run_without_end(chunk):
             finished = self._end_run(self._run)
             if finished:
                 return StepOutcome(finished=True, extract_s=extracted - began)
         if chunk.begins_run or chunk.data_reset:
             self._replace_next = True
-        if chunk.begins_run or (chunk.run is not None and self._run is None):
+        if chunk.begins_run or chunk.data_reset or (chunk.run is not None and self._run is None):
             self._run_logs = {}
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
@@ -223,7 +285,7 @@ class EmbeddedEngine:
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
-            outcome = dataclasses.replace(outcome, finished=finished)
+            outcome = dataclasses.replace(outcome, finished=finished, ended_run=True)
         return outcome
 
     def _keep_logs(self, chunk: Chunk) -> None:
@@ -240,13 +302,58 @@ class EmbeddedEngine:
         self._run_events += chunk.event_count
         self.progress = self.progress.with_(events=events + chunk.event_count)
 
-    def _report_idle(self) -> None:
+    def _count_input(self, chunk: Chunk) -> None:
+        """Sum what the listener left out or could not read; stream faults are errors too."""
+        if chunk.begins_run:
+            self._run_input_counts = {}
+        if not chunk.input_counts:
+            return
+        total = dict(self.progress.input_counts)
+        for kind, count in chunk.input_counts.items():
+            total[kind] = total.get(kind, 0) + count
+            self._run_input_counts[kind] = self._run_input_counts.get(kind, 0) + count
+        faults = sum(chunk.input_counts.get(kind, 0) for kind in STREAM_FAULTS)
+        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(chunk.input_counts.items()))
+        last_error = f"bad input from the stream: {summary}" if faults else None
+        self.progress = self.progress.with_(
+            input_counts=total,
+            errors=self.progress.errors + faults,
+            last_error=last_error or self.progress.last_error,
+        )
+
+    def _see_run(self, run: RunInfo | None) -> None:
+        if run is not None and self._resumed is not None and run.number != self._resumed:
+            # the stream began after the handed-over run: it cannot be completed any more
+            log.warning(
+                "resume_abandoned: run %d was handed over unfinished, but the stream gave "
+                "run %d first; run %d stays incomplete",
+                self._resumed,
+                run.number,
+                self._resumed,
+            )
+            self._unfinished.pop(self._resumed, None)
+            self._report_unfinished()
+        if run is not None:
+            self._resumed = None
+        if run is not None and run.number and run.number not in self._unfinished:
+            start_ns = run.start_ns
+            self._unfinished[run.number] = start_ns if start_ns is not None else 0
+            self._report_unfinished()
+
+    def _report_unfinished(self) -> None:
+        oldest = min(self._unfinished, key=self._unfinished.__getitem__, default=None)
+        self.progress = self.progress.with_(
+            unfinished_run=oldest,
+            unfinished_run_start_ns=None if oldest is None else self._unfinished[oldest],
+        )
+
+    def _report_idle(self, chunk: Chunk) -> None:
         if not self._run_open:
             self._set(WorkerState.WAITING_FOR_RUN, "waiting for a run")
-        elif getattr(self.listener, "connected", True):
+        elif chunk.connected:
             self._set(WorkerState.NO_DATA, "in a run, no new data (beam off?)")
         else:
-            self._set(WorkerState.CONNECTING, getattr(self.listener, "state", "reconnecting"))
+            self._set(WorkerState.CONNECTING, chunk.activity or "reconnecting")
 
     def _new_run_without_end(self, chunk: Chunk) -> bool:
         return (
@@ -272,6 +379,11 @@ class EmbeddedEngine:
             )
         if not self.config.preserve_events:
             result = to_histogram(result)
+        problem = None if "post-processing" in self._runners else unsavable(result)
+        if problem is not None:
+            return self._lost(
+                chunk, problem, "", began=began, extracted=extracted, processed=processed
+            )
         method, replace = self.config.accum_method, self._replace_next
         try:
             self.accumulation.accumulate(method, result, replace=replace)
@@ -294,7 +406,13 @@ class EmbeddedEngine:
         if output is not None:
             self._output = output
             self._output_version += 1
-            wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            wrote = self.writer.write(
+                output,
+                self._output_version,
+                force=chunk.ends_run,
+                metadata=self._file_metadata(),
+            )
+            self._count_write(wrote)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
         written = self._clock()
@@ -327,11 +445,19 @@ class EmbeddedEngine:
             return None
         if "post-processing" not in self._runners:
             return accumulated
-        view = accumulated.copy(deep=False) if hasattr(accumulated, "copy") else accumulated
-        result = self._script("post-processing", view, run, dict(monitors or {}))
+        # A copy the script may change: editing ``input`` in place must not alter what later
+        # chunks are added to (this costs one copy of the accumulation per chunk).
+        copy = accumulated.copy() if isinstance(accumulated, _SCIPP_OBJECTS) else accumulated
+        monitors = dict(monitors.copy()) if monitors is not None else {}
+        result = self._script("post-processing", copy, run, monitors)
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
             log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)
+            return None
+        problem = unsavable(result)
+        if problem is not None:
+            self._count_error(problem)
+            log.error("post_processing_failed: %s", problem)
             return None
         return result
 
@@ -371,17 +497,32 @@ class EmbeddedEngine:
 
     # -- run transitions -----------------------------------------------------------------
 
+    def _file_metadata(self) -> dict[str, str]:
+        """Attributes written into the result file: what the stream left out of this run."""
+        return {"livereduce_input_counts": json.dumps(self._run_input_counts, sort_keys=True)}
+
     def _end_run(self, run: RunInfo) -> bool:
         """Apply run_transition at the end of ``run``; True when the loop must stop."""
         behavior = self.config.run_transition
-        log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
+        log.info(
+            "run_ended: run %d ended%s; run_transition %s",
+            run.number,
+            " (partial: joined after its start)" if run.partial else "",
+            behavior,
+        )
         self._run_open = False
         self._replace_next = True
-        self.writer.write(self._output, self._output_version, force=True)
+        self._count_write(
+            self.writer.write(
+                self._output, self._output_version, force=True, metadata=self._file_metadata()
+            )
+        )
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
-            kept = self.writer.keep_run(run.number)
+            kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
+        self._unfinished.pop(run.number, None)
+        self._report_unfinished()
         if behavior is RunTransitionBehavior.STOP:
             self._set(
                 WorkerState.RUN_ENDED,
