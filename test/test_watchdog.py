@@ -310,6 +310,19 @@ def test_process_prints_its_version() -> None:
     assert (done.returncode, done.stdout) == (0, f"livereduce-watchdog {__version__}\n")
 
 
+def test_the_watchdog_needs_only_the_standard_library() -> None:
+    """The RPM runs it on the system's python3.11, without numpy, scipp or psutil: with -S
+    (no site-packages) only the standard library and the package itself can be imported."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "livereduce.watchdog", "--version"],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"livereduce-watchdog {__version__}\n"
+
+
 def test_process_survives_a_failing_systemctl(proc: Process) -> None:
     done = proc.once()  # no show file: the stand-in fails like systemctl without a bus
     assert done.returncode == 0

@@ -18,8 +18,6 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from livereduce import __version__
 from livereduce.atomic import write_atomically
 from livereduce.config import ConfigError, load_config
@@ -140,6 +138,10 @@ def _overdue(status: Mapping[str, Any], now: float) -> bool:
 
 
 def _supervisor_gone(status: Mapping[str, Any]) -> bool:
+    # psutil only here: livereduce-watchdog imports this module on the system Python, which
+    # has the standard library only (the RPM's python3.11)
+    import psutil  # noqa: PLC0415
+
     pid = status.get("supervisor_pid")
     return isinstance(pid, int) and status.get("state") != "stopped" and not psutil.pid_exists(pid)
 
