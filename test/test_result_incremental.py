@@ -181,3 +181,12 @@ def test_without_hard_links_the_result_is_written_whole(tmp_path, monkeypatch, c
     assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
     assert caplog.text.count("output_links_unsupported") == 1
     assert not list(tmp_path.glob(".result.h5.*.tmp"))  # no working file left
+
+
+def test_close_removes_the_working_files_and_keeps_the_result(tmp_path):
+    rng = np.random.default_rng(6)
+    writer, accumulation = three_writes(rng, tmp_path)
+    assert len(list(tmp_path.glob(".result.h5.*.tmp"))) == 2  # the two working files
+    writer.close()
+    assert not list(tmp_path.glob(".result.h5.*.tmp"))
+    assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())

@@ -267,6 +267,7 @@ class EmbeddedEngine:
                     with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
                         self.flush()
         finally:
+            self.writer.close()
             if self.listener is not None:
                 self.listener.close()
 

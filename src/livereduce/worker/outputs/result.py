@@ -152,6 +152,11 @@ class OutputWriter:
             write_atomically(target, self._save_with_metadata(workspace))
         self._turn = 1 - self._turn
 
+    def close(self) -> None:
+        """Delete the working files (``<name>.h5`` keeps its own link); a later write starts
+        afresh, whole."""
+        self._forget_working()
+
     def _forget_working(self) -> None:
         """Drop the working files: the next appendable write starts a new one (a new inode,
         so a file kept or published from them is never modified again)."""
