@@ -267,8 +267,13 @@ class EmbeddedEngine:
         while not stop.requested:
             now = self._clock()
             if now >= next_chunk:
-                next_chunk = now + self.config.update_every
                 outcome = self.step()
+                # Until the stream has spoken, look again at the heartbeat cadence: a worker
+                # that is connected and receiving says so (systemd's READY=1) within seconds,
+                # not one update_every after start.
+                connecting = self.progress.state is WorkerState.CONNECTING
+                wait_s = HEARTBEAT_INTERVAL_S if connecting else self.config.update_every
+                next_chunk = now + min(wait_s, self.config.update_every)
                 report(self.progress)
                 last_report = self._clock()
                 if outcome.finished:
