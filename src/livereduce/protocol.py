@@ -94,6 +94,10 @@ class Progress:
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
     ``script_timeout_sec`` before it counts the worker as hung.
+
+    ``plots_published`` / ``publish_errors`` count uploads to the live data server that
+    succeeded / failed (timeouts, refused connections, answers other than 200);
+    ``last_publish_error`` says the last failure in words. Publishing never stops the loop.
     """
 
     state: WorkerState
@@ -112,6 +116,9 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    plots_published: int = 0
+    publish_errors: int = 0
+    last_publish_error: str = ""
 
     @property
     def resume(self) -> Resume | None:

@@ -28,6 +28,7 @@ from livereduce.logsetup import configure_logging
 from livereduce.protocol import Progress, ReportWriter, WorkerExit, WorkerState
 from livereduce.worker.engine import Engine, EngineUnavailable, choose_engine
 from livereduce.worker.listeners.base import ListenerError
+from livereduce.worker.outputs.compat import install_compat_modules
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.worker")
@@ -86,6 +87,8 @@ def run_worker(config: Config, report_fd: int) -> WorkerExit:
     # sends it to every process of the unit, and its default action would kill us mid-write.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reporter = _Reporter(ReportWriter(report_fd), stop)
+    # Scripts of both engines import publish_plot from SNS packages that are not on PyPI.
+    install_compat_modules()
     try:
         choice, reason = choose_engine(config)
         log.info("engine_chosen: %s (%s)", choice, reason)

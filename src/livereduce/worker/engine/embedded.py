@@ -37,6 +37,9 @@ from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, Work
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
+from livereduce.worker.outputs.figures import FigureCaption
+from livereduce.worker.outputs.live import LiveOutputs
+from livereduce.worker.outputs.metadata import ResultMetadata, iso_utc
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.stop import StopToken
 
@@ -92,7 +95,8 @@ def _has_data(chunk: Chunk) -> bool:
 class EmbeddedEngine:
     """The live-data loop for ``config``. ``listener``: the source of chunks (None: made from
     the configuration by :func:`livereduce.worker.listeners.create_listener` when :meth:`run`
-    starts; tests pass one, already started or not). ``clock``: monotonic seconds."""
+    starts; tests pass one, already started or not). ``clock``: monotonic seconds.
+    ``outputs``: figures and publishing (default: as the configuration says)."""
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class EmbeddedEngine:
         listener: Listener | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        outputs: LiveOutputs | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -110,6 +115,8 @@ class EmbeddedEngine:
         self.writer = OutputWriter(config.output_dir, config.output_workspace, clock=clock)
         self._output: Any = None
         self._output_version = 0
+        self.outputs = outputs if outputs is not None else LiveOutputs(config)
+        self._last_pulse_ns: int | None = None
         proc, post = config.existing_scripts()
         self._runners = {
             role: ScriptRunner(path, role, self.workspaces)
@@ -154,6 +161,7 @@ class EmbeddedEngine:
             return WorkerExit.ENGINE_FAILURE
         finally:
             self.flush()
+            self.outputs.close()
             self.listener.close()
 
     def _loop(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
@@ -186,7 +194,9 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(self._output, self._output_version, force=True)
+            self.writer.write(
+                self._output, self._output_version, force=True, metadata=self._metadata()
+            )
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -204,6 +214,7 @@ class EmbeddedEngine:
         extracted = self._clock()
         self._received_data = True
         self._count_events(chunk)
+        self._note_last_pulse(chunk)
         if not _has_data(chunk):
             if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
@@ -229,6 +240,14 @@ class EmbeddedEngine:
     def _keep_logs(self, chunk: Chunk) -> None:
         for name, series in chunk.logs.items():
             self._run_logs.setdefault(name, []).append(series)
+
+    def _note_last_pulse(self, chunk: Chunk) -> None:
+        if chunk.begins_run:
+            self._last_pulse_ns = None
+        pulses = chunk.events.coords.get("event_time_zero")
+        if pulses is not None and pulses.size:
+            last = int(pulses.values.max().astype("datetime64[ns]").astype("int64"))
+            self._last_pulse_ns = max(last, self._last_pulse_ns or last)
 
     def _count_events(self, chunk: Chunk) -> None:
         events = self.progress.events
@@ -294,9 +313,17 @@ class EmbeddedEngine:
         if output is not None:
             self._output = output
             self._output_version += 1
-            wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            wrote = self.writer.write(
+                output,
+                self._output_version,
+                force=chunk.ends_run,
+                metadata=self._metadata(run, ended=chunk.ends_run),
+            )
             if self.writer.failure:
                 self._count_error(self.writer.failure)
+            self.outputs.after_output(
+                output, self._output_version, self._caption(run), run_ended=chunk.ends_run
+            )
         written = self._clock()
         self.progress = self.progress.with_(
             chunks=self.progress.chunks + 1, last_chunk_time=time.time()
@@ -377,7 +404,18 @@ class EmbeddedEngine:
         log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
         self._run_open = False
         self._replace_next = True
-        self.writer.write(self._output, self._output_version, force=True)
+        context = self._run_context()
+        self.writer.write(
+            self._output,
+            self._output_version,
+            force=True,
+            metadata=self._metadata(context, ended=True),
+        )
+        self.outputs.after_output(
+            self._output, self._output_version, self._caption(context), run_ended=True
+        )
+        self.outputs.run_ended()
+        self.progress = self.progress.with_(**self.outputs.counters())
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number)
             if kept is not None:
@@ -413,6 +451,34 @@ class EmbeddedEngine:
             logs=logs,
         )
 
+    def _caption(self, run: RunContext) -> FigureCaption:
+        return FigureCaption(
+            instrument=self.config.instrument.name,
+            run_number=run.number,
+            title=run.title,
+            events=self._run_events,
+            proton_charge=run.proton_charge,
+            updated=time.time(),
+        )
+
+    def _metadata(self, run: RunContext | None = None, *, ended: bool = False) -> ResultMetadata:
+        """The run's metadata for the result file (``run``: default the current context)."""
+        run = run if run is not None else self._run_context()
+        charge = run.proton_charge
+        end = self._last_pulse_ns / 1e9 if self._last_pulse_ns is not None else None
+        return ResultMetadata(
+            instrument=run.instrument,
+            run_number=run.number,
+            title=run.title,
+            experiment_identifier=run.experiment,
+            start_time=iso_utc(run.start_time),
+            end_time=iso_utc(end),
+            run_ended=ended or (run.number != 0 and not self._run_open),
+            events=self._run_events,
+            proton_charge=charge if charge is not None else float("nan"),
+            updated=iso_utc(time.time()),
+        )
+
     def _describe(self, chunk: Chunk) -> str:
         run = f"run {chunk.run.number}" if chunk.run is not None else "no run"
         return f"{run}, {chunk.event_count} events"
@@ -424,5 +490,5 @@ class EmbeddedEngine:
             detail=detail,
             run_number=run.number if run is not None else None,
             run_title=run.title if run is not None else "",
-            **changes,
+            **(self.outputs.counters() | changes),
         )

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS
+from livereduce.worker.outputs.metadata import ResultMetadata, write_metadata
 
 WRITE_SHARE = 0.25
 """Largest share of wall time spent writing the output file; the rest is left for chunks."""
@@ -55,10 +56,17 @@ class OutputWriter:
                     stale.unlink()
                     log.info("stale_temporary_removed: %s", stale)
 
-    def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
+    def write(
+        self,
+        workspace: Any,
+        version: object,
+        *,
+        force: bool = False,
+        metadata: ResultMetadata | None = None,
+    ) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
-        the file was written. A failed write is logged and described in ``failure`` (empty
+        the file was written, with ``metadata`` (the run's) added to it. A failed write is logged and described in ``failure`` (empty
         after any call that did not fail); the previous file stays."""
         self.failure = ""
         if workspace is None or version == self._written_version:
@@ -68,7 +76,7 @@ class OutputWriter:
             self.pending = True
             return False
         began = self._clock()
-        if not self._save(workspace, self.path):
+        if not self._save(workspace, self.path, metadata):
             return False
         self.last_write_s = self._clock() - began
         self._next_allowed = began + self.last_write_s / WRITE_SHARE
@@ -76,11 +84,13 @@ class OutputWriter:
         self.pending = False
         return True
 
-    def _save(self, workspace: Any, target: Path) -> bool:
+    def _save(self, workspace: Any, target: Path, metadata: ResultMetadata | None) -> bool:
         temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             workspace.save_hdf5(temporary)
+            if metadata is not None:
+                write_metadata(temporary, metadata)
             os.replace(temporary, target)
         except (OSError, *SCIPP_ERRORS) as error:
             self.failure = f"cannot write {target}: {error}"

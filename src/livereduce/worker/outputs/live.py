@@ -1,0 +1,147 @@
+"""What the worker shows of each new output workspace besides the result file.
+
+:class:`LiveOutputs` gets every new output workspace from the engine and
+
+- writes its default figures (:mod:`livereduce.worker.outputs.figures`) next to the result file
+  as ``<output_workspace>_figures.json`` (atomically) when the view page is on
+  (``view_address``) or ``figures`` is asked for (``livereduce try``), at most every
+  :data:`FIGURES_EVERY_S`, and always at the end of a run;
+- with ``publish`` configured, hands the default figures to the :class:`Publisher` at most every
+  ``publish.every_sec`` and always at the end of a run (the run's last plot is published).
+
+It owns the worker's :class:`Publisher` (installed, so that scripts' ``publish_plot`` queues on
+it too) when publishing is possible. Figure failures are logged and counted as publish errors;
+nothing here raises into the processing loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from livereduce.config import Config
+from livereduce.worker.engine.accumulation import SCIPP_ERRORS
+from livereduce.worker.outputs import publishing
+from livereduce.worker.outputs.figures import (
+    FigureCaption,
+    NamedFigure,
+    default_figures,
+    figure_div,
+    figures_path,
+    write_figures,
+)
+
+log = logging.getLogger(__name__)
+
+FIGURES_EVERY_S = 1.0
+"""The view page polls every two seconds: writing the figures more often shows nothing more."""
+
+
+def combined_div(figures: list[NamedFigure]) -> str:
+    """One HTML ``<div>`` holding every figure (the server keeps one plot per run)."""
+    if len(figures) == 1:
+        return figure_div(figures[0].figure)
+    inner = "".join(
+        figure_div(f.figure, div_id=f"livereduce-plot-{i}") for i, f in enumerate(figures)
+    )
+    return f"<div>{inner}</div>"
+
+
+class LiveOutputs:
+    """Figures and publishing for ``config``; ``figures``: write the figures file even
+    without ``view_address``; ``publisher``: the one to use (tests; default: a new one when
+    publishing is configured); ``clock``: monotonic seconds."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        figures: bool = False,
+        publisher: publishing.Publisher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._write_figures = figures or bool(config.view_address)
+        self._figures_file = figures_path(config.output_dir, config.output_workspace)
+        self._every = config.publish_every_sec
+        publishing.set_default_config(config.publish_config)
+        self.publisher = publisher
+        if self.publisher is None:
+            self.publisher = publishing.Publisher(timeout_s=config.publish_timeout_sec)
+        self._previous = publishing.install(self.publisher)
+        self._next_figures = 0.0
+        self._next_publish = 0.0
+        self._figure_errors = 0
+        self._last_figure_error = ""
+        self._figures_version: object = None
+        self._published_version: object = None
+
+    def after_output(
+        self, output: Any, version: object, caption: FigureCaption, *, run_ended: bool
+    ) -> None:
+        """A new output workspace (``version``); ``run_ended``: it is the run's last."""
+        if output is None:
+            return
+        now = self._clock()
+        want_figures = (
+            self._write_figures
+            and version != self._figures_version
+            and (run_ended or now >= self._next_figures)
+        )
+        want_publish = (
+            self._every is not None
+            and caption.run_number > 0
+            and version != self._published_version
+            and (run_ended or now >= self._next_publish)
+        )
+        if not (want_figures or want_publish):
+            return
+        try:
+            figures = default_figures(output, caption)
+        except SCIPP_ERRORS as error:
+            self._figure_failed(f"cannot draw the output workspace: {error}")
+            return
+        if want_figures:
+            self._figures_version = version
+            self._next_figures = now + FIGURES_EVERY_S
+            try:
+                write_figures(self._figures_file, figures, caption)
+            except OSError as error:
+                self._figure_failed(f"cannot write {self._figures_file}: {error}")
+        if want_publish and figures:
+            self._published_version = version
+            self._next_publish = now + self._every
+            self.publisher.submit(
+                self._config.instrument.short_name,
+                caption.run_number,
+                {"file": combined_div(figures)},
+                config=None,
+            )
+
+    def _figure_failed(self, message: str) -> None:
+        self._figure_errors += 1
+        self._last_figure_error = message[-500:]
+        log.warning("figures_failed: %s", message)
+
+    def run_ended(self) -> None:
+        """Send what waits to be published (the run's last plot), within the upload timeout."""
+        if not self.publisher.flush():
+            log.warning("publish_flush_timeout: plots still queued at the end of the run")
+
+    def counters(self) -> dict[str, Any]:
+        """The report fields: ``plots_published``, ``publish_errors``, ``last_publish_error``."""
+        errors = self.publisher.errors + self._figure_errors
+        last = self.publisher.last_error or self._last_figure_error
+        return {
+            "plots_published": self.publisher.published,
+            "publish_errors": errors,
+            "last_publish_error": last,
+        }
+
+    def close(self) -> None:
+        """Publish what waits (within the upload timeout) and uninstall the publisher."""
+        self.publisher.close()
+        publishing.install(self._previous)
