@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 from livereduce import __version__
 from livereduce.config import Config, ConfigError, load_config
-from livereduce.logsetup import configure_logging
+from livereduce.logsetup import configure_logging, default_log_path
 from livereduce.supervisor.daemon import DaemonExit, run_daemon
+from livereduce.view.files import figures_path
+from livereduce.view.server import ViewServer
 from livereduce.worker.engine import EngineUnavailable, choose_engine
 
 log = logging.getLogger("livereduce")
@@ -81,4 +83,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_startup(config)
     for warning in warnings:
         log.warning("config_unknown_keys: %s", warning)
-    return run_daemon(config)
+    view = start_view(config)
+    try:
+        return run_daemon(config)
+    finally:
+        if view is not None:
+            view.close()
+
+
+def start_view(config: Config) -> ViewServer | None:
+    """The live view page for ``config`` (``view_address``), serving from a thread; None when
+    it is off or cannot bind (logged: the page is optional, the reduction is not)."""
+    if not config.view_address:
+        return None
+    try:
+        return ViewServer(
+            config.view_address,
+            status_file=config.status_file,
+            figures_file=figures_path(config.output_dir, config.output_workspace),
+            log_file=default_log_path(config),
+        ).start()
+    except OSError as error:
+        log.error("view_failed: cannot serve the live view on %s: %s", config.view_address, error)
+        return None

@@ -204,11 +204,6 @@ def figure_div(figure: Mapping[str, Any], *, div_id: str = "livereduce-plot") ->
     ).lstrip()
 
 
-def figures_path(output_dir: Path, output_workspace: str) -> Path:
-    """``<output_dir>/<output_workspace>_figures.json``: the figures the view page shows."""
-    return Path(output_dir) / f"{output_workspace}_figures.json"
-
-
 def write_figures(
     path: Path, figures: list[NamedFigure], caption: FigureCaption, *, updated: float | None = None
 ) -> None:

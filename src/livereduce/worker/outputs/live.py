@@ -23,13 +23,13 @@ from typing import Any
 
 from livereduce.config import Config
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS
+from livereduce.view.files import figures_path
 from livereduce.worker.outputs import publishing
 from livereduce.worker.outputs.figures import (
     FigureCaption,
     NamedFigure,
     default_figures,
     figure_div,
-    figures_path,
     write_figures,
 )
 
