@@ -4,6 +4,10 @@
 that does not exist either, as the predecessor did). A configuration that cannot be used gives
 one message on stderr naming the file, the key and what is allowed, and exit status 2; the
 other exit statuses are :class:`livereduce.supervisor.daemon.DaemonExit`.
+
+``livereduce plot RESULT.h5 -o OUT.png`` draws a result file (:mod:`livereduce.commands.plot`);
+``livereduce try CONFIG RUN.nxs.h5`` runs the scripts on a recorded run
+(:mod:`livereduce.commands.trial`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import getpass
+import importlib
 import json
 import logging
 import sys
@@ -32,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="livereduce",
         description="Keep the live reduction of a neutron instrument's data stream running.",
         epilog="Signals: SIGTERM/SIGINT stop, SIGHUP reloads the processing scripts, SIGQUIT "
-        "logs the state and quits. See docs/operations.md.",
+        "logs the state and quits. See docs/operations.md. Also: 'livereduce plot RESULT.h5 "
+        "-o OUT.png' draws a result file; 'livereduce try CONFIG RUN.nxs.h5' runs the "
+        "scripts on a recorded run.",
     )
     parser.add_argument(
         "config", nargs="?", help="configuration file (JSON); default /etc/livereduce.conf"
@@ -67,8 +74,15 @@ def _user() -> str:
         return "?"
 
 
+SUBCOMMANDS = {"plot": "livereduce.commands.plot", "try": "livereduce.commands.trial"}
+"""``livereduce plot RESULT`` and ``livereduce try CONFIG RUN``; anything else is a CONFIG."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run livereduce with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = _parser().parse_args(argv)
     warnings: list[str] = []
     try:

@@ -79,10 +79,18 @@ def default_figures(output: Any, caption: FigureCaption) -> list[NamedFigure]:
     """The default figures of ``output`` (a scipp DataArray, Dataset, DataGroup or Variable);
     see the module docstring. Never raises for an unusual shape: such parts are left out."""
     return [
-        NamedFigure(name, _figure(array, caption.text(name)))
-        for name, array in _parts(output, "")
-        if _figure_dims(array) in (1, 2)
+        NamedFigure(name, _figure(array, caption.text(name))) for name, array in drawable(output)
     ]
+
+
+def drawable(output: Any) -> list[tuple[str, sc.DataArray]]:
+    """The parts of ``output`` a default figure shows, as (name, dense 1-D or 2-D DataArray;
+    more dims are summed over the leading ones), in the output's order."""
+    parts = []
+    for name, array in _parts(output, ""):
+        if _figure_dims(array) in (1, 2):
+            parts.append((name, array.sum(array.dims[:-2]) if array.ndim > 2 else array))
+    return parts
 
 
 def _parts(value: Any, prefix: str) -> Iterator[tuple[str, sc.DataArray]]:
@@ -139,8 +147,6 @@ def _finite(values: np.ndarray) -> list[float | None]:
 
 def _figure(array: sc.DataArray, title: str) -> dict[str, Any]:
     unit = f" [{array.unit}]" if array.unit is not None else ""
-    if array.ndim > 2:
-        array = array.sum(array.dims[:-2])
     layout: dict[str, Any] = {"title": {"text": title, "font": {"size": 13}}, "margin": {"t": 50}}
     if array.ndim == 1:
         (dim,) = array.dims
