@@ -43,9 +43,9 @@ def plot_result(result: Path, output: Path) -> int:
         raise ValueError(f"{output}: unknown image format {suffix!r}; use .png, .svg, .pdf or .html")
     try:
         workspace = sc.io.load_hdf5(result)
-    except (KeyError, ValueError, RuntimeError) as error:
+        metadata = read_metadata(result)
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
         raise ValueError(f"{result} is not a scipp HDF5 result file: {error}") from None
-    metadata = read_metadata(result)
     title = describe(metadata).replace(" | ", "\n") if metadata else result.name
     parts = drawable(workspace)
     if not parts:
@@ -74,7 +74,7 @@ def plot_result(result: Path, output: Path) -> int:
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    figure, axes = plt.subplots(len(parts), 1, figsize=(8, 4 * len(parts)), squeeze=False)
+    figure, axes = plt.subplots(len(parts), 1, figsize=(8, 1 + 3.5 * len(parts)), squeeze=False)
     for (name, array), ax in zip(parts, axes[:, 0], strict=True):
         array.plot(ax=ax)
         if name:

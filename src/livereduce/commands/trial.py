@@ -121,11 +121,11 @@ def trial_config(live: Config, run: Path, folder: Path, update_every: float | No
     return config_from_mapping(raw, live.path)
 
 
-def run_trial(
-    config: Config, *, publish: bool, out: Any = sys.stdout
-) -> tuple[Progress, int]:
-    """Run every chunk of ``config``'s NeXus file; returns the last progress and the number of
-    chunks that failed (post-processing failures included)."""
+def run_trial(config: Config, *, publish: bool, out: Any = None) -> tuple[Progress, int]:
+    """Run every chunk of ``config``'s NeXus file, printing one line per chunk to ``out``
+    (default stdout); returns the last progress and the number of chunks that failed
+    (post-processing failures included)."""
+    out = sys.stdout if out is None else out
     from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: PLC0415 - scipp
     from livereduce.worker.listeners.base import ListenerError  # noqa: PLC0415
     from livereduce.worker.listeners.nexus import NexusListener  # noqa: PLC0415
