@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +47,6 @@ class LiveDataServer:
 
     def publish_config(self, folder: Path, *, password: str | None = None) -> Path:
         """A post_processing.conf for this server in ``folder``."""
-        import json  # noqa: PLC0415
-
         path = folder / "post_processing.conf"
         path.write_text(
             json.dumps(
@@ -61,8 +62,23 @@ class LiveDataServer:
         return path
 
     def html(self, instrument: str, run: int) -> requests.Response:
-        """``GET /plots/<instrument>/<run>/update/html/``."""
-        return requests.get(f"{self.url}/plots/{instrument}/{run}/update/html/", timeout=10)
+        """``GET /plots/<instrument>/<run>/update/html/``, past the server's 15 s page cache
+        (it is keyed by the full URL: a fresh query string is a fresh page)."""
+        return requests.get(
+            f"{self.url}/plots/{instrument}/{run}/update/html/",
+            params={"fresh": uuid.uuid4().hex},
+            timeout=10,
+        )
+
+
+def histogram_total(html: str) -> float:
+    """Sum of the first trace's y values (or heatmap z) in a published plotly div."""
+    call = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\])\s*,\s*\{", html, re.S)
+    assert call, html[:500]
+    traces = json.loads(call.group(1))
+    trace = traces[0]
+    values = [v for row in trace["z"] for v in row] if "z" in trace else trace["y"]
+    return sum(v for v in values if v is not None)
 
 
 def free_port() -> int:

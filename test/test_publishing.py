@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
-from livedata_fixture import free_port, live_data_server  # noqa: F401 - the fixture
+from livedata_fixture import free_port, histogram_total, live_data_server  # noqa: F401
 
 from livereduce.config import StartFrom, config_from_mapping
 from livereduce.worker.engine.embedded import EmbeddedEngine
@@ -21,15 +20,6 @@ from livereduce.worker.outputs.compat import install_compat_modules
 from livereduce.worker.outputs.live import LiveOutputs
 
 HYS_EVENTS = 26938
-
-
-def histogram_total(html: str) -> float:
-    """Sum of the first trace's y values (or heatmap z) in a published plotly div."""
-    call = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\])\s*,\s*\{", html, re.S)
-    assert call, html[:500]
-    traces = json.loads(call.group(1))
-    values = traces[0].get("y") or [v for row in traces[0]["z"] for v in row]
-    return sum(v for v in values if v is not None)
 
 
 def hys_engine(tmp_path: Path, data: Path, **raw) -> EmbeddedEngine:

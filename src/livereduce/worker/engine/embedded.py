@@ -414,8 +414,6 @@ class EmbeddedEngine:
         self.outputs.after_output(
             self._output, self._output_version, self._caption(context), run_ended=True
         )
-        self.outputs.run_ended()
-        self.progress = self.progress.with_(**self.outputs.counters())
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number)
             if kept is not None:

@@ -7,7 +7,9 @@
   (``view_address``) or ``figures`` is asked for (``livereduce try``), at most every
   :data:`FIGURES_EVERY_S`, and always at the end of a run;
 - with ``publish`` configured, hands the default figures to the :class:`Publisher` at most every
-  ``publish.every_sec`` and always at the end of a run (the run's last plot is published).
+  ``publish.every_sec`` and always at the end of a run (the run's last plot is published: the
+  publisher keeps one pending plot per run, so the next run's plots do not replace it, and a
+  stopping worker sends what waits).
 
 It owns the worker's :class:`Publisher` (installed, so that scripts' ``publish_plot`` queues on
 it too) when publishing is possible. Figure failures are logged and counted as publish errors;
@@ -126,11 +128,6 @@ class LiveOutputs:
         self._last_figure_error = message[-500:]
         log.warning("figures_failed: %s", message)
 
-    def run_ended(self) -> None:
-        """Send what waits to be published (the run's last plot), within the upload timeout."""
-        if not self.publisher.flush():
-            log.warning("publish_flush_timeout: plots still queued at the end of the run")
-
     def counters(self) -> dict[str, Any]:
         """The report fields: ``plots_published``, ``publish_errors``, ``last_publish_error``."""
         errors = self.publisher.errors + self._figure_errors
@@ -142,6 +139,9 @@ class LiveOutputs:
         }
 
     def close(self) -> None:
-        """Publish what waits (within the upload timeout) and uninstall the publisher."""
-        self.publisher.close()
+        """Publish what waits (within the upload timeout: a stopping worker still sends the
+        run's last plot) and uninstall the publisher."""
+        if not self.publisher.flush():
+            log.warning("publish_flush_timeout: plots still queued when the worker stopped")
+        self.publisher.close(timeout_s=0.0)
         publishing.install(self._previous)
