@@ -29,7 +29,9 @@ from pathlib import Path
 import pytest
 import requests
 
-PEERS = Path(os.environ.get("LIVEREDUCE_PEERS", Path(__file__).parents[1] / ".." / "shared" / "peers"))
+PEERS = Path(
+    os.environ.get("LIVEREDUCE_PEERS", Path(__file__).parents[1] / ".." / "shared" / "peers")
+)
 SERVER_SRC = PEERS / "live_data_server" / "src"
 PG_BIN = Path("/usr/lib/postgresql")
 USERNAME = "livereduce"
@@ -191,7 +193,11 @@ def run_live_data_server() -> Iterator[LiveDataServer]:
             "PYTHONWARNINGS": "ignore",
         }
         manage = [sys.executable, str(SERVER_SRC / "manage.py")]
-        for command in (["migrate", "--noinput"], ["createcachetable"], ["createsuperuser", "--noinput"]):
+        for command in (
+            ["migrate", "--noinput"],
+            ["createcachetable"],
+            ["createsuperuser", "--noinput"],
+        ):
             subprocess.run([*manage, *command], check=True, env=env, cwd=SERVER_SRC, **quiet)
         port = free_port()
         log = folder / "server.log"

@@ -1,4 +1,4 @@
-"""``livereduce plot`` and ``livereduce try`` on the real run HYS_178921, and the result metadata."""
+"""``livereduce plot`` and ``livereduce try`` on the real run HYS_178921; the result metadata."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+
 from livedata_fixture import free_port, histogram_total, live_data_server  # noqa: F401
 from test_e2e_replay import daemons, finished, serve  # noqa: F401 - the fixture
 

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from livedata_fixture import histogram_total, live_data_server  # noqa: F401
 
+from livedata_fixture import histogram_total, live_data_server  # noqa: F401
 from livereduce.cli import main
 from livereduce.worker.engine.scripts import RunContext, ScriptRunner
 

@@ -121,9 +121,7 @@ def load_page(browser: str, url: str, *, screenshot: Path | None = None) -> str:
             args.append(f"--screenshot={screenshot}")
         else:
             args.append("--dump-dom")
-        done = subprocess.run(
-            [*args, url], capture_output=True, text=True, timeout=90, check=False
-        )
+        done = subprocess.run([*args, url], capture_output=True, text=True, timeout=90, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
     finally:
@@ -138,9 +136,8 @@ def events_shown(dom: str) -> int:
 
 def drawn_pixels(png: Path) -> int:
     """Pixels of plotly's trace colours (blue line, coloured heatmap), not white or grey."""
-    from PIL import Image  # noqa: PLC0415
-
     import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
 
     pixels = np.asarray(Image.open(png).convert("RGB"), dtype=int)
     return int(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).sum())
@@ -202,7 +199,7 @@ def test_page_in_chromium_shows_a_figure_and_growing_events(daemon, tmp_path):
 
     url = wait_for(view_url, "the view_started log line")
     figures = out / "result_figures.json"
-    wait_for(lambda: figures.is_file(), "the worker's figures file")
+    wait_for(figures.is_file, "the worker's figures file")
 
     def status_events():
         try:

@@ -360,6 +360,7 @@ def config_from_mapping(
         Path(runtime_dir) / "status.json" if runtime_dir else output_dir / "status.json"
     )
     log_file = reader.path("log_file", None)
+    publish_every, publish_timeout = _publish(reader)
 
     config = Config(
         path=path,
@@ -399,7 +400,8 @@ def config_from_mapping(
         stop_timeout=reader.number("stop_timeout", 20.0, minimum=0.0, inclusive=False),
         **_script_timeouts(reader),
         publish_config=reader.path("publish_config", None),
-        **_publish(reader),
+        publish_every_sec=publish_every,
+        publish_timeout_sec=publish_timeout,
         view_address=_view_address(reader),
     )
     if check_scripts and config.existing_scripts() == (None, None):
@@ -458,22 +460,24 @@ def _script_timeouts(reader: _Reader) -> dict[str, float | None]:
     return {"proc_script_timeout_sec": both, "post_proc_script_timeout_sec": both}
 
 
-def _publish(reader: _Reader) -> dict[str, float | None]:
+def _publish(reader: _Reader) -> tuple[float | None, float]:
     """``publish``: false/absent (scripts publish, if they do), or an object with ``every_sec``
     (publish the default figure at most this often, > 0) and ``timeout_sec`` (of one upload)."""
     value = reader.raw.get("publish")
     if value is None or value is False:
-        return {"publish_every_sec": None, "publish_timeout_sec": 10.0}
+        return None, 10.0
     if not isinstance(value, Mapping):
         reader.fail("publish", f"expected false or an object with 'every_sec', got {value!r}")
     unknown = sorted(set(value) - {"every_sec", "timeout_sec"})
     if unknown:
-        reader.fail("publish", f"unknown key(s) {', '.join(unknown)}; allowed: every_sec, timeout_sec")
+        reader.fail(
+            "publish", f"unknown key(s) {', '.join(unknown)}; allowed: every_sec, timeout_sec"
+        )
     sub = _Reader(value, reader.path_, prefix="publish.")
-    return {
-        "publish_every_sec": sub.number("every_sec", 30.0, minimum=0.0, inclusive=False),
-        "publish_timeout_sec": sub.number("timeout_sec", 10.0, minimum=0.0, inclusive=False),
-    }
+    return (
+        sub.number("every_sec", 30.0, minimum=0.0, inclusive=False),
+        sub.number("timeout_sec", 10.0, minimum=0.0, inclusive=False),
+    )
 
 
 def _view_address(reader: _Reader) -> str:
@@ -487,7 +491,8 @@ def _view_address(reader: _Reader) -> str:
         host, port = "127.0.0.1", value
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         reader.fail(
-            "view_address", f"expected 'PORT' or 'HOST:PORT' with a port from 0 to 65535, got {value!r}"
+            "view_address",
+            f"expected 'PORT' or 'HOST:PORT' with a port from 0 to 65535, got {value!r}",
         )
     return f"{host.strip('[]')}:{int(port)}"
 

@@ -24,7 +24,10 @@ def parser() -> argparse.ArgumentParser:
     out = argparse.ArgumentParser(prog="livereduce plot", description=__doc__.splitlines()[0])
     out.add_argument("result", type=Path, help="a result file (e.g. result.h5)")
     out.add_argument(
-        "-o", "--output", type=Path, help="image to write (.png .svg .pdf .html); default RESULT.png"
+        "-o",
+        "--output",
+        type=Path,
+        help="image to write (.png .svg .pdf .html); default RESULT.png",
     )
     return out
 
@@ -40,7 +43,9 @@ def plot_result(result: Path, output: Path) -> int:
 
     suffix = output.suffix.lower()
     if suffix not in MATPLOTLIB_FORMATS | {".html"}:
-        raise ValueError(f"{output}: unknown image format {suffix!r}; use .png, .svg, .pdf or .html")
+        raise ValueError(
+            f"{output}: unknown image format {suffix!r}; use .png, .svg, .pdf or .html"
+        )
     try:
         workspace = sc.io.load_hdf5(result)
         metadata = read_metadata(result)
@@ -66,8 +71,8 @@ def plot_result(result: Path, output: Path) -> int:
             plotly.io.to_html(f.figure, include_plotlyjs=(i == 0), full_html=False)
             for i, f in enumerate(figures)
         )
-        output.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}"
-                          f"</title></head><body>{body}</body></html>", encoding="utf-8")  # fmt: skip
+        head = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        output.write_text(f"{head}<body>{body}</body></html>", encoding="utf-8")
         return len(figures)
     import matplotlib as mpl  # noqa: PLC0415
 

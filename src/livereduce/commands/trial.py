@@ -136,7 +136,7 @@ def run_trial(config: Config, *, publish: bool, out: Any = None) -> tuple[Progre
     clock = VirtualClock()
     listener = NexusListener(Path(config.address), speed=1.0, clock=clock)
     publisher = None if publish else LocalPublisher(config.output_dir / "published")
-    outputs = LiveOutputs(config, figures=True, publisher=publisher)  # type: ignore[arg-type]
+    outputs = LiveOutputs(config, figures=True, publisher=publisher)
     engine = EmbeddedEngine(config, listener, outputs=outputs)
     failed = 0
     try:

@@ -96,7 +96,8 @@ class ViewServer:
     def url(self) -> str:
         """``http://HOST:PORT/`` as bound."""
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/"
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}/"
 
     def start(self) -> ViewServer:
         """Start serving; returns self."""
@@ -116,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
     script: Path | None
     server_version = "livereduce-view"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("view_request: " + format, *args)
 
     def do_HEAD(self) -> None:

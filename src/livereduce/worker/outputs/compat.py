@@ -32,7 +32,7 @@ def _module(name: str) -> types.ModuleType:
     module = types.ModuleType(name, f"livereduce's stand-in for {name} (publish_plot)")
     for export in EXPORTS:
         setattr(module, export, getattr(publishing, export))
-    module.__all__ = list(EXPORTS)
+    module.__dict__["__all__"] = list(EXPORTS)
     return module
 
 

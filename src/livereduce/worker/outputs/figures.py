@@ -107,7 +107,8 @@ def _dense(array: sc.DataArray) -> sc.DataArray:
     if array.bins is None:
         return array
     events = array.bins.constituents["data"]
-    if "event_time_offset" in events.coords and set(array.dims) <= {"event_time_zero"}:
+    has_tof = isinstance(events, sc.DataArray) and "event_time_offset" in events.coords
+    if has_tof and set(array.dims) <= {"event_time_zero"}:
         flat = array.bins.concat() if array.ndim else array
         if flat.bins.size().value == 0:
             return sc.DataArray(sc.zeros(dims=["event_time_offset"], shape=[0]))
@@ -135,7 +136,9 @@ def _centres(array: sc.DataArray, dim: str) -> tuple[np.ndarray, str]:
     values = np.asarray(values, dtype=float)
     if array.coords.is_edges(dim):
         values = 0.5 * (values[:-1] + values[1:])
-    unit = f" [{coord.unit}]" if coord.unit is not None and str(coord.unit) != "dimensionless" else ""
+    unit = (
+        f" [{coord.unit}]" if coord.unit is not None and str(coord.unit) != "dimensionless" else ""
+    )
     return values, f"{dim}{unit}"
 
 

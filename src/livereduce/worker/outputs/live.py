@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from livereduce.config import Config
-from livereduce.worker.engine.accumulation import SCIPP_ERRORS
 from livereduce.view.files import figures_path
+from livereduce.worker.engine.accumulation import SCIPP_ERRORS
 from livereduce.worker.outputs import publishing
 from livereduce.worker.outputs.figures import (
     FigureCaption,
@@ -61,7 +61,7 @@ class LiveOutputs:
         config: Config,
         *,
         figures: bool = False,
-        publisher: publishing.Publisher | None = None,
+        publisher: publishing.PlotSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -70,9 +70,11 @@ class LiveOutputs:
         self._figures_file = figures_path(config.output_dir, config.output_workspace)
         self._every = config.publish_every_sec
         publishing.set_default_config(config.publish_config)
-        self.publisher = publisher
-        if self.publisher is None:
-            self.publisher = publishing.Publisher(timeout_s=config.publish_timeout_sec)
+        self.publisher: publishing.PlotSink = (
+            publisher
+            if publisher is not None
+            else publishing.Publisher(timeout_s=config.publish_timeout_sec)
+        )
         self._previous = publishing.install(self.publisher)
         self._next_figures = 0.0
         self._next_publish = 0.0
@@ -113,7 +115,7 @@ class LiveOutputs:
                 write_figures(self._figures_file, figures, caption)
             except OSError as error:
                 self._figure_failed(f"cannot write {self._figures_file}: {error}")
-        if want_publish and figures:
+        if want_publish and figures and self._every is not None:
             self._published_version = version
             self._next_publish = now + self._every
             self.publisher.submit(

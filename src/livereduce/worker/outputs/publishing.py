@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -50,7 +50,7 @@ UPLOAD_TIMEOUT_S = 10.0
 must not keep newer plots waiting for long."""
 
 _default_config: Path | None = None
-_installed: Publisher | None = None
+_installed: PlotSink | None = None
 
 
 class PublishError(Exception):
@@ -135,6 +135,8 @@ def _as_config(config: object) -> PublishConfig:
             publisher_password=getattr(config, "publisher_password", ""),
             publisher_certificate=getattr(config, "publisher_certificate", ""),
         )
+    if config is not None and not isinstance(config, str | os.PathLike):
+        raise PublishError(f"config must be a configuration or a file name, got {config!r}")
     return read_publish_config(config)  # None or a file name, as plot_publisher takes
 
 
@@ -175,6 +177,25 @@ def publish_plot(
         log.error("publish_failed: %s answered %d", response.url, response.status_code)
         response.raise_for_status()
     return response
+
+
+class PlotSink(Protocol):
+    """Where the worker's plots go: a :class:`Publisher`, or files (``livereduce try``)."""
+
+    published: int
+    errors: int
+    last_error: str
+
+    def submit(
+        self, instrument: str, run_number: object, files: Mapping[str, Any], *, config: object
+    ) -> None:
+        """Queue one plot of ``instrument`` run ``run_number``; never blocks on the network."""
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait (at most ``timeout_s``) until nothing is queued; True when nothing is."""
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Send what waits (at most ``timeout_s``) and stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +311,7 @@ def _send_pending(item: _Pending, timeout_s: float) -> int:
     return response.status_code
 
 
-def install(publisher: Publisher | None) -> Publisher | None:
+def install(publisher: PlotSink | None) -> PlotSink | None:
     """Make :func:`publish_plot` queue on ``publisher`` (None: post at once). Returns the one
     installed before."""
     global _installed
@@ -298,7 +319,7 @@ def install(publisher: Publisher | None) -> Publisher | None:
     return previous
 
 
-def installed() -> Publisher | None:
+def installed() -> PlotSink | None:
     """The publisher :func:`publish_plot` queues on, if any."""
     return _installed
 
@@ -323,7 +344,7 @@ def _listify(values: Any) -> Any:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
-def plot1d(
+def plot1d(  # noqa: PLR0917 - plot_publisher's signature, called positionally by SNS scripts
     run_number: object,
     data_list: Sequence[Any],
     data_names: Sequence[str] | None = None,
@@ -374,7 +395,7 @@ def plot1d(
     return _publish_or_return(instrument, run_number, {"data": traces, "layout": layout}, publish)
 
 
-def plot_heatmap(
+def plot_heatmap(  # noqa: PLR0917 - plot_publisher's signature
     run_number: object,
     x: Any,
     y: Any,

@@ -66,8 +66,9 @@ class OutputWriter:
     ) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
-        the file was written, with ``metadata`` (the run's) added to it. A failed write is logged and described in ``failure`` (empty
-        after any call that did not fail); the previous file stays."""
+        the file was written, with ``metadata`` (the run's) added to it. A failed write is
+        logged and described in ``failure`` (empty after any call that did not fail); the
+        previous file stays."""
         self.failure = ""
         if workspace is None or version == self._written_version:
             self.pending = False
