@@ -199,3 +199,14 @@ def test_figure_failures_are_counted_not_raised(tmp_path):
 def test_publish_key_errors_name_the_key(tmp_path, value, message):
     with pytest.raises(ConfigError, match=message):
         outputs_for(tmp_path, publish=value)
+
+
+def test_odd_coords_and_dtypes_do_not_break_the_figures():
+    labelled = sc.DataArray(
+        sc.array(dims=["bank"], values=[1.0, 2.0]),
+        coords={"bank": sc.array(dims=["bank"], values=["north", "south"])},
+    )
+    vectors = sc.DataArray(sc.vectors(dims=["x"], values=[[1.0, 0, 0], [0, 1.0, 0]]))
+    figures = default_figures(sc.DataGroup({"l": labelled, "v": vectors}), CAPTION)
+    assert [f.name for f in figures] == ["l"]
+    assert figures[0].figure["data"][0]["x"] == [0, 1]

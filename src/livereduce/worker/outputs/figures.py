@@ -32,6 +32,9 @@ TOF_BINS = 200
 """Bins of the default time-of-flight spectrum of raw events: fine enough to see Bragg peaks
 and frame edges, coarse enough to stay readable at a few hundred events a second."""
 
+NUMERIC = (sc.DType.float64, sc.DType.float32, sc.DType.int64, sc.DType.int32, sc.DType.bool)
+"""Data a figure can show; vectors, strings and the like are left out."""
+
 MAX_HEATMAP_CELLS = 512 * 512
 """A larger 2-D part is shown coarsened (summed blocks): a figure is JSON sent to a browser."""
 
@@ -88,7 +91,7 @@ def drawable(output: Any) -> list[tuple[str, sc.DataArray]]:
     more dims are summed over the leading ones), in the output's order."""
     parts = []
     for name, array in _parts(output, ""):
-        if _figure_dims(array) in (1, 2):
+        if _figure_dims(array) in (1, 2) and array.dtype in NUMERIC:
             parts.append((name, array.sum(array.dims[:-2]) if array.ndim > 2 else array))
     return parts
 
@@ -133,6 +136,8 @@ def _centres(array: sc.DataArray, dim: str) -> tuple[np.ndarray, str]:
         if array.coords.is_edges(dim):
             values = values[:-1]
         return np.asarray(values), dim
+    if coord.dtype not in NUMERIC:
+        return np.arange(array.sizes[dim]), dim
     values = np.asarray(values, dtype=float)
     if array.coords.is_edges(dim):
         values = 0.5 * (values[:-1] + values[1:])

@@ -34,6 +34,7 @@ from livereduce.worker.outputs.figures import (
     figure_div,
     write_figures,
 )
+from livereduce.worker.outputs.result import WRITE_SHARE
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +109,11 @@ class LiveOutputs:
         except SCIPP_ERRORS as error:
             self._figure_failed(f"cannot draw the output workspace: {error}")
             return
+        # Drawing a large accumulation takes time: keep it to a share of the loop, as writes.
+        spent = self._clock() - now
         if want_figures:
             self._figures_version = version
-            self._next_figures = now + FIGURES_EVERY_S
+            self._next_figures = now + max(FIGURES_EVERY_S, spent / WRITE_SHARE)
             try:
                 write_figures(self._figures_file, figures, caption)
             except OSError as error:
@@ -141,9 +144,10 @@ class LiveOutputs:
         }
 
     def close(self) -> None:
-        """Publish what waits (within the upload timeout: a stopping worker still sends the
-        run's last plot) and uninstall the publisher."""
-        if not self.publisher.flush():
+        """Publish what waits (within the upload timeout and half the stop timeout: a stopping
+        worker still sends the run's last plot) and uninstall the publisher."""
+        limit = min(self._config.publish_timeout_sec + 1.0, self._config.stop_timeout / 2)
+        if not self.publisher.flush(limit):
             log.warning("publish_flush_timeout: plots still queued when the worker stopped")
         self.publisher.close(timeout_s=0.0)
         publishing.install(self._previous)
