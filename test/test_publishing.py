@@ -251,3 +251,28 @@ def test_script_publish_plot_queues_inside_the_worker(tmp_path):
     assert len(sent) == 1
     assert outputs.counters()["publish_errors"] == 1
     assert "answered 500" in outputs.counters()["last_publish_error"]
+
+
+def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
+    """Mantid runs the scripts in the worker: their publish_plot queues on a publisher too."""
+    from livereduce.config import Engine  # noqa: PLC0415
+    from livereduce.worker.main import make_engine  # noqa: PLC0415
+
+    monkeypatch.delenv("POST_PROCESSING_CONF", raising=False)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "mantid_standin"))
+    for name in [m for m in sys.modules if m == "mantid" or m.startswith("mantid.")]:
+        monkeypatch.delitem(sys.modules, name)
+    config = config_from_mapping(
+        {"instrument": "HYSPEC", "engine": "mantid", "publish_config": "p.conf"},
+        tmp_path / "c.conf",
+        check_scripts=False,
+    )
+    try:
+        make_engine(Engine.MANTID, config)
+        assert isinstance(publishing.installed(), publishing.Publisher)
+        assert publishing.find_publish_config() is None  # p.conf does not exist
+        (tmp_path / "p.conf").write_text('{"publish_url_template": "http://x/"}')
+        assert publishing.find_publish_config() == tmp_path / "p.conf"
+    finally:
+        publishing.install(None)
+        publishing.set_default_config(None)

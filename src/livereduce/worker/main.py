@@ -53,7 +53,12 @@ def make_engine(choice: EngineChoice, config: Config) -> Engine:
     Raises ConfigError or ValueError for unusable listener settings."""
     if choice is EngineChoice.MANTID:
         from livereduce.worker.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
+        from livereduce.worker.outputs import publishing  # noqa: PLC0415
 
+        # Mantid scripts' publish_plot must not stall MonitorLiveData either: queue it. (The
+        # embedded engine installs its own publisher, whose counts go into its reports.)
+        publishing.set_default_config(config.publish_config)
+        publishing.install(publishing.Publisher(timeout_s=config.publish_timeout_sec))
         return mantid.from_config(config)
     from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: PLC0415
     from livereduce.worker.listeners import create_listener  # noqa: PLC0415
