@@ -63,6 +63,14 @@ class LiveDataServer:
         )
         return path
 
+    @staticmethod
+    def unreachable_config(folder: Path) -> Path:
+        """A post_processing.conf naming a loopback port nothing listens on: 'server down'."""
+        path = folder / "down.conf"
+        template = f"http://127.0.0.1:{free_port()}/plots/${{instrument}}/${{run_number}}/"
+        path.write_text(json.dumps({"publish_url_template": template + "upload_plot_data/"}))
+        return path
+
     def html(self, instrument: str, run: int) -> requests.Response:
         """``GET /plots/<instrument>/<run>/update/html/``, past the server's 15 s page cache
         (it is keyed by the full URL: a fresh query string is a fresh page)."""

@@ -3,7 +3,6 @@ live_data_server (issue 12, "Done when")."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -61,15 +60,7 @@ def test_daemon_keeps_processing_when_publishing_fails(
     if failure == "bad credentials":
         conf = live_data_server.publish_config(tmp_path, password="wrong")
     else:
-        conf = tmp_path / "down.conf"
-        conf.write_text(
-            json.dumps(
-                {
-                    "publish_url_template": f"http://127.0.0.1:{free_port()}/plots/"
-                    "${instrument}/${run_number}/upload_plot_data/"
-                }
-            )
-        )
+        conf = live_data_server.unreachable_config(tmp_path)
     replay = serve(daemons, [shared_data / "HYS_178921.nxs.h5"])
     daemon = daemons(
         tmp_path / "d",

@@ -119,15 +119,7 @@ def test_publish_failures_are_counted_and_processing_goes_on(
         conf = live_data_server.publish_config(tmp_path, password="wrong")
         expected = "answered 401"
     else:
-        conf = tmp_path / "down.conf"
-        conf.write_text(
-            json.dumps(
-                {
-                    "publish_url_template": f"http://127.0.0.1:{free_port()}/plots/"
-                    "${instrument}/${run_number}/upload_plot_data/"
-                }
-            )
-        )
+        conf = live_data_server.unreachable_config(tmp_path)
         expected = "cannot publish"
     engine = hys_engine(tmp_path, shared_data, publish_config=str(conf))
     replay(engine)

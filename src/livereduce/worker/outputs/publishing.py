@@ -381,17 +381,8 @@ def plot1d(  # noqa: PLR0917 - plot_publisher's signature, called positionally b
             if not show_dx:
                 out["error_x"]["thickness"] = 0
         traces.append(out)
-    layout = {
-        "showlegend": len(names) == len(traces_in) and bool(names),
-        "autosize": True,
-        "width": 600,
-        "height": 400,
-        "margin": {"t": 40, "b": 40, "l": 80, "r": 40},
-        "hovermode": "closest",
-        "xaxis": _axis(x_title, x_log),
-        "yaxis": _axis(y_title, y_log),
-        "title": {"text": title},
-    }
+    layout = _layout(title, _axis(x_title, x_log), _axis(y_title, y_log), height=400)
+    layout["showlegend"] = len(names) == len(traces_in) and bool(names)
     return _publish_or_return(instrument, run_number, {"data": traces, "layout": layout}, publish)
 
 
@@ -419,17 +410,22 @@ def plot_heatmap(  # noqa: PLR0917 - plot_publisher's signature
         "autocolorscale": False,
         "colorscale": "Jet",
     }
-    layout = {
+    layout = _layout(title, _axis(x_title, x_log), _axis(y_title, y_log), height=500)
+    return _publish_or_return(instrument, run_number, {"data": [trace], "layout": layout}, publish)
+
+
+def _layout(title: str, xaxis: dict[str, Any], yaxis: dict[str, Any], *, height: int) -> dict:
+    """plot_publisher's figure layout: 600 pixels wide, ``height`` high."""
+    return {
         "autosize": True,
         "width": 600,
-        "height": 500,
+        "height": height,
         "margin": {"t": 40, "b": 40, "l": 80, "r": 40},
         "hovermode": "closest",
-        "xaxis": _axis(x_title, x_log),
-        "yaxis": _axis(y_title, y_log),
+        "xaxis": xaxis,
+        "yaxis": yaxis,
         "title": {"text": title},
     }
-    return _publish_or_return(instrument, run_number, {"data": [trace], "layout": layout}, publish)
 
 
 def _publish_or_return(
