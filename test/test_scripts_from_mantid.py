@@ -129,3 +129,14 @@ def test_proton_charge_units(unit):
     log = sc.DataArray(sc.array(dims=["time"], values=[1.0, 2.0], unit=unit))
     charge = RunContext(logs={"proton_charge": log}).proton_charge
     assert charge == pytest.approx(3.0 * 3.6e9 if unit == "uAh" else 3.0)
+
+
+def test_sequence_from_the_pv_name():
+    import scipp as sc  # noqa: PLC0415
+
+    logs = {
+        "BL4B:CS:Autoreduce:Sequence:Num": sc.DataArray(sc.array(dims=["time"], values=[4])),
+        "BL4B:CS:Autoreduce:Sequence:Total": sc.DataArray(sc.array(dims=["time"], values=[9])),
+    }
+    run = RunContext(number=1, logs=logs)
+    assert (run.sequence_number, run.sequence_total) == (4, 9)

@@ -76,15 +76,20 @@ class RunContext:
     @property
     def sequence_number(self) -> int | None:
         """This run's place in its sequence (1-based), None when not part of one."""
-        return self._last_int("sequence_number")
+        return self._last_int("sequence_number", ":Sequence:Num")
 
     @property
     def sequence_total(self) -> int | None:
         """Runs in the sequence, None when not part of one."""
-        return self._last_int("sequence_total")
+        return self._last_int("sequence_total", ":Sequence:Total")
 
-    def _last_int(self, name: str) -> int | None:
+    def _last_int(self, name: str, pv_suffix: str) -> int | None:
+        """The last value of log ``name``, else of the PV ending in ``pv_suffix`` (the stream
+        may carry the PV's own name, e.g. ``BL4B:CS:Autoreduce:Sequence:Num``, where the NeXus
+        file has the alias)."""
         log = self.logs.get(name)
+        if log is None:
+            log = next((v for k, v in self.logs.items() if k.endswith(pv_suffix)), None)
         if log is None or log.size == 0:
             return None
         try:
