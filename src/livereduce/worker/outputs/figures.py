@@ -231,7 +231,9 @@ def write_figures(
         "figures": [{"name": f.name, "figure": f.figure} for f in figures],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # One worker writes it at a time: a fixed temporary name means a write cut short by a
+    # kill leaves one small file, overwritten by the next worker, not one per restart.
+    temporary = path.with_name(f".{path.name}.tmp")
     try:
         temporary.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
         os.replace(temporary, path)
