@@ -43,6 +43,7 @@ def test_daemon_publishes_the_replayed_run(
     html = wait_for_total(live_data_server, "HYS", 178921, HYS_EVENTS)
     assert html.startswith("<div")
     assert "HYSPEC run 178921: MnO xtal" in html
+    assert "26,938 events, 2e+11 pC, updated" in html  # the proton charge from the stream
     status = daemon.wait_for(lambda s: s["plots_published"] >= 1)
     assert status["publish_errors"] == 0, status["last_publish_error"]
     assert "plot_published: HYS run 178921" in daemon.log()
