@@ -167,6 +167,12 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
         f"restarts:     {get('restarts', 0)}",
     ]
+    if get("plots_published") or get("publish_errors"):
+        lines.append(
+            f"plots:        {get('plots_published', 0)} published, "
+            f"{get('publish_errors', 0)} failed"
+            + (f" (last: {get('last_publish_error')})" if get("last_publish_error") else "")
+        )
     if get("scripts_problem"):
         lines.append(f"SCRIPTS:      {get('scripts_problem')}")
     for entry in get("restart_history") or []:
