@@ -220,3 +220,14 @@ def test_page_in_chromium_shows_a_figure_and_growing_events(daemon, tmp_path):
     load_page(browser, url, screenshot=screenshot)
     assert screenshot.is_file()
     assert drawn_pixels(screenshot) > 5000
+
+
+def test_the_supervisor_side_imports_no_neutron_data_library():
+    code = (
+        "import sys, livereduce.cli, livereduce.view.server\n"
+        "print(sorted(m for m in ('scipp', 'scippnexus', 'h5py', 'plotly') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
