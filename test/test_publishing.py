@@ -268,3 +268,15 @@ def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
     finally:
         publishing.install(None)
         publishing.set_default_config(None)
+
+
+def test_a_broken_publish_config_is_a_counted_error(tmp_path):
+    broken = tmp_path / "broken.conf"
+    broken.write_text("{not json")
+    publisher = publishing.Publisher(timeout_s=1.0)
+    publisher.submit("HYS", 1, {"file": "<div></div>"}, config=str(broken))
+    assert publisher.flush(5.0)
+    publisher.close()
+    assert publisher.errors == 1
+    assert "cannot be read as JSON" in publisher.last_error
+    assert str(broken) in publisher.last_error

@@ -231,3 +231,19 @@ def test_the_supervisor_side_imports_no_neutron_data_library():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_busy_view_address_is_logged_and_the_daemon_goes_on(tmp_path, caplog):
+    import socket  # noqa: PLC0415
+
+    from livereduce.cli import start_view  # noqa: PLC0415
+    from livereduce.config import config_from_mapping  # noqa: PLC0415
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        raw = {"instrument": "HYSPEC", "listener": "fake", "view_address": str(port)}
+        config = config_from_mapping(raw, tmp_path / "c.conf", check_scripts=False)
+        assert start_view(config) is None
+    assert f"view_failed: cannot serve the live view on 127.0.0.1:{port}" in caplog.text
