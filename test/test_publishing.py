@@ -234,6 +234,8 @@ def test_script_publish_plot_queues_inside_the_worker(tmp_path):
     )
     publisher = publishing.Publisher(send=lambda item, _t: sent.append(item) or 500)
     outputs = LiveOutputs(config, publisher=publisher)
+    assert publishing.installed() is None  # made, not yet running: nothing global changed
+    outputs.activate()
     try:
         assert publishing.publish_plot("HYS", 5, files={"file": "<div></div>"}) is None
         assert publisher.flush(5.0)

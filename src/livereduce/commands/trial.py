@@ -139,6 +139,7 @@ def run_trial(config: Config, *, publish: bool, out: Any = None) -> tuple[Progre
     outputs = LiveOutputs(config, figures=True, publisher=publisher)
     engine = EmbeddedEngine(config, listener, outputs=outputs)
     failed = 0
+    outputs.activate()
     try:
         listener.start(config.start_from)
         idle = 0

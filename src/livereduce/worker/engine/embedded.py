@@ -151,6 +151,7 @@ class EmbeddedEngine:
             self.listener.name, self.config.start_from, self.config.update_every,
             self.config.accum_method, self.config.preserve_events,
         )  # fmt: skip
+        self.outputs.activate()
         try:
             self.listener.start(self.config.start_from)
             return self._loop(stop, report)

@@ -11,9 +11,9 @@
   publisher keeps one pending plot per run, so the next run's plots do not replace it, and a
   stopping worker sends what waits).
 
-It owns the worker's :class:`Publisher` (installed, so that scripts' ``publish_plot`` queues on
-it too) when publishing is possible. Figure failures are logged and counted as publish errors;
-nothing here raises into the processing loop.
+It owns the worker's :class:`Publisher`; :meth:`LiveOutputs.activate` (when the engine's loop
+starts) installs it, so that scripts' ``publish_plot`` queues on it too. Figure failures are
+logged and counted as publish errors; nothing here raises into the processing loop.
 """
 
 from __future__ import annotations
@@ -70,13 +70,13 @@ class LiveOutputs:
         self._write_figures = figures or bool(config.view_address)
         self._figures_file = figures_path(config.output_dir, config.output_workspace)
         self._every = config.publish_every_sec
-        publishing.set_default_config(config.publish_config)
         self.publisher: publishing.PlotSink = (
             publisher
             if publisher is not None
             else publishing.Publisher(timeout_s=config.publish_timeout_sec)
         )
-        self._previous = publishing.install(self.publisher)
+        self._previous: publishing.PlotSink | None = None
+        self._active = False
         self._next_figures = 0.0
         self._next_publish = 0.0
         self._figure_errors = 0
@@ -125,7 +125,7 @@ class LiveOutputs:
                 self._config.instrument.short_name,
                 caption.run_number,
                 {"file": combined_div(figures)},
-                config=None,
+                config=self._config.publish_config,
             )
 
     def _figure_failed(self, message: str) -> None:
@@ -143,6 +143,13 @@ class LiveOutputs:
             "last_publish_error": last,
         }
 
+    def activate(self) -> None:
+        """Make scripts' ``publish_plot`` queue on this publisher, with the ``publish_config``
+        key as their default configuration, until :meth:`close` (the engine's run)."""
+        publishing.set_default_config(self._config.publish_config)
+        self._previous = publishing.install(self.publisher)
+        self._active = True
+
     def close(self) -> None:
         """Publish what waits (within the upload timeout and half the stop timeout: a stopping
         worker still sends the run's last plot) and uninstall the publisher."""
@@ -150,4 +157,7 @@ class LiveOutputs:
         if not self.publisher.flush(limit):
             log.warning("publish_flush_timeout: plots still queued when the worker stopped")
         self.publisher.close(timeout_s=0.0)
-        publishing.install(self._previous)
+        if self._active:
+            publishing.install(self._previous)
+            publishing.set_default_config(None)
+            self._active = False
