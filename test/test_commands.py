@@ -164,3 +164,22 @@ def test_readme_picture_is_made_by_the_plot_command():
     picture = Path(__file__).resolve().parents[1] / "docs" / "demo-result.png"
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "docs/demo-result.png" in (picture.parents[1] / "README.md").read_text()
+
+
+def test_each_kept_run_carries_its_own_metadata(tmp_path):
+    """run_transition Rename: result_<run>.h5 says its run and end; result.h5 the next run's,
+    also when the next run begins without the previous one reporting its end."""
+    from test_engine_embedded import drive, make_config, run_chunks  # noqa: PLC0415
+
+    first = run_chunks(1, 2, ends=False)  # never reports its end
+    second = run_chunks(2, 2, pulse0=1000, ends=False)
+    drive(make_config(tmp_path, run_transition="Rename"), first + second)
+    kept = read_metadata(tmp_path / "out" / "result_1.h5")
+    current = read_metadata(tmp_path / "out" / "result.h5")
+    assert (kept["run_number"], kept["events"], kept["run_ended"]) == (1, 140, True)
+    assert (current["run_number"], current["events"], current["run_ended"]) == (2, 140, False)
+    # Pulses are 16_666_667 ns apart: run 1 ends at pulse 19, run 2 at pulse 1019.
+    assert kept["end_time"] == "1970-01-01T00:00:00.316667+00:00"
+    assert current["end_time"] == "1970-01-01T00:00:16.983334+00:00"
+    assert current["title"] == "run 2"
+    assert math.isnan(current["proton_charge"])

@@ -214,17 +214,18 @@ class EmbeddedEngine:
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
         extracted = self._clock()
         self._received_data = True
+        # A run that never reported its end ends here, before this chunk's events and pulses
+        # count for the next run (its result keeps its own events and end time).
+        finished = self._new_run_without_end(chunk) and self._end_run(self._run)
         self._count_events(chunk)
-        self._note_last_pulse(chunk)
+        if finished:
+            return StepOutcome(finished=True, extract_s=extracted - began)
         if not _has_data(chunk):
             if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
             self._report_idle()
             return StepOutcome(waiting=True, extract_s=extracted - began)
-        if self._new_run_without_end(chunk):
-            finished = self._end_run(self._run)
-            if finished:
-                return StepOutcome(finished=True, extract_s=extracted - began)
+        self._note_last_pulse(chunk)
         if chunk.begins_run or chunk.data_reset:
             self._replace_next = True
         if chunk.begins_run or (chunk.run is not None and self._run is None):
