@@ -34,8 +34,9 @@ and frame edges, coarse enough to stay readable at a few hundred events a second
 NUMERIC = (sc.DType.float64, sc.DType.float32, sc.DType.int64, sc.DType.int32, sc.DType.bool)
 """Data a figure can show; vectors, strings and the like are left out."""
 
-MAX_HEATMAP_CELLS = 512 * 512
-"""A larger 2-D part is shown coarsened (summed blocks): a figure is JSON sent to a browser."""
+MAX_HEATMAP_CELLS = 256 * 256
+"""A larger 2-D part is shown coarsened (summed blocks): a figure is JSON sent to a browser,
+and a 512 x 512 image costs ~0.1 s to write and ~0.2 s as an upload div (bench/outputs_cost.py)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,7 +217,7 @@ def figure_div(figure: Mapping[str, Any], *, div_id: str = "livereduce-plot") ->
     import plotly.io  # noqa: PLC0415 - plotly is needed only when a figure is published
 
     return plotly.io.to_html(
-        dict(figure), include_plotlyjs=False, full_html=False, div_id=div_id
+        dict(figure), include_plotlyjs=False, full_html=False, div_id=div_id, validate=False
     ).lstrip()
 
 
