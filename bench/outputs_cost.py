@@ -1,12 +1,13 @@
 """What the live figures cost the processing loop, against writing the result file.
 
 For outputs of the sizes instruments use (a 1-D pattern of 4,000 bins, a 512 x 512 detector
-image (drawn coarsened to 256 x 256), raw events of 10^5 to 10^7 accumulated events drawn as a time-of-flight spectrum), it
-times: making the default figures, writing the figures file (what the view page reads), the
-upload div, and the result file write of the same output (the ceiling: the loop already spends
-at most WRITE_SHARE of its time on that). A ratio below 1 means the figures cost less than the
-write they accompany. Figures are written at most once a second and kept to the same share of
-the loop (livereduce.worker.outputs.live), so a slow one slows the view, not the data.
+image, drawn coarsened to 256 x 256, and raw events of 10^5 to 10^7 accumulated events drawn as
+a time-of-flight spectrum), it times: making the default figures, writing the figures file
+(what the view page reads), the upload div, and the result file write of the same output (the
+ceiling: the loop already spends at most WRITE_SHARE of its time on that). A ratio below 1
+means the figures cost less than the write they accompany. Figures are written at most once a
+second and kept to the same share of the loop (livereduce.worker.outputs.live), so a slow one
+slows the view, not the data.
 Run: ``python bench/outputs_cost.py``.
 """
 
