@@ -98,10 +98,12 @@ def test_view_address_is_loopback_unless_written(tmp_path):
         return config_from_mapping(raw, tmp_path / "c.conf", check_scripts=False).view_address
 
     assert address("8080") == "127.0.0.1:8080"
+    assert address(8080) == "127.0.0.1:8080"
     assert address("0.0.0.0:8080") == "0.0.0.0:8080"
     assert address("") == ""
-    with pytest.raises(ConfigError, match="view_address"):
-        address("host:port")
+    for bad in ("host:port", "99999", True, ["x"]):
+        with pytest.raises(ConfigError, match="view_address"):
+            address(bad)
 
 
 def chromium() -> str:

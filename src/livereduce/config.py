@@ -481,9 +481,12 @@ def _publish(reader: _Reader) -> tuple[float | None, float]:
 
 
 def _view_address(reader: _Reader) -> str:
-    """``view_address``: ``""`` (off), ``PORT`` (loopback) or ``HOST:PORT``; a port of 0 takes
-    any free one. Returns ``HOST:PORT``."""
-    value = reader.string("view_address", "")
+    """``view_address``: ``""`` (off), ``PORT`` (loopback; a JSON number too) or ``HOST:PORT``;
+    a port of 0 takes any free one. Returns ``HOST:PORT``."""
+    raw = reader.raw.get("view_address")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)  # "view_address": 8080 means the port, as "8080" does
+    value = _Reader({"view_address": raw}, reader.path_).string("view_address", "")
     if not value:
         return ""
     host, sep, port = value.rpartition(":")
