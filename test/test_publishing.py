@@ -282,3 +282,18 @@ def test_a_broken_publish_config_is_a_counted_error(tmp_path):
     assert publisher.errors == 1
     assert "cannot be read as JSON" in publisher.last_error
     assert str(broken) in publisher.last_error
+
+
+def test_a_file_closed_after_publish_plot_is_still_sent(tmp_path):
+    sent = []
+    publisher = publishing.Publisher(send=lambda item, _t: sent.append(item.files) or 200)
+    report = tmp_path / "report.html"
+    report.write_text("<div>report</div>")
+    with report.open() as handle:
+        publisher.submit("REF_L", 9, {"file": handle}, config=None)
+    with report.open("rb") as handle:
+        publisher.submit("REF_M", 9, {"file": ("r.html", handle, "text/html")}, config=None)
+    publisher.close()
+    assert {"file": "<div>report</div>"} in sent
+    assert {"file": ("r.html", b"<div>report</div>", "text/html")} in sent
+    assert publisher.errors == 0

@@ -237,9 +237,10 @@ class Publisher:
     ) -> None:
         """Queue a plot; a newer plot of the same run replaces one that has not gone yet
         (the server keeps one plot per run, every upload replaces it)."""
+        parts = {name: _materialise(value) for name, value in files.items()}
         with self._wake:
             key = (str(instrument).lower(), str(run_number))
-            self._pending[key] = _Pending(str(instrument), str(run_number), dict(files), config)
+            self._pending[key] = _Pending(str(instrument), str(run_number), parts, config)
             if self._thread is None:  # started on first use: most workers never publish
                 self._thread = threading.Thread(
                     target=self._run, name="livereduce-publish", daemon=True
@@ -302,6 +303,16 @@ class Publisher:
         self.errors += 1
         self.last_error = message[-500:]
         log.warning("publish_failed: %s", message)
+
+
+def _materialise(value: Any) -> Any:
+    """A file part's content now: a script may close its file as soon as publish_plot returns.
+    Takes what requests takes: text, bytes, a file object, or ``(name, content[, type])``."""
+    if hasattr(value, "read"):
+        return value.read()
+    if isinstance(value, tuple) and len(value) >= 2 and hasattr(value[1], "read"):
+        return (value[0], value[1].read(), *value[2:])
+    return value
 
 
 def _send_pending(item: _Pending, timeout_s: float) -> int:
