@@ -57,9 +57,11 @@ class LocalPublisher:
     ) -> None:
         """Write the ``file`` part of ``files``; ``config`` is ignored (nothing is sent)."""
         del config
-        content = files.get("file", "")
-        if hasattr(content, "read"):
-            content = content.read()
+        from livereduce.worker.outputs.publishing import materialise  # noqa: PLC0415
+
+        content = materialise(files.get("file", ""))
+        if isinstance(content, tuple):  # (file name, content[, type])
+            content = content[1]
         if isinstance(content, bytes):
             content = content.decode("utf-8", errors="replace")
         try:

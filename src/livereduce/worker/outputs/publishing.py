@@ -237,7 +237,7 @@ class Publisher:
     ) -> None:
         """Queue a plot; a newer plot of the same run replaces one that has not gone yet
         (the server keeps one plot per run, every upload replaces it)."""
-        parts = {name: _materialise(value) for name, value in files.items()}
+        parts = {name: materialise(value) for name, value in files.items()}
         with self._wake:
             key = (str(instrument).lower(), str(run_number))
             self._pending[key] = _Pending(str(instrument), str(run_number), parts, config)
@@ -305,7 +305,7 @@ class Publisher:
         log.warning("publish_failed: %s", message)
 
 
-def _materialise(value: Any) -> Any:
+def materialise(value: Any) -> Any:
     """A file part's content now: a script may close its file as soon as publish_plot returns.
     Takes what requests takes: text, bytes, a file object, or ``(name, content[, type])``."""
     if hasattr(value, "read"):
