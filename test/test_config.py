@@ -43,7 +43,9 @@ def test_predecessor_defaults(tmp_path, script_dir):
     assert config.periods is None
     assert config.spectra is None
     assert config.system_mem_limit_perc == 70.0
-    assert config.mem_check_interval_sec == 1.0
+    assert (
+        config.mem_check_interval_sec == 0.1
+    )  # 1 s in the predecessor: too slow for a script allocating 1 GB/s
     assert (config.watchdog.interval, config.watchdog.threshold) == (60, 300)
     assert config.engine is Engine.AUTO
     assert config.listener is ListenerKind.ADARA
@@ -294,7 +296,8 @@ def test_effective_configuration_lists_every_key_including_memory(tmp_path, scri
     effective = config.effective()
     json.dumps(effective)
     assert effective["system_mem_limit_perc"] == 70.0
-    assert effective["mem_check_interval_sec"] == 1.0
+    assert effective["mem_check_interval_sec"] == 0.1
+    assert effective["progress_every_sec"] == 60.0
     assert effective["instrument"]["short_name"] == "HYS"
     assert effective["heartbeat_timeout"] == 90.0
     assert "raw" not in effective

@@ -113,7 +113,7 @@ class Config:
     spectra: tuple[int, ...] | None = None
     post_process: bool = True
     system_mem_limit_perc: float = 70.0
-    mem_check_interval_sec: float = 1.0
+    mem_check_interval_sec: float = 0.1
     conda_env: str | None = None
     pixi_env: str | None = None
     venv: str | None = None
@@ -131,6 +131,7 @@ class Config:
     poll_interval_sec: float = 10.0
     heartbeat_timeout_sec: float | None = None
     stop_timeout: float = 20.0
+    progress_every_sec: float = 60.0
     proc_script_timeout_sec: float | None = None
     post_proc_script_timeout_sec: float | None = None
     publish_config: Path | None = None
@@ -222,7 +223,7 @@ KNOWN_KEYS = frozenset(
         "mem_check_interval_sec", "CONDA_ENV", "PIXI_ENV", "VENV", "watchdog", "engine",
         "listener", "address", "listener_options", "start_from", "run_transition",
         "output_workspace", "output_dir", "status_file", "log_file", "poll_interval_sec",
-        "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec",
+        "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec", "progress_every_sec",
         "publish_config", "publish", "view_address",
     }
 )  # fmt: skip
@@ -377,7 +378,7 @@ def config_from_mapping(
             "system_mem_limit_perc", 70.0, minimum=0.0, maximum=100.0
         ),
         mem_check_interval_sec=reader.number(
-            "mem_check_interval_sec", 1.0, minimum=0.0, inclusive=False
+            "mem_check_interval_sec", 0.1, minimum=0.0, inclusive=False
         ),
         conda_env=reader.optional_string("CONDA_ENV"),
         pixi_env=reader.optional_string("PIXI_ENV"),
@@ -398,6 +399,7 @@ def config_from_mapping(
         poll_interval_sec=reader.number("poll_interval_sec", 10.0, minimum=0.0, inclusive=False),
         heartbeat_timeout_sec=reader.optional_number("heartbeat_timeout_sec", minimum=0.0),
         stop_timeout=reader.number("stop_timeout", 20.0, minimum=0.0, inclusive=False),
+        progress_every_sec=reader.number("progress_every_sec", 60.0, minimum=0.0, inclusive=False),
         **_script_timeouts(reader),
         publish_config=reader.path("publish_config", None),
         publish_every_sec=publish_every,

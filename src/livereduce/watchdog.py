@@ -39,10 +39,11 @@ MAX_BACKOFF_S = 3600.0
 """Upper bound of the gap between two restarts when restarts keep not helping: one per hour
 still brings the service back after an outage without flooding the journal."""
 
-WAITING_STATES = frozenset({"waiting_for_run", "run_ended", "no_data"})
+WAITING_STATES = frozenset({"waiting_for_run", "run_ended", "no_data", "held"})
 """Daemon states in which no chunk arrives by design (between runs, after a Stop, a beam trip
-inside a run); the status file's ``updated`` time then shows that the daemon is alive (status.py
-writes it at least every few seconds, from the worker's heartbeats)."""
+inside a run, a hold only a script change ends: a restart would only run the held-off script
+into its time limit again); the status file's ``updated`` time then shows that the daemon is
+alive (status.py writes it at least every few seconds, from the worker's heartbeats)."""
 
 SHOW_PROPERTIES = ("ActiveState", "SubState", "Result", "MainPID", "ActiveEnterTimestampMonotonic")
 

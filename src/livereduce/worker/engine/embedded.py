@@ -130,7 +130,10 @@ class EmbeddedEngine:
         self._received_data = False
         self._run_events = 0
         self.progress = Progress(
-            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+            state=WorkerState.STARTING,
+            engine="embedded",
+            instrument=config.instrument.name,
+            results_written=0,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -195,9 +198,17 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(
-                self._output, self._output_version, force=True, metadata=self._metadata()
+            self._count_write(
+                self.writer.write(
+                    self._output, self._output_version, force=True, metadata=self._metadata()
+                )
             )
+
+    def _count_write(self, wrote: bool) -> None:
+        """Count a result file written (``results_written``: the supervisor's ``failing``)."""
+        if wrote:
+            written = (self.progress.results_written or 0) + 1
+            self.progress = self.progress.with_(results_written=written)
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -321,6 +332,7 @@ class EmbeddedEngine:
                 force=chunk.ends_run,
                 metadata=self._metadata(run, ended=chunk.ends_run),
             )
+            self._count_write(wrote)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
             self.outputs.after_output(
@@ -407,11 +419,13 @@ class EmbeddedEngine:
         self._run_open = False
         self._replace_next = True
         context = self._run_context()
-        self.writer.write(
-            self._output,
-            self._output_version,
-            force=True,
-            metadata=self._metadata(context, ended=True),
+        self._count_write(
+            self.writer.write(
+                self._output,
+                self._output_version,
+                force=True,
+                metadata=self._metadata(context, ended=True),
+            )
         )
         self.outputs.after_output(
             self._output, self._output_version, self._caption(context), run_ended=True
