@@ -301,3 +301,27 @@ def test_effective_configuration_lists_every_key_including_memory(tmp_path, scri
     assert effective["instrument"]["short_name"] == "HYS"
     assert effective["heartbeat_timeout"] == 90.0
     assert "raw" not in effective
+
+
+def test_given_records_the_keys_the_file_sets_and_not_null_or_defaulted_ones(tmp_path, script_dir):
+    config = load_config(
+        write(
+            tmp_path,
+            {"instrument": "HYSPEC", "script_dir": str(script_dir), "status_file": None},
+        )
+    )
+    assert config.given == frozenset({"instrument", "script_dir"})
+    assert "given" not in config.effective()
+    defaults = load_config(
+        write(
+            tmp_path,
+            {
+                "instrument": "HYSPEC",
+                "script_dir": str(script_dir),
+                "status_file": "s.json",
+                "listener": "adara",
+            },
+        )
+    )
+    assert {"status_file", "listener"} <= defaults.given
+    assert "address" not in defaults.given  # filled in from the instrument table

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
+from livereduce.delays import doubling_delay_s
 from livereduce.protocol import WorkerExit
 
 STABLE_AFTER_S = 60.0
@@ -48,7 +49,7 @@ class Backoff:
         if self.failures == 0:
             delay = self.first_s
         else:
-            delay = min(self.base_s * 2 ** (self.failures - 1), self.max_s)
+            delay = doubling_delay_s(self.failures, self.base_s, self.max_s)
         self.failures += 1
         return delay
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from livereduce.config import Config, ConfigError, load_config
+from livereduce.scriptfile import ScriptCompileError, compile_script
 from livereduce.supervisor import notify
 from livereduce.supervisor.actions import (
     Action,
@@ -81,12 +82,9 @@ def syntax_errors(paths: Sequence[Path]) -> list[str]:
         except OSError:
             continue
         try:
-            compile(source, str(path), "exec")
-        except SyntaxError as error:
-            text = (error.text or "").strip()
-            problems.append(f"{path}:{error.lineno}: {error.msg}" + (f": {text}" if text else ""))
-        except ValueError as error:  # e.g. NUL bytes in the file
-            problems.append(f"{path}: {error}")
+            compile_script(source, path)
+        except ScriptCompileError as error:
+            problems.append(str(error))
     return problems
 
 

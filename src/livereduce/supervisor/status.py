@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from livereduce.atomic import write_atomically
 from livereduce.config import ConfigError, load_config
 
 WRITE_EVERY_S = 2.0
@@ -88,17 +89,12 @@ class StatusError(Exception):
 
 
 def write_status(path: Path, status: Mapping[str, Any]) -> None:
-    """Write ``status`` as JSON to ``path`` atomically (temporary file + rename).
+    """Write ``status`` as JSON to ``path`` atomically (:func:`livereduce.atomic.write_atomically`).
 
     Raises OSError when the folder cannot be created or written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    text = json.dumps(status, indent=1, sort_keys=True) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -238,7 +234,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     config = None
     if config_path is not None:
         config = load_config(config_path, check_scripts=False)
-        if "status_file" in config.raw:
+        if "status_file" in config.given:
             return [config.status_file]
     paths.append(SYSTEMD_STATUS_FILE)
     if config is not None:

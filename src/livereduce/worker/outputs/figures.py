@@ -14,9 +14,7 @@ with its own copy of plotly.js, and :func:`figure_div` turns one into the ``<div
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import scipp as sc
+
+from livereduce.atomic import write_atomically
 
 TOF_BINS = 200
 """Bins of the default time-of-flight spectrum of raw events: fine enough to see Bragg peaks
@@ -224,8 +224,9 @@ def figure_div(figure: Mapping[str, Any], *, div_id: str = "livereduce-plot") ->
 def write_figures(
     path: Path, figures: list[NamedFigure], caption: FigureCaption, *, updated: float | None = None
 ) -> None:
-    """Write ``figures`` as JSON ``{"updated": Unix s, "caption": str, "figures": [{"name",
-    "figure"}]}`` to ``path`` atomically (temporary file + rename). Raises OSError."""
+    """Write ``figures`` as JSON ``{"updated": Unix s, "caption": str, "run_number", "events",
+    "figures": [{"name", "figure"}]}`` to ``path`` atomically
+    (:func:`livereduce.atomic.write_atomically`). Raises OSError."""
     document = {
         "updated": time.time() if updated is None else updated,
         "caption": caption.text(),
@@ -233,13 +234,5 @@ def write_figures(
         "events": caption.events,
         "figures": [{"name": f.name, "figure": f.figure} for f in figures],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One worker writes it at a time: a fixed temporary name means a write cut short by a
-    # kill leaves one small file, overwritten by the next worker, not one per restart.
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        temporary.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
+    text = json.dumps(document, separators=(",", ":"))
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
