@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from livedata_fixture import free_port, histogram_total, live_data_server  # noqa: F401
+from livedata_fixture import (  # noqa: F401 - live_data_server is a fixture
+    LiveDataServer,
+    free_port,
+    histogram_total,
+    live_data_server,
+)
 from livereduce.config import StartFrom, config_from_mapping
 from livereduce.worker.engine.embedded import EmbeddedEngine
 from livereduce.worker.listeners.base import NotYet
@@ -250,7 +255,7 @@ def test_script_publish_plot_queues_inside_the_worker(tmp_path):
 def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
     """Mantid runs the scripts in the worker: their publish_plot queues on a publisher too."""
     from livereduce.config import Engine  # noqa: PLC0415
-    from livereduce.worker.main import make_engine  # noqa: PLC0415
+    from livereduce.worker.main import _send_queued_plots, make_engine  # noqa: PLC0415
 
     monkeypatch.delenv("POST_PROCESSING_CONF", raising=False)
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "mantid_standin"))
@@ -263,10 +268,17 @@ def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
     )
     try:
         make_engine(Engine.MANTID, config)
-        assert isinstance(publishing.installed(), publishing.Publisher)
+        publisher = publishing.installed()
+        assert isinstance(publisher, publishing.Publisher)
         assert publishing.find_publish_config() is None  # p.conf does not exist
-        (tmp_path / "p.conf").write_text('{"publish_url_template": "http://x/"}')
+        LiveDataServer.unreachable_config(tmp_path).rename(tmp_path / "p.conf")
         assert publishing.find_publish_config() == tmp_path / "p.conf"
+        # A script's plot, still queued when the engine ends, is sent before the worker exits.
+        assert publishing.publish_plot("HYS", 3, files={"file": "<div></div>"}) is None
+        _send_queued_plots(config)
+        assert publishing.installed() is None
+        assert publisher.errors == 1
+        assert "cannot publish the plot of HYS run 3" in publisher.last_error
     finally:
         publishing.install(None)
         publishing.set_default_config(None)

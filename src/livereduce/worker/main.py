@@ -114,6 +114,18 @@ def run_worker(config: Config, report_fd: int) -> WorkerExit:
         log.exception("worker_crashed: unexpected %s", type(error).__name__)
         _final(reporter, f"crashed: {type(error).__name__}: {error}")
         return WorkerExit.CRASHED
+    finally:
+        _send_queued_plots(config)
+
+
+def _send_queued_plots(config: Config) -> None:
+    """The Mantid engine's scripts queued plots on a publisher (make_engine): send what waits
+    before the process ends, within half the stop timeout (the embedded engine does its own)."""
+    from livereduce.worker.outputs import publishing  # noqa: PLC0415
+
+    publisher = publishing.install(None)
+    if publisher is not None:
+        publisher.close(min(config.publish_timeout_sec + 1.0, config.stop_timeout / 2))
 
 
 def _final(reporter: _Reporter, error: str) -> None:
