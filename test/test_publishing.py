@@ -255,7 +255,7 @@ def test_script_publish_plot_queues_inside_the_worker(tmp_path):
 def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
     """Mantid runs the scripts in the worker: their publish_plot queues on a publisher too."""
     from livereduce.config import Engine  # noqa: PLC0415
-    from livereduce.worker.main import _send_queued_plots, make_engine  # noqa: PLC0415
+    from livereduce.worker.main import send_queued_plots, make_engine  # noqa: PLC0415
 
     monkeypatch.delenv("POST_PROCESSING_CONF", raising=False)
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "mantid_standin"))
@@ -275,7 +275,7 @@ def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
         assert publishing.find_publish_config() == tmp_path / "p.conf"
         # A script's plot, still queued when the engine ends, is sent before the worker exits.
         assert publishing.publish_plot("HYS", 3, files={"file": "<div></div>"}) is None
-        _send_queued_plots(config)
+        send_queued_plots(config)
         assert publishing.installed() is None
         assert publisher.errors == 1
         assert "cannot publish the plot of HYS run 3" in publisher.last_error

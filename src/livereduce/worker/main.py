@@ -115,10 +115,10 @@ def run_worker(config: Config, report_fd: int) -> WorkerExit:
         _final(reporter, f"crashed: {type(error).__name__}: {error}")
         return WorkerExit.CRASHED
     finally:
-        _send_queued_plots(config)
+        send_queued_plots(config)
 
 
-def _send_queued_plots(config: Config) -> None:
+def send_queued_plots(config: Config) -> None:
     """The Mantid engine's scripts queued plots on a publisher (make_engine): send what waits
     before the process ends, within half the stop timeout (the embedded engine does its own)."""
     from livereduce.worker.outputs import publishing  # noqa: PLC0415
