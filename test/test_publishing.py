@@ -255,7 +255,7 @@ def test_script_publish_plot_queues_inside_the_worker(tmp_path):
 def test_mantid_engine_scripts_queue_their_plots(tmp_path, monkeypatch):
     """Mantid runs the scripts in the worker: their publish_plot queues on a publisher too."""
     from livereduce.config import Engine  # noqa: PLC0415
-    from livereduce.worker.main import send_queued_plots, make_engine  # noqa: PLC0415
+    from livereduce.worker.main import make_engine, send_queued_plots  # noqa: PLC0415
 
     monkeypatch.delenv("POST_PROCESSING_CONF", raising=False)
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "mantid_standin"))
