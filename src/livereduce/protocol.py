@@ -89,8 +89,8 @@ class Progress:
 
     ``chunks`` and ``events`` count chunks processed and detector events received;
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
-    ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
-    is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+    ``errors`` counts chunks lost to script errors and stream faults; ``detail`` says in words
+    what the worker is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
 
     ``results_written`` counts the result files the worker wrote (None: its engine does not
     count them); with ``chunks`` and ``errors`` it tells the supervisor whether the worker is
@@ -106,6 +106,12 @@ class Progress:
     ``plots_published`` / ``publish_errors`` count uploads to the live data server that
     succeeded / failed (timeouts, refused connections, answers other than 200);
     ``last_publish_error`` says the last failure in words. Publishing never stops the loop.
+
+    ``input_counts``: what the listener received but left out or could not read since the
+    worker started, by kind (``error_events``, ``unmapped_events``, ``out_of_range_events``,
+    ``duplicate_pulses``, ``paused_events``, ``malformed_packets``, ``skipped_bytes``,
+    ``framing_failures``, ...; docs/adara.md). Stream faults among them also count in
+    ``errors``.
     """
 
     state: WorkerState
@@ -128,6 +134,7 @@ class Progress:
     plots_published: int = 0
     publish_errors: int = 0
     last_publish_error: str = ""
+    input_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def resume(self) -> Resume | None:

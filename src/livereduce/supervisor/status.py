@@ -48,12 +48,14 @@ FIELDS = {
     "results_written": "result files the current worker wrote (null: its engine does not count)",
     "last_result_time": "Unix time the supervisor saw the last result file written",
     "in_script": "the user script the worker runs now (empty between scripts)",
-    "errors": "since the supervisor started: chunks lost to script errors, plus workers lost to "
-    "hangs, script time limits, memory kills and crashes",
+    "errors": "since the supervisor started: chunks lost to script errors and stream faults, "
+    "plus workers lost to hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
     "plots_published": "plots uploaded to the live data server (current worker)",
     "publish_errors": "plot uploads that failed: timeout, no server, an answer other than 200",
     "last_publish_error": "the last failed upload, in words",
+    "input_counts": "what the listener left out or could not read, by kind (current worker; "
+    "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
     "worker_peak_rss_bytes": "peak resident memory of the last worker that ended, bytes",

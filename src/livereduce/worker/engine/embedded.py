@@ -16,14 +16,26 @@ runs LoadLiveData's steps (§2.3):
 
 Run transitions (``run_transition``): at the chunk that ends a run, Restart makes the next chunk
 replace the accumulation; Rename does the same and keeps the finished run's output as
-``<output_workspace>_<run>.h5``; Stop writes the output and ends the loop (state run_ended). A
-chunk that begins a new run when the previous one never reported its end counts as that end.
-A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+``<output_workspace>_<run>.h5`` (``<output_workspace>_<run>_partial.h5`` when the listener
+joined the run after its start: a partial result never replaces a complete one); Stop writes
+the output and ends the loop (state run_ended). A chunk that begins a new run when the previous
+one never reported its end counts as that end. After a chunk that ends a run the next chunk is
+taken at once, whatever ``update_every`` is, so runs finished in a burst are all handed on
+without lag. A data reset (the stream replays the run) replaces the run's events, monitors and
+logs together. A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+
+What the listener left out or could not read (``Chunk.input_counts``) is summed in the report's
+``input_counts`` and in the result file's ``livereduce_input_counts`` attribute (JSON, for the
+current run); stream faults (:data:`~livereduce.worker.listeners.base.STREAM_FAULTS`) also count
+as ``errors``. Every report names the oldest run seen whose end was not yet handled
+(``unfinished_run``, ``unfinished_run_start_ns``) so that a worker taking over (``resume``)
+completes it first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,7 +45,7 @@ from typing import Any
 import scipp as sc
 
 from livereduce.config import Config, RunTransitionBehavior
-from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
+from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, Resume, WorkerExit, WorkerState
 from livereduce.worker.engine.accumulation import (
     SCIPP_ERRORS,
     Accumulation,
@@ -41,7 +53,14 @@ from livereduce.worker.engine.accumulation import (
     sum_bins,
 )
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
-from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
+from livereduce.worker.listeners.base import (
+    STREAM_FAULTS,
+    Chunk,
+    Listener,
+    ListenerError,
+    NotYet,
+    RunInfo,
+)
 from livereduce.worker.outputs.figures import FigureCaption
 from livereduce.worker.outputs.live import LiveOutputs
 from livereduce.worker.outputs.metadata import ResultMetadata, iso_utc
@@ -60,11 +79,13 @@ class StepOutcome:
 
     ``processed``: the chunk went through processing and accumulation; ``waiting``: the
     listener had nothing (NotYet) or the chunk was empty; ``failed``: the chunk was lost to a
-    script or accumulation error; ``wrote``: the output file was written; ``finished``: the run
-    ended with run_transition Stop, the loop must end.
+    script or accumulation error; ``wrote``: the output file was written; ``ended_run``: a run
+    ended with this chunk (the next chunk is taken at once); ``finished``: the run ended with
+    run_transition Stop, the loop must end.
     """
 
     events: int = 0
+    ended_run: bool = False
     processed: bool = False
     waiting: bool = False
     failed: bool = False
@@ -105,7 +126,9 @@ class EmbeddedEngine:
     """The live-data loop for ``config``. ``listener``: the source of chunks (None: made from
     the configuration by :func:`livereduce.worker.listeners.create_listener` when :meth:`run`
     starts; tests pass one, already started or not). ``clock``: monotonic seconds.
-    ``outputs``: figures and publishing (default: as the configuration says)."""
+    ``resume``: the run a previous worker left unfinished (reported as unfinished until this
+    engine handles its end). ``outputs``: figures and publishing (default: as the
+    configuration says)."""
 
     def __init__(
         self,
@@ -114,6 +137,7 @@ class EmbeddedEngine:
         *,
         clock: Callable[[], float] = time.monotonic,
         outputs: LiveOutputs | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -138,12 +162,20 @@ class EmbeddedEngine:
         self._replace_next = True
         self._received_data = False
         self._run_events = 0
+        self._run_input_counts: dict[str, int] = {}
+        self._unfinished: dict[int, int] = {}
+        """Run number -> start (Unix ns) of every run seen whose end was not handled yet."""
+        self._resumed = resume.run_number if resume is not None else None
+        """The run handed over by the previous worker, until this engine meets it."""
+        if resume is not None:
+            self._unfinished[resume.run_number] = resume.start_ns
         self.progress = Progress(
             state=WorkerState.STARTING,
             engine="embedded",
             instrument=config.instrument.name,
             results_written=0,
         )
+        self._report_unfinished()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -189,6 +221,8 @@ class EmbeddedEngine:
                 last_report = self._clock()
                 if outcome.finished:
                     return WorkerExit.STOPPED
+                if outcome.ended_run:
+                    next_chunk = last_report  # a finished run waits for nothing: take the next
             elif now - last_report >= HEARTBEAT_INTERVAL_S:
                 report(self.progress)
                 last_report = now
@@ -209,7 +243,7 @@ class EmbeddedEngine:
         if self.writer.pending:
             self._count_write(
                 self.writer.write(
-                    self._output, self._output_version, force=True, metadata=self._metadata()
+                    self._output, self._output_version, force=True, metadata=self._file_metadata()
                 )
             )
 
@@ -242,6 +276,8 @@ class EmbeddedEngine:
             self._run is not None and self._new_run_without_end(chunk) and self._end_run(self._run)
         )
         self._count_events(chunk)
+        self._count_input(chunk)
+        self._see_run(chunk.run)
         if finished:
             return StepOutcome(finished=True, extract_s=extracted - began)
         if not _has_data(chunk):
@@ -258,7 +294,7 @@ class EmbeddedEngine:
         self._note_last_pulse(chunk)
         if chunk.begins_run or chunk.data_reset:
             self._replace_next = True
-        if chunk.begins_run or (chunk.run is not None and self._run is None):
+        if chunk.begins_run or chunk.data_reset or (chunk.run is not None and self._run is None):
             self._run_logs = {}
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
@@ -266,7 +302,7 @@ class EmbeddedEngine:
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
-            outcome = dataclasses.replace(outcome, finished=finished)
+            outcome = dataclasses.replace(outcome, finished=finished, ended_run=True)
         return outcome
 
     def _keep_logs(self, chunk: Chunk) -> None:
@@ -290,6 +326,51 @@ class EmbeddedEngine:
             self._run_events = 0
         self._run_events += chunk.event_count
         self.progress = self.progress.with_(events=events + chunk.event_count)
+
+    def _count_input(self, chunk: Chunk) -> None:
+        """Sum what the listener left out or could not read; stream faults are errors too."""
+        if chunk.begins_run:
+            self._run_input_counts = {}
+        if not chunk.input_counts:
+            return
+        total = dict(self.progress.input_counts)
+        for kind, count in chunk.input_counts.items():
+            total[kind] = total.get(kind, 0) + count
+            self._run_input_counts[kind] = self._run_input_counts.get(kind, 0) + count
+        faults = sum(chunk.input_counts.get(kind, 0) for kind in STREAM_FAULTS)
+        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(chunk.input_counts.items()))
+        last_error = f"bad input from the stream: {summary}" if faults else None
+        self.progress = self.progress.with_(
+            input_counts=total,
+            errors=self.progress.errors + faults,
+            last_error=last_error or self.progress.last_error,
+        )
+
+    def _see_run(self, run: RunInfo | None) -> None:
+        if run is not None and self._resumed is not None and run.number != self._resumed:
+            # the stream began after the handed-over run: it cannot be completed any more
+            log.warning(
+                "resume_abandoned: run %d was handed over unfinished, but the stream gave "
+                "run %d first; run %d stays incomplete",
+                self._resumed,
+                run.number,
+                self._resumed,
+            )
+            self._unfinished.pop(self._resumed, None)
+            self._report_unfinished()
+        if run is not None:
+            self._resumed = None
+        if run is not None and run.number and run.number not in self._unfinished:
+            start_ns = run.start_ns
+            self._unfinished[run.number] = start_ns if start_ns is not None else 0
+            self._report_unfinished()
+
+    def _report_unfinished(self) -> None:
+        oldest = min(self._unfinished, key=self._unfinished.__getitem__, default=None)
+        self.progress = self.progress.with_(
+            unfinished_run=oldest,
+            unfinished_run_start_ns=None if oldest is None else self._unfinished[oldest],
+        )
 
     def _report_idle(self, chunk: Chunk) -> None:
         if not self._run_open:
@@ -354,7 +435,7 @@ class EmbeddedEngine:
                 output,
                 self._output_version,
                 force=chunk.ends_run,
-                metadata=self._metadata(run, ended=chunk.ends_run),
+                metadata=self._file_metadata(run, ended=chunk.ends_run),
             )
             self._count_write(wrote)
             if self.writer.failure:
@@ -444,10 +525,25 @@ class EmbeddedEngine:
 
     # -- run transitions -----------------------------------------------------------------
 
+    def _file_metadata(
+        self, run: RunContext | None = None, *, ended: bool = False
+    ) -> dict[str, object]:
+        """Attributes written into the result file: the run's metadata (``run``: default the
+        current context; :mod:`livereduce.worker.outputs.metadata`) and what the stream left
+        out of this run."""
+        return self._metadata(run, ended=ended).attributes() | {
+            "livereduce_input_counts": json.dumps(self._run_input_counts, sort_keys=True)
+        }
+
     def _end_run(self, run: RunInfo) -> bool:
         """Apply run_transition at the end of ``run``; True when the loop must stop."""
         behavior = self.config.run_transition
-        log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
+        log.info(
+            "run_ended: run %d ended%s; run_transition %s",
+            run.number,
+            " (partial: joined after its start)" if run.partial else "",
+            behavior,
+        )
         self._run_open = False
         self._replace_next = True
         context = self._run_context()
@@ -456,16 +552,18 @@ class EmbeddedEngine:
                 self._output,
                 self._output_version,
                 force=True,
-                metadata=self._metadata(context, ended=True),
+                metadata=self._file_metadata(context, ended=True),
             )
         )
         self.outputs.after_output(
             self._output, self._output_version, self._caption(context), run_ended=True
         )
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
-            kept = self.writer.keep_run(run.number)
+            kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
+        self._unfinished.pop(run.number, None)
+        self._report_unfinished()
         if behavior is RunTransitionBehavior.STOP:
             self._set(
                 WorkerState.RUN_ENDED,
@@ -507,8 +605,7 @@ class EmbeddedEngine:
             updated=time.time(),
         )
 
-    def _metadata(self, run: RunContext | None = None, *, ended: bool = False) -> ResultMetadata:
-        """The run's metadata for the result file (``run``: default the current context)."""
+    def _metadata(self, run: RunContext | None, *, ended: bool) -> ResultMetadata:
         run = run if run is not None else self._run_context()
         charge = run.proton_charge
         end = self._last_pulse_ns / 1e9 if self._last_pulse_ns is not None else None

@@ -42,6 +42,10 @@ class ResultMetadata:
     updated: str = ""
     version: str = __version__
 
+    def attributes(self) -> dict[str, object]:
+        """The HDF5 root attributes (names with :data:`PREFIX`) the result writer sets."""
+        return {PREFIX + key: value for key, value in asdict(self).items()}
+
 
 METADATA_KEYS = tuple(ResultMetadata.__dataclass_fields__)
 
@@ -53,14 +57,6 @@ def iso_utc(moment: datetime | float | None) -> str:
     if not isinstance(moment, datetime):
         moment = datetime.fromtimestamp(moment, tz=UTC)
     return moment.astimezone(UTC).isoformat()
-
-
-def write_metadata(path: Path, metadata: ResultMetadata) -> None:
-    """Add ``metadata`` to the HDF5 file at ``path`` (the temporary file, before it is renamed
-    into place). Raises OSError when the file cannot be opened."""
-    with h5py.File(path, "a") as h5:
-        for key, value in asdict(metadata).items():
-            h5.attrs[PREFIX + key] = value
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
