@@ -38,6 +38,10 @@ from livereduce.worker.outputs.result import WRITE_SHARE
 
 log = logging.getLogger(__name__)
 
+STOP_FLUSH_S = 1.0
+"""What a stopping worker gives the plots still queued: a stop has seconds in all
+(livereduce.worker.stop.STOP_EXIT_AFTER_S), the result file comes first."""
+
 FIGURES_EVERY_S = 1.0
 """The view page polls every two seconds: writing the figures more often shows nothing more."""
 
@@ -150,10 +154,12 @@ class LiveOutputs:
         self._previous = publishing.install(self.publisher)
         self._active = True
 
-    def close(self) -> None:
-        """Publish what waits (within the upload timeout and half the stop timeout: a stopping
-        worker still sends the run's last plot) and uninstall the publisher."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Publish what waits (the run's last plot) within ``timeout_s`` (default: the upload
+        timeout, at most half the stop timeout) and uninstall the publisher."""
         limit = min(self._config.publish_timeout_sec + 1.0, self._config.stop_timeout / 2)
+        if timeout_s is not None:
+            limit = min(limit, timeout_s)
         if not self.publisher.flush(limit):
             log.warning("publish_flush_timeout: plots still queued when the worker stopped")
         self.publisher.close(timeout_s=0.0)
