@@ -17,7 +17,7 @@ from livereduce.worker.outputs.figures import (
     default_figures,
     figure_div,
 )
-from livereduce.worker.outputs.live import LiveOutputs, combined_div
+from livereduce.worker.outputs.live import STOP_FLUSH_S, LiveOutputs, combined_div
 
 CAPTION = FigureCaption(
     instrument="HYSPEC", run_number=178921, title="MnO", events=1234, proton_charge=2.0e11,
@@ -120,6 +120,7 @@ class FakePublisher:
         assert files["file"].startswith("<div")
 
     def flush(self, timeout_s=None):
+        self.flushed_within = timeout_s
         return True
 
     def close(self, timeout_s=None):
@@ -210,3 +211,12 @@ def test_odd_coords_and_dtypes_do_not_break_the_figures():
     figures = default_figures(sc.DataGroup({"l": labelled, "v": vectors}), CAPTION)
     assert [f.name for f in figures] == ["l"]
     assert figures[0].figure["data"][0]["x"] == [0, 1]
+
+
+def test_queued_plots_get_a_bounded_time_at_the_end(tmp_path):
+    outputs, _, publisher = outputs_for(tmp_path, publish={"timeout_sec": 30}, stop_timeout=8)
+    outputs.close()
+    assert publisher.flushed_within == 4.0  # half the stop timeout, below the upload timeout
+    outputs, _, publisher = outputs_for(tmp_path)
+    outputs.close(STOP_FLUSH_S)  # a stop: the result file first, the plots get a second
+    assert publisher.flushed_within == STOP_FLUSH_S
