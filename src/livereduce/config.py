@@ -9,9 +9,11 @@ the command line turns into one message and exit status 2; unknown keys give a w
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -682,3 +684,60 @@ class _Reader:
         if not isinstance(value, str) or not value:
             self.fail(key, f"expected a path string, got {value!r}")
         return self.resolve(value)
+
+
+LAUNCHER_ENV_KEYS = ("PIXI_ENV", "CONDA_ENV", "VENV")
+"""The keys naming the Python environment scripts/livereduce.sh activates; the first given wins."""
+
+
+def launcher_environment(config: Config) -> tuple[str, str] | None:
+    """The environment the launcher activates: ``(key, value)`` for the first of
+    LAUNCHER_ENV_KEYS that ``config`` gives, or None (the launcher's own Python).
+
+    A value that names a path (``VENV`` always, the others when they contain ``/``) is made
+    absolute against the configuration file's folder, as the daemon does for its paths.
+    Raises ConfigError when the value spans lines (the launcher reads one line).
+    """
+    values = {"PIXI_ENV": config.pixi_env, "CONDA_ENV": config.conda_env, "VENV": config.venv}
+    for key in LAUNCHER_ENV_KEYS:
+        value = values[key]
+        if value is None:
+            continue
+        if "\n" in value or "\r" in value:
+            raise ConfigError(config.path, key, f"expected one line, got {value!r}")
+        if key == "VENV" or "/" in value:
+            path = Path(value).expanduser()
+            if not path.is_absolute() and config.path is not None:
+                path = config.path.parent / path
+            value = str(path)
+        return key, value
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m livereduce.config --launcher-env CONFIG``: what scripts/livereduce.sh
+    activates, as one ``KEY=VALUE`` line on stdout (nothing when no environment is named).
+
+    The whole file is checked as the daemon checks it (scripts excepted), so the launcher
+    stops at the same errors. Exit status 0, or 2 with the ConfigError on stderr. Unknown
+    keys are left to the daemon to warn about.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m livereduce.config",
+        description="Print the Python environment livereduce.sh activates for CONFIG.",
+    )
+    parser.add_argument("--launcher-env", metavar="CONFIG", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.launcher_env, check_scripts=False, warn=lambda _: None)
+        chosen = launcher_environment(config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if chosen is not None:
+        print(f"{chosen[0]}={chosen[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,8 +18,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from livereduce import __version__
 from livereduce.atomic import write_atomically
 from livereduce.config import ConfigError, load_config
 
@@ -142,6 +141,10 @@ def _overdue(status: Mapping[str, Any], now: float) -> bool:
 
 
 def _supervisor_gone(status: Mapping[str, Any]) -> bool:
+    # psutil only here: livereduce-watchdog imports this module on the system Python, which
+    # has the standard library only (the RPM's python3.11)
+    import psutil  # noqa: PLC0415
+
     pid = status.get("supervisor_pid")
     return isinstance(pid, int) and status.get("state") != "stopped" and not psutil.pid_exists(pid)
 
@@ -244,13 +247,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
-
-    Prints the status and returns its :func:`health` (0 healthy, 1 failing or held, 2 stale or
-    supervisor gone); one message on stderr and 3 when there is no status to read (the file is
-    missing or bad, or the configuration file is).
-    """
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livereduce-status",
         description="Show what the livereduce service is doing.",
@@ -263,7 +260,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config", type=Path, help="configuration file (default /etc/livereduce.conf)"
     )
     where.add_argument("--file", type=Path, help="status file to read")
-    args = parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"livereduce-status {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
+
+    Prints the status and returns its :func:`health` (0 healthy, 1 failing or held, 2 stale or
+    supervisor gone); one message on stderr and 3 when there is no status to read (the file is
+    missing or bad, or the configuration file is).
+    """
+    args = _parser().parse_args(argv)
     try:
         candidates = _candidates(args)
     except ConfigError as error:
