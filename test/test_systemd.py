@@ -625,8 +625,10 @@ journalctl -u livereduce --no-pager -o cat > $OUT/unit-journal.txt
 def test_hanging_script_is_replaced_by_the_supervisor_first(
     container: Container, replay: str
 ) -> None:
-    # the daemon's heartbeat timeout (4 s) is far shorter than WatchdogSec (120 s)
-    container.config(listener="adara", address=replay, heartbeat_timeout_sec=4)
+    # the daemon's script time limit (4 s) is far shorter than WatchdogSec (120 s)
+    container.config(
+        listener="adara", address=replay, heartbeat_timeout_sec=4, script_timeout_sec=4
+    )
     container.boot(
         f"""
 systemctl start livereduce
@@ -649,7 +651,7 @@ journalctl -u livereduce --no-pager -o cat > $OUT/unit-journal.txt
         assert after == {"MainPID": before["MainPID"], "NRestarts": "0", "ActiveState": "active"}
         assert re.search(r"worker \d+ replaced by \d+", notes)
         journal = container.read("unit-journal.txt")
-        assert "heartbeat_timeout: no heartbeat from worker pid" in journal
+        assert "script_timeout: reduce_HYS_live_proc.py ran for" in journal
         assert "Watchdog timeout" not in journal  # the supervisor acted, not systemd
 
 

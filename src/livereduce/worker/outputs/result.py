@@ -59,7 +59,7 @@ class OutputWriter:
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
-        self._metadata: dict[str, str] = {}
+        self._metadata: dict[str, object] = {}
         self.output_grows = False
         """Set by the engine: each output extends the previous one unless :meth:`replaced`
         is called (then the result file may grow by appending)."""
@@ -88,7 +88,7 @@ class OutputWriter:
         version: object,
         *,
         force: bool = False,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
     ) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
@@ -192,7 +192,7 @@ class OutputWriter:
         return kept
 
 
-def _set_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+def _set_metadata(path: Path, metadata: Mapping[str, object]) -> None:
     """``metadata`` as root attributes of the HDF5 file at ``path``."""
     with h5py.File(path, "r+") as h5:
         h5.attrs.update(metadata)
