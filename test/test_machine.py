@@ -721,3 +721,20 @@ def test_sighup_or_a_save_ends_a_backoff_at_once(make):
     h.tick()
     assert [t for t, _ in h.starts] == [0.0, 1.0, 2.0]
     assert h.reasons() == ["boot_failure", "sighup", "boot_failure", "scripts_changed"]
+
+
+def test_events_per_s_starts_over_when_a_replay_resets_the_run_never_negative(make):
+    # Found against livereduce-replay: the SMS restarted, the run was replayed from its start
+    # (data_reset), the worker's event count fell from 18,141 to 4,712 and the status said
+    # "-1,338 events/s". A count that falls is a new baseline, not negative events.
+    h = make()
+    h.tick()
+    for second in range(0, 6):
+        h.now = float(second)
+        h.report(events=1000 * second)
+    h.now = 6.0
+    h.report(events=200)  # the replay replaced the run's 5000 events
+    assert h.status()["events_per_s"] == 0.0
+    h.now = 8.0
+    h.report(events=1200)
+    assert h.status()["events_per_s"] == pytest.approx(1000 / 2)

@@ -127,7 +127,11 @@ class RateWindow:
     samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     def add(self, now_s: float, events: int) -> None:
-        """Record the worker's event count at ``now_s``."""
+        """Record the worker's event count at ``now_s``; a count below the last one (a run
+        replayed from its start after a reconnect replaces its events) starts the window
+        over, so the rate is never negative."""
+        if self.samples and events < self.samples[-1][1]:
+            self.samples.clear()
         self.samples.append((now_s, events))
         self._trim(now_s)
 
