@@ -471,10 +471,18 @@ def test_config_changes(make, caplog):
     h = make()
     pid = running(h)
     h.step(ConfigSaved(change=config_change(), restored=True))
+    assert h.status()["config_problem"] == ""
     h.step(ConfigSaved(change=config_change(), error="livereduce.conf: not JSON"))
     assert h.of(SendSignal) == []
     assert "config_change_rejected: " in caplog.text
     assert "config_restored: " in caplog.text
+    # the status says the file on disk is not the one in force, until it is again
+    assert h.status()["config_problem"] == (
+        "the configuration file on disk cannot be used, the one read at start runs on "
+        "(the next start of the service fails): livereduce.conf: not JSON"
+    )
+    h.step(ConfigSaved(change=config_change(), restored=True))
+    assert h.status()["config_problem"] == ""
     h.step(ConfigSaved(change=config_change()))
     assert h.of(SendSignal) == [SendSignal(pid, signal.SIGTERM)]
     h.exited(0)

@@ -227,6 +227,8 @@ class Machine:
         self.last_error = ""
         self.scripts_problem = ""
         """Why the scripts on disk are not the ones running (empty when they are)."""
+        self.config_problem = ""
+        """Why the configuration file on disk is not the one in force (empty when it is)."""
         self.hold = ""
         """Why no worker runs in HELD (and what releases it)."""
         self.script_timeouts: dict[str, int] = {}
@@ -743,6 +745,7 @@ class Machine:
             return
         change = event.change
         if event.restored:
+            self.config_problem = ""
             log.info(
                 "config_restored: %s: the content is again the configuration in use; nothing to do",
                 change.describe(),
@@ -756,6 +759,10 @@ class Machine:
                 "configuration read at start",
                 change.describe(),
                 event.error,
+            )
+            self.config_problem = (
+                f"the configuration file on disk cannot be used, the one read at start runs on "
+                f"(the next start of the service fails): {event.error}"
             )
             return
         log.warning("config_changed: %s: exiting for systemd to start it anew", change.describe())
@@ -870,6 +877,7 @@ class Machine:
             "restart_history": list(self.restart_history),
             "last_reload_latency_s": self.last_reload_latency_s,
             "scripts_problem": self.hold or self.scripts_problem,
+            "config_problem": self.config_problem,
             "resume": self.resume.to_json() if self.resume is not None else None,
             "supervisor_pid": os.getpid(),
             "version": __version__,
