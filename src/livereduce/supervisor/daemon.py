@@ -327,12 +327,17 @@ class Supervisor:
 
 def run_daemon(config: Config) -> int:
     """Run the supervisor for ``config``; returns the process exit status. Another daemon
-    holding ``output_dir`` gives CONFIG_ERROR (2) with its pid in the log and on stderr; an
-    unexpected error in the supervisor is logged with its traceback and gives INTERNAL_ERROR."""
+    holding ``output_dir``, or an ``output_dir`` that cannot be created or written, gives
+    CONFIG_ERROR (2) with one line in the log and on stderr; an unexpected error in the
+    supervisor is logged with its traceback and gives INTERNAL_ERROR."""
     try:
         lock = OutputLock.acquire(config.output_dir)
     except OutputLocked as error:
         log.error("output_locked: %s", error)
+        return int(DaemonExit.CONFIG_ERROR)
+    except OSError as error:
+        problem = f"{config.output_dir} cannot be created or written: {error}"
+        log.error("output_dir_unusable: %s", ConfigError(config.path, "output_dir", problem))
         return int(DaemonExit.CONFIG_ERROR)
     try:
         with lock:
