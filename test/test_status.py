@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from livereduce.supervisor import status as status_module
@@ -280,3 +281,17 @@ def test_format_shows_a_configuration_file_that_is_not_in_force():
     assert "CONFIG:" not in format_status(sample(), now=1012.5)
     text = format_status(sample(config_problem=problem), now=1012.5)
     assert f"CONFIG:       {problem}" in text
+
+
+def test_a_killed_supervisor_not_yet_reaped_is_gone():
+    # Found live: right after `kill -9` of the supervisor its pid was a zombie (the parent had
+    # not reaped it yet) and livereduce-status said healthy, exit 0, with no warning.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+        assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+        status = sample(supervisor_pid=child.pid, updated=time.time())
+        assert health(status) is Health.STALE
+        assert f"supervisor pid {child.pid} is not running" in format_status(status)
+    finally:
+        child.wait()

@@ -142,7 +142,15 @@ def _overdue(status: Mapping[str, Any], now: float) -> bool:
 
 def _supervisor_gone(status: Mapping[str, Any]) -> bool:
     pid = status.get("supervisor_pid")
-    return isinstance(pid, int) and status.get("state") != "stopped" and not psutil.pid_exists(pid)
+    if not isinstance(pid, int) or status.get("state") == "stopped":
+        return False
+    try:
+        # a killed supervisor stays a zombie until its parent reaps it: gone all the same
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def health(status: Mapping[str, Any], *, now: float | None = None) -> Health:
