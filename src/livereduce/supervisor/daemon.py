@@ -60,6 +60,7 @@ from livereduce.supervisor.memory import MemoryGuard, resident_bytes
 from livereduce.supervisor.publish import StatusPublisher
 from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
 from livereduce.supervisor.worker_process import Worker, spawn, worker_command
+from livereduce.worker.engine import check_engine
 
 __all__ = ["DaemonExit", "Supervisor", "run_daemon", "syntax_errors"]
 
@@ -243,7 +244,8 @@ class Supervisor:
         if event.new_md5 == self._config_md5:
             return ConfigSaved(change=event, restored=True)
         try:
-            load_config(event.path)
+            # what the next start checks, so that an accepted change never fails that start
+            check_engine(load_config(event.path))
         except ConfigError as error:
             return ConfigSaved(change=event, error=str(error))
         return ConfigSaved(change=event)
