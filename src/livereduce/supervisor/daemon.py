@@ -54,6 +54,7 @@ from livereduce.supervisor.events import (
     Started,
     Tick,
 )
+from livereduce.supervisor.handover import read_handover, write_handover
 from livereduce.supervisor.lock import OutputLock, OutputLocked
 from livereduce.supervisor.machine import Machine
 from livereduce.supervisor.memory import MemoryGuard, resident_bytes
@@ -119,6 +120,13 @@ class Supervisor:
         self.memory = MemoryGuard(config.system_mem_limit_perc, config.mem_check_interval_sec)
         self.watcher: Watcher | None = None
         self.publisher = StatusPublisher(config.status_file)
+        self.machine.resume = self._handed_over = read_handover(config.output_dir)
+        if self._handed_over is not None:
+            log.info(
+                "resume_taken_over: the previous supervisor left run %d unfinished: the first "
+                "worker completes it",
+                self._handed_over.run_number,
+            )
         self._config_md5: str | None = None
         self.exit_status: DaemonExit | None = None
         """Set by the machine's Exit action: the loop ends."""
@@ -325,6 +333,13 @@ class Supervisor:
         error = self.publisher.write(now, self.status, force=force)
         if error is not None:
             log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
+        resume = self.machine.resume
+        if resume != self._handed_over:
+            self._handed_over = resume  # tried once per change: a failure is logged once
+            try:
+                write_handover(self.config.output_dir, resume)
+            except OSError as error:
+                log.error("resume_write_failed: the next supervisor will not get it: %s", error)
 
 
 def run_daemon(config: Config) -> int:
