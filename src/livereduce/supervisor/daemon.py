@@ -123,8 +123,8 @@ class Supervisor:
         self.machine.resume = self._handed_over = read_handover(config.output_dir)
         if self._handed_over is not None:
             log.info(
-                "resume_taken_over: the previous supervisor left run %d unfinished: the first "
-                "worker completes it",
+                "resume_taken_over: the previous supervisor left run %d unfinished: handed to "
+                "the first worker",
                 self._handed_over.run_number,
             )
         self._config_md5: str | None = None
