@@ -363,6 +363,12 @@ class EmbeddedEngine:
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
         self._keep_logs(chunk)
+        # The scripts may run for minutes: the reports meanwhile (in_script) name the run and
+        # say data arrive, not the "connecting" or "waiting for a run" of before the chunk.
+        self._set(
+            WorkerState.RUNNING,
+            f"{self._describe(chunk)}: processing chunk {self.progress.chunks + 1}",
+        )
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
