@@ -9,7 +9,6 @@ import json
 from datetime import UTC, datetime
 
 import h5py
-import pytest
 import scipp as sc
 
 from livereduce.protocol import Progress, Resume, WorkerExit
@@ -151,15 +150,11 @@ def test_a_run_whose_first_chunk_has_no_events_accumulates_without_error(tmp_pat
     assert engine.accumulation.value().bins.size().sum().value == 140
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect found by adversary, in the engine's run end (embedded.py _end_run, in "
-    "flight): a run whose result could not be kept is forgotten, uncounted and never retried",
-)
 def test_a_run_whose_result_cannot_be_kept_stays_unfinished_and_is_counted(tmp_path, monkeypatch):
     # Found live: the output folder made read-only (chattr +i) at the end of run 178922 logged
     # output_keep_failed, then the run was dropped from the unfinished runs: result_178922.h5
     # was never written, the status showed no error and no later worker completed it.
+    # Now it stays the unfinished run (the next worker's resume) and counts as an error.
     def refuse(source, target):
         raise PermissionError(1, "Operation not permitted", str(target))
 
@@ -170,4 +165,5 @@ def test_a_run_whose_result_cannot_be_kept_stays_unfinished_and_is_counted(tmp_p
     engine = drive(make_config(tmp_path, run_transition="Rename"), [first, last])
     assert not (tmp_path / "out" / "result_9.h5").exists()
     assert engine.progress.errors == 1
+    assert engine.progress.last_error.startswith("run 9 not kept: cannot keep ")
     assert engine.progress.resume == Resume(run_number=9, start_ns=info.start_ns)

@@ -611,7 +611,17 @@ class EmbeddedEngine:
             kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
-        self._unfinished.pop(run.number, None)
+        if self.writer.failure:
+            # The run's result is not on disk as it should be: it stays unfinished, so that
+            # the next worker completes it again (the resume), and the loss is an error.
+            self._count_error(f"run {run.number} not kept: {self.writer.failure}")
+            log.error(
+                "run_not_kept: run %d stays unfinished for the next worker: %s",
+                run.number,
+                self.writer.failure,
+            )
+        else:
+            self._unfinished.pop(run.number, None)
         self._report_unfinished()
         if behavior is RunTransitionBehavior.STOP:
             self._set(
