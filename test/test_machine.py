@@ -629,12 +629,18 @@ def test_an_engine_that_does_not_count_results_is_not_failing_for_it(make):
     assert h.status()["state"] == "running"
 
 
-def test_events_per_s_is_a_sliding_window_that_decays(make):
+def report_1000_events_per_s(make, seconds: int) -> Harness:
+    """A running worker reporting 1000 more events each second from 0 to ``seconds``."""
     h = make()
     h.tick()
-    for second in range(0, 21):
+    for second in range(0, seconds + 1):
         h.now = float(second)
         h.report(events=1000 * second)
+    return h
+
+
+def test_events_per_s_is_a_sliding_window_that_decays(make):
+    h = report_1000_events_per_s(make, 20)
     assert h.status()["events_per_s"] == pytest.approx(1000.0)
     h.now = 25.0
     h.report(events=20_000)  # the run is over: nothing new
@@ -735,11 +741,7 @@ def test_events_per_s_starts_over_when_a_replay_resets_the_run_never_negative(ma
     # Found against livereduce-replay: the SMS restarted, the run was replayed from its start
     # (data_reset), the worker's event count fell from 18,141 to 4,712 and the status said
     # "-1,338 events/s". A count that falls is a new baseline, not negative events.
-    h = make()
-    h.tick()
-    for second in range(0, 6):
-        h.now = float(second)
-        h.report(events=1000 * second)
+    h = report_1000_events_per_s(make, 5)
     h.now = 6.0
     h.report(events=200)  # the replay replaced the run's 5000 events
     assert h.status()["events_per_s"] == 0.0
