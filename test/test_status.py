@@ -295,3 +295,12 @@ def test_a_killed_supervisor_not_yet_reaped_is_gone():
         assert f"supervisor pid {child.pid} is not running" in format_status(status)
     finally:
         child.wait()
+
+
+def test_format_shows_publishing_only_when_there_is_some():
+    assert "plots:" not in format_status(sample(), now=1012.5)
+    text = format_status(
+        sample(plots_published=3, publish_errors=2, last_publish_error="answered 401"),
+        now=1012.5,
+    )
+    assert "plots:        3 published, 2 failed (last: answered 401)" in text
