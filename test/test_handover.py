@@ -13,6 +13,7 @@ from livereduce.protocol import Resume
 from livereduce.supervisor.daemon import Supervisor
 from livereduce.supervisor.handover import (
     HANDOVER_MAX_AGE_S,
+    HANDOVER_REFRESH_S,
     handover_path,
     read_handover,
     write_handover,
@@ -86,3 +87,31 @@ def test_a_handover_that_cannot_be_written_is_logged_once(tmp_path, caplog, monk
     for _ in range(3):
         supervisor._write_status(time.monotonic(), force=True)
     assert caplog.text.count("resume_write_failed: the next supervisor will not get it: ") == 1
+
+
+def test_a_long_unfinished_run_is_rewritten_every_refresh_interval(tmp_path, monkeypatch):
+    # A run stays unfinished for hours; without a refresh the file's age would be the run's
+    # and a restart late in the run would find the handover "too old".
+    supervisor = supervisor_for(tmp_path)
+    writes: list[tuple[float, Resume | None]] = []
+    monkeypatch.setattr(
+        "livereduce.supervisor.daemon.write_handover",
+        lambda _dir, resume: writes.append((now, resume)),
+    )
+    supervisor.machine.resume = RUN
+    period = HANDOVER_REFRESH_S
+    for now in (
+        1000.0,
+        1000.0 + period / 2,
+        1000.0 + period,
+        1000.0 + 1.5 * period,
+        1000.0 + 2 * period,
+    ):
+        supervisor._write_status(now, force=True)
+    assert writes == [(1000.0, RUN), (1000.0 + period, RUN), (1000.0 + 2 * period, RUN)]
+    supervisor.machine.resume = None
+    now = 1001.0 + 2 * period
+    supervisor._write_status(now, force=True)
+    now += period
+    supervisor._write_status(now, force=True)  # nothing to keep fresh
+    assert writes[3:] == [(1001.0 + 2 * period, None)]

@@ -54,7 +54,7 @@ from livereduce.supervisor.events import (
     Started,
     Tick,
 )
-from livereduce.supervisor.handover import read_handover, write_handover
+from livereduce.supervisor.handover import HANDOVER_REFRESH_S, read_handover, write_handover
 from livereduce.supervisor.lock import OutputLock, OutputLocked
 from livereduce.supervisor.machine import Machine
 from livereduce.supervisor.memory import MemoryGuard, resident_bytes
@@ -121,6 +121,7 @@ class Supervisor:
         self.watcher: Watcher | None = None
         self.publisher = StatusPublisher(config.status_file)
         self.machine.resume = self._handed_over = read_handover(config.output_dir)
+        self._handover_written_s = -HANDOVER_REFRESH_S  # a taken-over file is refreshed at once
         if self._handed_over is not None:
             log.info(
                 "resume_taken_over: the previous supervisor left run %d unfinished: handed to "
@@ -334,12 +335,15 @@ class Supervisor:
         if error is not None:
             log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
         resume = self.machine.resume
-        if resume != self._handed_over:
-            self._handed_over = resume  # tried once per change: a failure is logged once
+        refresh = resume is not None and now - self._handover_written_s >= HANDOVER_REFRESH_S
+        if resume != self._handed_over or refresh:
+            failed_before = resume == self._handed_over
+            self._handed_over, self._handover_written_s = resume, now
             try:
                 write_handover(self.config.output_dir, resume)
             except OSError as error:
-                log.error("resume_write_failed: the next supervisor will not get it: %s", error)
+                if not failed_before:  # logged once per change, not at every refresh
+                    log.error("resume_write_failed: the next supervisor will not get it: %s", error)
 
 
 def run_daemon(config: Config) -> int:

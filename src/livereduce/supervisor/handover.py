@@ -27,6 +27,10 @@ HANDOVER_MAX_AGE_S = 600.0
 """A handover older than this is ignored: a restart by systemd (``RestartSec=10``) or by hand
 takes far less; after longer, the SMS would first replay every run since."""
 
+HANDOVER_REFRESH_S = 60.0
+"""While a run is unfinished the supervisor rewrites the file at least this often, so that its
+age says when a supervisor last held it (a run may stay unfinished for hours)."""
+
 
 def handover_path(output_dir: Path) -> Path:
     """The handover file of ``output_dir``."""
