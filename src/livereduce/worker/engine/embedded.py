@@ -409,6 +409,12 @@ class EmbeddedEngine:
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
         self._keep_logs(chunk)
+        # The scripts may run for minutes: the reports meanwhile (in_script) name the run and
+        # say data arrive, not the "connecting" or "waiting for a run" of before the chunk.
+        self._set(
+            WorkerState.RUNNING,
+            f"{self._describe(chunk)}: processing chunk {self.progress.chunks + 1}",
+        )
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
@@ -699,7 +705,17 @@ class EmbeddedEngine:
             kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
-        self._unfinished.pop(run.number, None)
+        if self.writer.failure:
+            # The run's result is not on disk as it should be: it stays unfinished, so that
+            # the next worker completes it again (the resume), and the loss is an error.
+            self._count_error(f"run {run.number} not kept: {self.writer.failure}")
+            log.error(
+                "run_not_kept: run %d stays unfinished for the next worker: %s",
+                run.number,
+                self.writer.failure,
+            )
+        else:
+            self._unfinished.pop(run.number, None)
         self._report_unfinished()
         if behavior is RunTransitionBehavior.STOP:
             self._set(

@@ -178,7 +178,7 @@ class OutputWriter:
         ``<name>_<run_number>_partial.h5`` for a ``partial`` run (its start was missed), so
         that a partial result never replaces a complete one. A hard link: the next write
         renames a new file over ``<name>.h5`` and leaves this one alone. Returns the kept path,
-        None when there is no file or it could not be kept."""
+        None when there is no file or it could not be kept (then ``failure`` says why)."""
         suffix = "_partial" if partial else ""
         kept = self.path.with_name(f"{self._name}_{run_number}{suffix}.h5")
         if not self.path.is_file():
@@ -187,7 +187,8 @@ class OutputWriter:
         try:
             link_atomically(self.path, kept)
         except OSError as error:
-            log.error("output_keep_failed: cannot keep %s as %s: %s", self.path, kept, error)
+            self.failure = f"cannot keep {self.path} as {kept}: {error}"
+            log.error("output_keep_failed: %s", self.failure)
             return None
         return kept
 
