@@ -82,6 +82,12 @@ from livereduce.worker.stop import StopRequested, StopToken
 
 log = logging.getLogger(__name__)
 
+CONNECT_POLL_S = 0.5
+"""Until the listener has given anything (connected, or waiting for a run), it is asked again
+this often instead of every ``update_every``: the supervisor tells systemd READY=1 as soon as
+the worker reports that it is connected, so ``systemctl start`` returns within seconds, not
+after ``update_every`` (issue 10)."""
+
 STOP_FLUSH_MAX_S = 1.0
 """At a stop between steps, a pending output is written only when the last write took at most
 this long (seconds): a stop must take seconds (issue 15.3), and a longer write is the kind that
@@ -269,6 +275,8 @@ class EmbeddedEngine:
             if now >= next_chunk:
                 next_chunk = now + self.config.update_every
                 outcome = self.step()
+                if outcome.waiting and self.progress.state is WorkerState.CONNECTING:
+                    next_chunk = min(next_chunk, now + CONNECT_POLL_S)
                 report(self.progress)
                 last_report = self._clock()
                 if outcome.finished:
