@@ -595,26 +595,3 @@ def test_an_output_that_cannot_be_saved_is_refused_at_the_first_chunk(tmp_path, 
         "output['meta']: a dict cannot be saved in the result file"
     )
     assert not (tmp_path / "out" / "result.h5").exists()
-
-
-def test_until_the_listener_connects_it_is_asked_again_within_a_second(tmp_path):
-    """update_every 30: the worker still reports 'waiting for a run' (READY=1 for systemd) a
-    second after the listener connects, not at the next chunk 30 s later."""
-    config = make_config(tmp_path, update_every=30)
-    listener = ChunkList([NotYet("connecting to 127.0.0.1:31415"), NotYet("connecting again")])
-    listener.waiting_for_run = True  # then: connected, no run yet
-    engine = EmbeddedEngine(config, listener)
-    stop = StopToken()
-    states: list[WorkerState] = []
-
-    def report(progress: Progress) -> None:
-        states.append(progress.state)
-        if progress.state is WorkerState.WAITING_FOR_RUN:
-            stop.request("the test saw it")
-
-    runner = threading.Thread(target=engine.run, args=(stop, report))
-    runner.start()
-    runner.join(timeout=20)
-    assert not runner.is_alive()
-    assert states == [WorkerState.CONNECTING] * 3 + [WorkerState.WAITING_FOR_RUN]
-    assert listener.chunks == []

@@ -145,6 +145,10 @@ class Config:
     progress_every_sec: float = 60.0
     proc_script_timeout_sec: float | None = None
     post_proc_script_timeout_sec: float | None = None
+    publish_config: Path | None = None
+    publish_every_sec: float | None = None
+    publish_timeout_sec: float = 10.0
+    view_address: str = ""
 
     @property
     def proc_script(self) -> Path:
@@ -235,6 +239,7 @@ KNOWN_KEYS = frozenset(
         "listener", "address", "listener_options", "start_from", "run_transition",
         "output_workspace", "output_dir", "status_file", "log_file", "poll_interval_sec",
         "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec", "progress_every_sec",
+        "publish_config", "publish", "view_address",
     }
 )  # fmt: skip
 
@@ -376,6 +381,7 @@ def config_from_mapping(
         Path(runtime_dir) / "status.json" if runtime_dir else output_dir / "status.json"
     )
     log_file = reader.path("log_file", None)
+    publish_every, publish_timeout = _publish(reader)
 
     config = Config(
         path=path,
@@ -416,6 +422,10 @@ def config_from_mapping(
         stop_timeout=reader.number("stop_timeout", 20.0, minimum=0.0, inclusive=False),
         progress_every_sec=reader.number("progress_every_sec", 60.0, minimum=0.0, inclusive=False),
         **_script_timeouts(reader),
+        publish_config=reader.path("publish_config", None),
+        publish_every_sec=publish_every,
+        publish_timeout_sec=publish_timeout,
+        view_address=_view_address(reader),
     )
     if check_scripts and config.existing_scripts() == (None, None):
         names = [config.proc_script.name]
@@ -471,6 +481,46 @@ def _script_timeouts(reader: _Reader) -> dict[str, float | None]:
         }
     both = reader.optional_number("script_timeout_sec", minimum=0.0)
     return {"proc_script_timeout_sec": both, "post_proc_script_timeout_sec": both}
+
+
+def _publish(reader: _Reader) -> tuple[float | None, float]:
+    """``publish``: false/absent (scripts publish, if they do), or an object with ``every_sec``
+    (publish the default figure at most this often, > 0) and ``timeout_sec`` (of one upload)."""
+    value = reader.raw.get("publish")
+    if value is None or value is False:
+        return None, 10.0
+    if not isinstance(value, Mapping):
+        reader.fail("publish", f"expected false or an object with 'every_sec', got {value!r}")
+    unknown = sorted(set(value) - {"every_sec", "timeout_sec"})
+    if unknown:
+        reader.fail(
+            "publish", f"unknown key(s) {', '.join(unknown)}; allowed: every_sec, timeout_sec"
+        )
+    sub = _Reader(value, reader.path_, prefix="publish.")
+    return (
+        sub.number("every_sec", 30.0, minimum=0.0, inclusive=False),
+        sub.number("timeout_sec", 10.0, minimum=0.0, inclusive=False),
+    )
+
+
+def _view_address(reader: _Reader) -> str:
+    """``view_address``: ``""`` (off), ``PORT`` (loopback; a JSON number too) or ``HOST:PORT``;
+    a port of 0 takes any free one. Returns ``HOST:PORT``."""
+    raw = reader.raw.get("view_address")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)  # "view_address": 8080 means the port, as "8080" does
+    value = _Reader({"view_address": raw}, reader.path_).string("view_address", "")
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        reader.fail(
+            "view_address",
+            f"expected 'PORT' or 'HOST:PORT' with a port from 0 to 65535, got {value!r}",
+        )
+    return f"{host.strip('[]')}:{int(port)}"
 
 
 def _watchdog(reader: _Reader) -> WatchdogSettings:

@@ -50,6 +50,9 @@ FIELDS = {
     "errors": "since the supervisor started: chunks lost to script errors and stream faults, "
     "plus workers lost to hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
+    "plots_published": "plots uploaded to the live data server (current worker)",
+    "publish_errors": "plot uploads that failed: timeout, no server, an answer other than 200",
+    "last_publish_error": "the last failed upload, in words",
     "input_counts": "what the listener left out or could not read, by kind (current worker; "
     "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
     "worker_pid": "pid of the worker process (null when none runs)",
@@ -212,6 +215,12 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
         f"restarts:     {get('restarts', 0)}",
     ]
+    if get("plots_published") or get("publish_errors"):
+        lines.append(
+            f"plots:        {get('plots_published', 0)} published, "
+            f"{get('publish_errors', 0)} failed"
+            + (f" (last: {get('last_publish_error')})" if get("last_publish_error") else "")
+        )
     if get("scripts_problem"):
         lines.append(f"SCRIPTS:      {get('scripts_problem')}")
     for entry in get("restart_history") or []:
