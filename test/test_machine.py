@@ -748,3 +748,21 @@ def test_events_per_s_starts_over_when_a_replay_resets_the_run_never_negative(ma
     h.now = 8.0
     h.report(events=1200)
     assert h.status()["events_per_s"] == pytest.approx(1000 / 2)
+
+
+def test_a_new_worker_has_30_s_for_its_first_report_then_the_heartbeat_applies(make, caplog):
+    h = make(heartbeat_timeout_sec=2)
+    h.tick()
+    h.run_until(30.0)
+    assert h.of(SendSignal) == []  # importing its engine on a loaded machine
+    h.run_until(30.5)
+    assert h.of(SendSignal) == [SendSignal(1000, signal.SIGABRT)]
+    assert "not one report since it started (allowed 30 s)" in caplog.text
+    h.exited(-signal.SIGABRT)
+    h.tick()
+    h.report(WorkerState.CONNECTING)
+    started = h.now
+    h.run_until(started + 2.0)
+    assert len(h.of(SendSignal)) == 1
+    h.run_until(started + 2.5)  # once it has reported, heartbeat_timeout_sec
+    assert h.of(SendSignal)[-1] == SendSignal(1001, signal.SIGABRT)

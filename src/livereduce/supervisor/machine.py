@@ -83,6 +83,11 @@ it abandons leaves the previous file intact (atomic rename)."""
 HUNG_STOP_GRACE_S = 2.0
 """SIGABRT -> SIGKILL for a hung worker: faulthandler dumps its stack at once, then it aborts."""
 
+BOOT_ALLOWANCE_S = 30.0
+"""A new worker has at least this long (or ``heartbeat_timeout_sec`` when longer) for its first
+report: importing scipp or Mantid takes seconds to tens of seconds on a loaded machine, and a
+short heartbeat timeout must not turn that into a restart loop."""
+
 SCRIPT_TIMEOUTS_TO_HOLD = 3
 """The same script past its time limit this many times in a row is held off until it changes."""
 
@@ -333,6 +338,8 @@ class Machine:
     def _hang_deadline_s(self, worker: WorkerView) -> float:
         if worker.script:
             return worker.script_since_s + self.config.script_timeout(worker.script)
+        if worker.progress is None:  # still importing its engine: no report yet
+            return worker.started_s + max(self.config.heartbeat_timeout, BOOT_ALLOWANCE_S)
         return worker.last_beat_s + self.config.heartbeat_timeout
 
     def _check_hang(self, actions: list[Action], worker: WorkerView, now: float) -> None:
@@ -368,13 +375,15 @@ class Machine:
             f"no heartbeat from worker pid {worker.pid} for {silent_s:.1f} s "
             f"(heartbeat_timeout {self.config.heartbeat_timeout:g} s)"
         )
+        if worker.progress is None:
+            detail += f", not one report since it started (allowed {BOOT_ALLOWANCE_S:g} s)"
         log.error("heartbeat_timeout: %s: is a processing script stuck?", detail)
         self._fail(actions, RestartReason.HEARTBEAT, detail, signum=signal.SIGABRT)
 
     def _progressing(self, worker: WorkerView, now: float) -> bool:
         """Whether the worker counts as making progress for systemd's keep-alive: it beat
         recently, or it is in a script within that script's time limit."""
-        if worker.script:
+        if worker.script or worker.progress is None:
             return now <= self._hang_deadline_s(worker)
         interval = self.watchdog_interval_s or self.config.heartbeat_timeout
         return now - worker.last_beat_s <= min(self.config.heartbeat_timeout, interval)
