@@ -294,6 +294,10 @@ class EmbeddedEngine:
         if output is not None:
             self._output = output
             self._output_version += 1
+            publish = getattr(self.listener, "accumulated", None)
+            if publish is not None:
+                # The Kafka listener in a consumer group publishes this as its partial result.
+                publish(output, chunk)
             wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
