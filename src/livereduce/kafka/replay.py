@@ -6,7 +6,7 @@ pulse, whichever is earlier), one ev44 per pulse on the event topic (the events 
 detector bank at that pulse; the error and unmapped pseudo-banks are left out, as Mantid's
 LoadEventNexus does), spread round-robin over the topic's partitions and stamped with the
 pulse's time, the DASlogs as f144 on the log topic (each value just before the first pulse at or
-after its time) and a 6s4t after the last pulse (stop: the last pulse + 1 ns, rounded up to
+after its time; string logs are left out, f144 has no strings) and a 6s4t after the last pulse (stop: the last pulse + 1 ns, rounded up to
 ms). Event monitors are not published. Time of flight goes on the wire in ns (the files' 100 ns
 steps, so it comes back exactly).
 
@@ -171,6 +171,8 @@ def publish_run(
 def _log_messages(run: RunFile) -> list[tuple[int, bytes]]:
     messages = []
     for series in run.logs:
+        if series.kind == "string":
+            continue  # f144 carries numbers only
         for time_ns, value in zip(series.times_ns.tolist(), series.values.tolist(), strict=True):
             messages.append((int(time_ns), encode_log(series.name, value, int(time_ns))))
     messages.sort(key=lambda item: item[0])

