@@ -22,6 +22,7 @@ from kafka_broker import Broker, unique
 from streaming_data_types import serialise_6s4t, serialise_ev44, serialise_f144, serialise_pl72
 from test_e2e_replay import offline_events, triples
 
+from livereduce.adara.runfile import iso_to_unix_ns
 from livereduce.config import config_from_mapping
 from livereduce.kafka.replay import KafkaTopics, publish_runs
 from livereduce.worker.engine.embedded import EmbeddedEngine
@@ -73,7 +74,9 @@ def make_config(tmp_path: Path, broker: Broker, names: KafkaTopics, proc: str, *
     return config_from_mapping(raw, None, check_scripts=False)
 
 
-def run_engine(engine: EmbeddedEngine, runs_to_end: int, timeout_s: float = 60.0) -> list[int]:
+def run_engine(
+    engine: EmbeddedEngine, runs_to_end: int, timeout_s: float = 60.0, *, start: bool = True
+) -> list[int]:
     """Step until ``runs_to_end`` runs ended; returns the run numbers in the order they ended."""
     listener = engine.listener
     ended: list[int] = []
@@ -86,7 +89,8 @@ def run_engine(engine: EmbeddedEngine, runs_to_end: int, timeout_s: float = 60.0
         return chunk
 
     listener.extract_data = recording
-    listener.start(engine.config.start_from)
+    if start:
+        listener.start(engine.config.start_from)
     deadline = time.monotonic() + timeout_s
     try:
         while len(ended) < runs_to_end:
@@ -111,3 +115,73 @@ def test_replay_run_holds_exactly_the_file_events(tmp_path, shared_data, broker)
     assert np.array_equal(triples(result), triples(offline_events(path)))
     assert engine.progress.events == HYS_EVENTS[178921]
     assert engine.progress.errors == 0
+
+
+def file_messages(path: Path) -> tuple[int, int, int, list[bytes]]:
+    """The detector events of an SNS file as ev44 messages, one per pulse, written here with
+    ess-streaming-data-types directly (not livereduce's replay): (run number, start ms, stop
+    ms, messages)."""
+    with h5py.File(path) as f:
+        entry = f["entry"]
+        run = int(entry["run_number"][()][0])
+        banks = [entry[k] for k in entry if k.startswith("bank") and k[4].isdigit()]
+        zero = banks[0]["event_time_zero"]
+        offset = iso_to_unix_ns(zero.attrs["offset"].decode())
+        pulses = offset + np.round(zero[()] * 1e9).astype(np.int64)
+        per_pulse = [[] for _ in pulses]
+        for bank in banks:
+            index = bank["event_index"][()]
+            ids, tof = bank["event_id"][()], bank["event_time_offset"][()]
+            bounds = np.append(index, len(ids)).astype(np.int64)
+            for i in np.flatnonzero(np.diff(bounds)):
+                per_pulse[i].append((ids[bounds[i] : bounds[i + 1]], tof[bounds[i] : bounds[i + 1]]))
+    messages = []
+    for i, (pulse, parts) in enumerate(zip(pulses.tolist(), per_pulse, strict=True)):
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int32)
+        tof = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.float32)
+        messages.append(
+            serialise_ev44(
+                "test", i, [pulse], [0], np.round(tof.astype(np.float64) * 1000), ids
+            )
+        )
+    return run, int(pulses.min()) // 1_000_000, int(pulses.max()) // 1_000_000 + 1, messages
+
+
+def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared_data, broker):
+    """Both runs' events first, spread over 4 partitions, then the pl72s, then the 6s4ts: each
+    run still gets exactly its own events, keyed to data time."""
+    names = topics(broker)
+    paths = [shared_data / "HYS_178921.nxs.h5", shared_data / "HYS_178922.nxs.h5"]
+    config = make_config(
+        tmp_path, broker, names, "output = input\n", preserve_events=True, run_transition="Rename"
+    )
+    listener = from_config(config)
+    engine = EmbeddedEngine(config, listener)
+    listener.start(config.start_from)
+    while listener.lstate.value != "waiting_for_run":
+        engine.step()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    runs = [file_messages(path) for path in paths]
+    for _, _, _, messages in runs:
+        for i, value in enumerate(messages):
+            producer.produce(names.events, value=value, partition=(i * 7) % 4)
+    producer.flush(30)
+    for number, start_ms, _, _ in runs:
+        producer.produce(
+            names.runs,
+            value=serialise_pl72("job", "file.nxs", start_time=start_ms, run_name=str(number)),
+        )
+    producer.produce(names.logs, value=serialise_f144("temperature", 5.0, runs[0][1] * 1_000_000))
+    for number, _, stop_ms, _ in runs:
+        producer.produce(
+            names.runs, value=serialise_6s4t("job", run_name=str(number), stop_time=stop_ms)
+        )
+    producer.flush(30)
+    assert run_engine(engine, 2, start=False) == [178921, 178922]
+    for path, (number, *_) in zip(paths, runs, strict=True):
+        kept = sc.io.load_hdf5(tmp_path / "out" / f"result_{number}.h5")
+        assert np.array_equal(triples(kept), triples(offline_events(path))), number
+    assert engine.progress.events == 26938 + sc.io.load_hdf5(
+        tmp_path / "out" / "result_178922.h5"
+    ).bins.size().sum().value
+    assert listener.counts["malformed"] == 0
