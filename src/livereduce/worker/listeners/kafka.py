@@ -528,14 +528,17 @@ class KafkaListener:
             cover[1] = max(cover[1], offset + 1)
         times, counts, event_id, tof = merge_pulses(taken.pieces)
         ends = self._run_over(run)
+        # A run begins with its first pulse: a chunk of no pulses that begins a run would make
+        # the engine replace its accumulation with nothing (and it cannot read that back).
+        begins = self._begins and (times.size > 0 or ends)
         chunk = Chunk(
             events=make_events(times, counts, event_id, tof),
             logs=self._take_logs(run),
             run=_run_info(run),
-            begins_run=self._begins,
+            begins_run=begins,
             ends_run=ends,
         )
-        self._begins = False
+        self._begins = self._begins and not begins
         if ends:
             log.info(
                 "kafka_run_complete: run %d, every partition past its stop %s",
