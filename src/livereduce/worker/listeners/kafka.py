@@ -156,6 +156,9 @@ class KafkaListener:
         self._owned: set[PartitionKey] = set()
         self._latest_time: dict[PartitionKey, int] = {}
         self._at_end: set[PartitionKey] = set()
+        self._assigned = False
+        session_ms = self._options.get("session.timeout.ms", client.CONSUMER_DEFAULTS["session.timeout.ms"])
+        self._group_settle_s = float(session_ms) / 1000 + run_end_grace_s
         self._caught_up = False
         self._next_offset: dict[PartitionKey, int] = {}
         self._covers: dict[PartitionKey, list[int]] = {}
@@ -375,6 +378,7 @@ class KafkaListener:
             chosen.append(TopicPartition(p.topic, p.partition, offset))
         consumer.assign(chosen)
         self._own(chosen)
+        self._assigned = True
         log.info(
             "kafka_partitions_assigned: group %s gives this instance %s",
             self._group_id, ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in chosen),
@@ -572,6 +576,12 @@ class KafkaListener:
         now = self._clock()
         if self._stop_known_at is None:
             self._stop_known_at = now
+        if self._group_id and (
+            not self._assigned or now - self._stop_known_at < self._group_settle_s
+        ):
+            # A member that died shortly before the stop still owns partitions whose events
+            # have not passed it; the group hands them over within the session timeout.
+            return False
         lagging = [k for k in self._owned if self._latest_time.get(k, -1) < run.stop_ns]
         if not lagging:
             return True
