@@ -92,6 +92,7 @@ def group(tmp_path, shared_data):
             "group_id": unique("group"),
             "results_topic": results,
             "run_end_grace_sec": 0.5,
+            "kafka": {"session.timeout.ms": 3000},
         },
     }
     instances = [Instance(tmp_path / name, raw) for name in ("a", "b")]
@@ -153,9 +154,9 @@ def test_instance_killed_mid_run_the_other_takes_over(tmp_path, shared_data, gro
     broker, names, results, instances = group
     path = shared_data / "HYS_178921.nxs.h5"
     wait(lambda: all(i.last is not None for i in instances), instances)
-    # 232 s of beam at 15x: ~15 s, long enough for the group to notice a dead member (6 s).
+    # 232 s of beam at 30x: ~8 s, longer than the group takes to notice a dead member (3 s).
     publisher = threading.Thread(
-        target=publish_runs, args=(broker.bootstrap, [path]), kwargs={"topics": names, "speed": 15}
+        target=publish_runs, args=(broker.bootstrap, [path]), kwargs={"topics": names, "speed": 30}
     )
     publisher.start()
     try:
@@ -172,4 +173,5 @@ def test_instance_killed_mid_run_the_other_takes_over(tmp_path, shared_data, gro
     merged = merge("--output", str(out), "--bootstrap", broker.bootstrap,
                    "--results-topic", results, "--run", "178921")  # fmt: skip
     assert merged.returncode == 0, merged.stderr
+    assert merged.stdout.count(" (#") == 2, merged.stdout  # the dead instance's partial counts
     assert np.array_equal(sc.io.load_hdf5(out).values, offline_histogram(path))

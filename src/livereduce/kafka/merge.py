@@ -161,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"merged {sources} into {args.output}", flush=True)
     for problem in problems:
         print(f"livereduce-merge: {problem}", file=sys.stderr)
+    if problems and args.bootstrap:
+        for partial in used:
+            print(f"livereduce-merge: {partial.instance} #{partial.sequence} covers "
+                  f"{partial.covers}", file=sys.stderr)  # fmt: skip
     return 1 if problems else 0
 
 

@@ -30,11 +30,11 @@ class _Entry:
 class Taken:
     """What :meth:`PendingEvents.take` handed out: ``pieces`` (messages, or their pulses inside
     the run), ``dropped`` (events before the run's start) and ``offsets`` (partition -> the
-    highest offset fully handed out or dropped)."""
+    lowest and highest offset of the messages fully handed out or dropped)."""
 
     pieces: list[EventMessage] = field(default_factory=list)
     dropped: int = 0
-    offsets: dict[PartitionKey, int] = field(default_factory=dict)
+    offsets: dict[PartitionKey, tuple[int, int]] = field(default_factory=dict)
 
 
 class PendingEvents:
@@ -70,8 +70,8 @@ class PendingEvents:
                 rest = message if not (before | inside).any() else _pulses(message, later)
                 kept.append(_Entry(entry.key, entry.offset, rest))
             else:
-                previous = taken.offsets.get(entry.key, -1)
-                taken.offsets[entry.key] = max(previous, entry.offset)
+                low, high = taken.offsets.get(entry.key, (entry.offset, entry.offset))
+                taken.offsets[entry.key] = (min(low, entry.offset), max(high, entry.offset))
         self._entries = kept
         self.event_count = sum(entry.message.event_count for entry in kept)
         return taken

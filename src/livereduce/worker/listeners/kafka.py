@@ -527,9 +527,9 @@ class KafkaListener:
         self._current = run
         taken = self._pending.take(run)
         self.counts["outside_runs"] += taken.dropped
-        for key, offset in taken.offsets.items():
-            cover = self._covers.setdefault(key, [offset, offset + 1])
-            cover[1] = max(cover[1], offset + 1)
+        for key, (low, high) in taken.offsets.items():
+            cover = self._covers.setdefault(key, [low, high + 1])
+            cover[0], cover[1] = min(cover[0], low), max(cover[1], high + 1)
         times, counts, event_id, tof = merge_pulses(taken.pieces)
         ends = self._run_over(run)
         # A run begins with its first pulse: a chunk of no pulses that begins a run would make
