@@ -94,6 +94,10 @@ class Progress:
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
     ``script_timeout_sec`` before it counts the worker as hung.
+
+    ``streams`` (Kafka listener): per event topic, ``lag`` (messages between the high watermark
+    and the position, summed over this instance's partitions) and ``events_per_s`` (received
+    over the last extraction).
     """
 
     state: WorkerState
@@ -112,6 +116,7 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    streams: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def resume(self) -> Resume | None:

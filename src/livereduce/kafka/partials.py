@@ -97,6 +97,10 @@ def _add(total: Any, part: Any) -> Any:
         if set(total) != set(part):
             raise ValueError(f"items {sorted(total)} and {sorted(part)} differ")
         return sc.DataGroup({k: _add(total[k], part[k]) for k in total})
+    if not isinstance(part, type(total)):
+        raise ValueError(f"a {type(part).__name__} does not add to a {type(total).__name__}")
+    if hasattr(total, "sizes") and total.sizes != part.sizes:
+        raise ValueError(f"sizes {part.sizes} differ from {total.sizes}")  # no broadcasting
     if isinstance(total, sc.DataArray | sc.Variable) and total.bins is not None:
         return sc.concat([total, part], "partial").bins.concat("partial")
     return total + part

@@ -428,5 +428,6 @@ class EmbeddedEngine:
             detail=detail,
             run_number=run.number if run is not None else None,
             run_title=run.title if run is not None else "",
+            streams=dict(getattr(self.listener, "streams", None) or {}),
             **changes,
         )
