@@ -25,6 +25,7 @@ from test_e2e_replay import offline_events, triples
 from livereduce.adara.runfile import iso_to_unix_ns
 from livereduce.config import config_from_mapping
 from livereduce.kafka.replay import KafkaTopics, publish_runs
+from livereduce.protocol import Resume
 from livereduce.worker.engine.embedded import EmbeddedEngine
 from livereduce.worker.listeners.kafka import KafkaListener, from_config
 
@@ -52,7 +53,9 @@ def topics(broker: Broker, partitions: int = 4) -> KafkaTopics:
     return names
 
 
-def make_config(tmp_path: Path, broker: Broker, names: KafkaTopics, proc: str, **settings):
+def make_config(
+    tmp_path: Path, broker: Broker, names: KafkaTopics, proc: str, *, logs: bool = True, **settings
+):
     (tmp_path / "reduce_HYS_live_proc.py").write_text(proc)
     raw = {
         "instrument": "HYSPEC",
@@ -65,7 +68,7 @@ def make_config(tmp_path: Path, broker: Broker, names: KafkaTopics, proc: str, *
         "listener_options": {
             "run_topic": names.runs,
             "event_topics": [names.events],
-            "log_topics": [names.logs],
+            "log_topics": [names.logs] if logs else [],
             "run_end_grace_sec": 0.5,
         },
         **settings,
@@ -185,3 +188,37 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
         tmp_path / "out" / "result_178922.h5"
     ).bins.size().sum().value
     assert listener.counts["malformed"] == 0
+
+
+def test_resume_completes_the_named_run_first_and_streams_show_rates(tmp_path, shared_data, broker):
+    """Both runs finished on the topics; a worker resuming run 178921 (protocol.Resume) gets
+    that run from its start, then 178922, although start_of_run alone would pick 178922."""
+    names = topics(broker)
+    paths = [shared_data / "HYS_178921.nxs.h5", shared_data / "HYS_178922.nxs.h5"]
+    published = publish_runs(broker.bootstrap, paths, topics=names)
+    config = make_config(
+        tmp_path, broker, names, HISTOGRAM, logs=False, preserve_events=False,
+        run_transition="Rename",
+    )  # fmt: skip
+    listener = from_config(config)
+    listener.start(
+        config.start_from,
+        resume=Resume(run_number=178921, start_ns=published[0].start_ns),
+    )
+    engine = EmbeddedEngine(config, listener)
+    rates = []
+    step = engine.step
+
+    def stepping():
+        outcome = step()
+        rates.append(engine.progress.streams.get(names.events, {}).get("events_per_s", 0.0))
+        return outcome
+
+    engine.step = stepping
+    assert run_engine(engine, 2, start=False) == [178921, 178922]
+    for path, run in zip(paths, published, strict=True):
+        kept = sc.io.load_hdf5(tmp_path / "out" / f"result_{run.run_number}.h5")
+        offline = offline_events(path).bins.concat().hist(event_time_offset=EDGES)
+        assert np.array_equal(kept.values, offline.values), run.run_number
+    assert max(rates) > 0
+    assert engine.progress.streams[names.events]["lag"] == 0
