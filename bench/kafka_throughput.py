@@ -31,12 +31,11 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
-from kafka_broker import Broker, unique  # noqa: E402
-
-from livereduce.config import config_from_mapping  # noqa: E402
-from livereduce.kafka.wire import encode_events, encode_run_start, encode_run_stop  # noqa: E402
-from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: E402
-from livereduce.worker.listeners.kafka import from_config  # noqa: E402
+from kafka_broker import Broker, unique
+from livereduce.config import config_from_mapping
+from livereduce.kafka.wire import encode_events, encode_run_start, encode_run_stop
+from livereduce.worker.engine.embedded import EmbeddedEngine
+from livereduce.worker.listeners.kafka import from_config
 
 PARTITIONS = 4
 PULSE_NS = 71_428_571
@@ -122,7 +121,7 @@ def instance(bootstrap, topics, folder, group, total, reports) -> None:
         while True:
             engine.step()
             ready = listener.lstate.value in ("waiting_for_run", "in_run") and (
-                not group or listener._assigned  # noqa: SLF001 - the bench waits for the group
+                not group or listener._assigned
             )
             reports.put((folder, ready, engine.progress.events, time.perf_counter()))
             if engine.progress.events >= total:
@@ -195,9 +194,13 @@ def main() -> int:
         print(f"  {name:36s} {rate:14,.0f} events/s")
     ceiling = rates["broker consume (bare)"]
     print(f"  1 instance / bare consume:  {rates['livereduce, 1 instance'] / ceiling:.2f}")
-    print(f"  2 instances / bare consume: {rates['livereduce, 2 instances in a group'] / ceiling:.2f}")
-    print(f"  2 instances / 1 instance:   "
-          f"{rates['livereduce, 2 instances in a group'] / rates['livereduce, 1 instance']:.2f}")
+    print(
+        f"  2 instances / bare consume: {rates['livereduce, 2 instances in a group'] / ceiling:.2f}"
+    )
+    print(
+        f"  2 instances / 1 instance:   "
+        f"{rates['livereduce, 2 instances in a group'] / rates['livereduce, 1 instance']:.2f}"
+    )
     return 0
 
 

@@ -41,8 +41,9 @@ class Broker:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return self
             if self.process.poll() is not None:

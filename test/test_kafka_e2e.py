@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import scipp as sc
 from confluent_kafka import Producer
-from kafka_broker import Broker, free_port, unique
 from streaming_data_types import deserialise_ev44, serialise_6s4t, serialise_pl72
+
+from kafka_broker import Broker, free_port, unique
 from test_e2e_replay import Daemon, finished, offline_events, triples
 from test_kafka_listener import EDGES, HISTOGRAM, file_messages
 

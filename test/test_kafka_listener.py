@@ -7,9 +7,6 @@ in this process; the results are compared with the NeXus files read offline.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,16 +15,16 @@ import numpy as np
 import pytest
 import scipp as sc
 from confluent_kafka import Producer
-from kafka_broker import Broker, unique
 from streaming_data_types import serialise_6s4t, serialise_ev44, serialise_f144, serialise_pl72
-from test_e2e_replay import offline_events, triples
 
+from kafka_broker import Broker, unique
 from livereduce.adara.runfile import iso_to_unix_ns
 from livereduce.config import config_from_mapping
 from livereduce.kafka.replay import KafkaTopics, publish_runs
 from livereduce.protocol import Resume
 from livereduce.worker.engine.embedded import EmbeddedEngine
-from livereduce.worker.listeners.kafka import KafkaListener, from_config
+from livereduce.worker.listeners.kafka import from_config
+from test_e2e_replay import offline_events, triples
 
 HYS_EVENTS = {178921: 26938}
 EDGES = sc.linspace("event_time_offset", 0.0, 40000.0, 401, unit="us")
@@ -137,15 +134,15 @@ def file_messages(path: Path) -> tuple[int, int, int, list[bytes]]:
             ids, tof = bank["event_id"][()], bank["event_time_offset"][()]
             bounds = np.append(index, len(ids)).astype(np.int64)
             for i in np.flatnonzero(np.diff(bounds)):
-                per_pulse[i].append((ids[bounds[i] : bounds[i + 1]], tof[bounds[i] : bounds[i + 1]]))
+                per_pulse[i].append(
+                    (ids[bounds[i] : bounds[i + 1]], tof[bounds[i] : bounds[i + 1]])
+                )
     messages = []
     for i, (pulse, parts) in enumerate(zip(pulses.tolist(), per_pulse, strict=True)):
         ids = np.concatenate([p[0] for p in parts]) if parts else np.empty(0, np.int32)
         tof = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, np.float32)
         messages.append(
-            serialise_ev44(
-                "test", i, [pulse], [0], np.round(tof.astype(np.float64) * 1000), ids
-            )
+            serialise_ev44("test", i, [pulse], [0], np.round(tof.astype(np.float64) * 1000), ids)
         )
     return run, int(pulses.min()) // 1_000_000, int(pulses.max()) // 1_000_000 + 1, messages
 
@@ -184,9 +181,10 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
     for path, (number, *_) in zip(paths, runs, strict=True):
         kept = sc.io.load_hdf5(tmp_path / "out" / f"result_{number}.h5")
         assert np.array_equal(triples(kept), triples(offline_events(path))), number
-    assert engine.progress.events == 26938 + sc.io.load_hdf5(
-        tmp_path / "out" / "result_178922.h5"
-    ).bins.size().sum().value
+    assert (
+        engine.progress.events
+        == 26938 + sc.io.load_hdf5(tmp_path / "out" / "result_178922.h5").bins.size().sum().value
+    )
     assert listener.counts["malformed"] == 0
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipp as sc
-from kafka_broker import Broker, unique
-from test_e2e_replay import offline_events
-from test_kafka_listener import EDGES, HISTOGRAM
 
+from kafka_broker import Broker, unique
 from livereduce.kafka.replay import KafkaTopics, publish_runs
 from livereduce.protocol import Progress, WorkerState
+from test_e2e_replay import offline_events
+from test_kafka_listener import EDGES, HISTOGRAM
 
 EVENTS = 26938
 

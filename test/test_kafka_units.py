@@ -210,7 +210,10 @@ def test_settings_take_secrets_from_the_environment_and_hide_them_in_logs():
         "h:9092",
         {"security.protocol": "SASL_SSL", "sasl.username": "file"},
         role="consumer",
-        environ={"LIVEREDUCE_KAFKA_SASL_PASSWORD": "s3cret", "LIVEREDUCE_KAFKA_SASL_USERNAME": "env"},
+        environ={
+            "LIVEREDUCE_KAFKA_SASL_PASSWORD": "s3cret",
+            "LIVEREDUCE_KAFKA_SASL_USERNAME": "env",
+        },
     )
     assert merged["sasl.password"] == "s3cret"
     assert merged["sasl.username"] == "env"
@@ -238,15 +241,15 @@ def test_kafka_configuration_is_checked_key_by_key():
         {"run_topic": "r", "event_topics": ["e"], "kafka": {"sasl.mechanism": "PLAIN"}}
     )
     assert config.listener_options["event_topics"] == ["e"]
-    with pytest.raises(ConfigError, match="listener_options.run_topic"):
+    with pytest.raises(ConfigError, match=r"listener_options.run_topic"):
         kafka_config({"event_topics": ["e"]})
-    with pytest.raises(ConfigError, match="listener_options.event_topics"):
+    with pytest.raises(ConfigError, match=r"listener_options.event_topics"):
         kafka_config({"run_topic": "r", "event_topics": "e"})
-    with pytest.raises(ConfigError, match="listener_options.kafka"):
+    with pytest.raises(ConfigError, match=r"listener_options.kafka"):
         kafka_config({"run_topic": "r", "kafka": {"a": [1]}})
-    with pytest.raises(ConfigError, match="listener_options.source_names"):
+    with pytest.raises(ConfigError, match=r"listener_options.source_names"):
         kafka_config({"run_topic": "r", "source_names": {"pixels": ["x"]}})
-    with pytest.raises(ConfigError, match="listener_options.run_end_grace_sec"):
+    with pytest.raises(ConfigError, match=r"listener_options.run_end_grace_sec"):
         kafka_config({"run_topic": "r", "run_end_grace_sec": 0})
     with pytest.raises(ConfigError, match="'address'"):
         kafka_config({"run_topic": "r"}, address="")

@@ -233,8 +233,17 @@ LISTENER_OPTIONS: Mapping[ListenerKind, frozenset[str]] = {
     ),
     ListenerKind.NEXUS: frozenset({"chunks", "speed"}),
     ListenerKind.KAFKA: frozenset(
-        {"event_topics", "log_topics", "run_topic", "source_names", "kafka", "group_id",
-         "results_topic", "run_end_grace_sec", "max_pending_events"}
+        {
+            "event_topics",
+            "log_topics",
+            "run_topic",
+            "source_names",
+            "kafka",
+            "group_id",
+            "results_topic",
+            "run_end_grace_sec",
+            "max_pending_events",
+        }
     ),
 }
 """Allowed ``listener_options`` keys per listener (documented in docs/configuration.md)."""
@@ -525,9 +534,7 @@ def _check_kafka_option(reader: _Reader, key: str, item: Any) -> None:
                 isinstance(v, list) and all(isinstance(n, str) for n in v) for v in item.values()
             )
         ):
-            reader.fail(
-                where, f"expected {{'events': [names], 'logs': [names]}}, got {item!r}"
-            )
+            reader.fail(where, f"expected {{'events': [names], 'logs': [names]}}, got {item!r}")
     elif isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
         reader.fail(where, f"expected a number > 0, got {item!r}")
 

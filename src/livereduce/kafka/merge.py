@@ -72,9 +72,10 @@ def read_results(
                     break
                 continue
             last_news = now
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    ended.add(message.partition())
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    ended.add(message.partition() or 0)
                 continue
             partial = header_of(message.headers())
             if partial is not None:

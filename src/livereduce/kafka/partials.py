@@ -17,6 +17,7 @@ along their bins, which is an event-mode merge only when every instance binned t
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def check_covers(partials: Iterable[Partial]) -> list[str]:
     problems = []
     for key, ranges in sorted(spans.items()):
         ranges.sort()
-        for (a_first, a_end, a_who), (b_first, b_end, b_who) in zip(ranges, ranges[1:], strict=False):
+        for (_, a_end, a_who), (b_first, b_end, b_who) in itertools.pairwise(ranges):
             if b_first < a_end:
                 problems.append(
                     f"{key}: offsets {b_first}..{min(a_end, b_end) - 1} in the partials of both "
@@ -142,10 +143,11 @@ def latest_per_instance(
     return latest
 
 
-def header_of(headers: list[tuple[str, bytes]] | None) -> Partial | None:
-    """The Partial in a Kafka message's headers, None when it has none or it does not parse."""
+def header_of(headers: Any) -> Partial | None:
+    """The Partial in a Kafka message's headers (a list of (name, bytes) pairs, or None), None
+    when it has none or it does not parse."""
     for name, value in headers or []:
-        if name == HEADER:
+        if name == HEADER and isinstance(value, bytes | str):
             try:
                 return Partial.from_json(json.loads(value))
             except (ValueError, json.JSONDecodeError):

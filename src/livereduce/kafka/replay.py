@@ -5,10 +5,10 @@ in the files' own times: a pl72 on the run topic (start: the file's start time o
 pulse, whichever is earlier), one ev44 per pulse on the event topic (the events of every
 detector bank at that pulse; the error and unmapped pseudo-banks are left out, as Mantid's
 LoadEventNexus does), spread round-robin over the topic's partitions and stamped with the
-pulse's time, the DASlogs as f144 on the log topic (each value just before the first pulse at or
-after its time; string logs are left out, f144 has no strings) and a 6s4t after the last pulse (stop: the last pulse + 1 ns, rounded up to
-ms). Event monitors are not published. Time of flight goes on the wire in ns (the files' 100 ns
-steps, so it comes back exactly).
+pulse's time, the numeric DASlogs as f144 on the log topic (each value just before the first
+pulse at or after its time; f144 has no strings) and a 6s4t after the last pulse (stop: the
+last pulse + 1 ns, rounded up to ms). Event monitors are not published. Time of flight goes
+on the wire in ns (the files' 100 ns steps, so it comes back exactly).
 
 ``speed`` 1 paces pulses at real time, 100 a hundred times faster, 0 as fast as the broker takes
 them. Topics that do not exist are created (``partitions`` for the event topic, 1 for the run
@@ -127,9 +127,7 @@ def publish_run(
     _send(
         producer,
         topics.runs,
-        encode_run_start(
-            run.run_number, start_ns, instrument=run.instrument_name, title=run.title
-        ),
+        encode_run_start(run.run_number, start_ns, instrument=run.instrument_name, title=run.title),
         start_ns,
     )
     begin, pixel, tof_ns = pulse_events(run)
@@ -182,10 +180,14 @@ def _log_messages(run: RunFile) -> list[tuple[int, bytes]]:
 def _send(
     producer: Producer, topic: str, value: bytes, time_ns: int, partition: int | None = None
 ) -> None:
-    extra = {} if partition is None else {"partition": partition}
     while True:
         try:
-            producer.produce(topic, value=value, timestamp=time_ns // NS_PER_MS, **extra)
+            if partition is None:
+                producer.produce(topic, value=value, timestamp=time_ns // NS_PER_MS)
+            else:
+                producer.produce(
+                    topic, value=value, timestamp=time_ns // NS_PER_MS, partition=partition
+                )
             break
         except BufferError:
             producer.poll(0.1)  # the local queue is full: let deliveries drain it
@@ -205,7 +207,9 @@ def publish_runs(
     runs = [read_run_file(path) for path in paths]
     ensure_topics(bootstrap, topics, options)
     producer = Producer(client.settings(bootstrap, options, role="producer"))
-    partitions = len(producer.list_topics(topics.events, timeout=10).topics[topics.events].partitions)
+    partitions = len(
+        producer.list_topics(topics.events, timeout=10).topics[topics.events].partitions
+    )
     done = []
     for run in runs:
         published = publish_run(producer, run, topics, speed=speed, partitions=partitions)
@@ -266,7 +270,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     )
     options = dict(item.split("=", 1) for item in args.kafka_option)
     try:
-        done = publish_runs(args.kafka, args.files, topics=topics, speed=args.speed, options=options)
+        done = publish_runs(
+            args.kafka, args.files, topics=topics, speed=args.speed, options=options
+        )
     except RunFileError as error:
         print(f"livereduce-replay: {error}", file=sys.stderr)
         return 2

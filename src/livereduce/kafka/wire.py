@@ -27,9 +27,12 @@ dropped and counted), a value that claims a schema but does not parse raises
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 from streaming_data_types import (
     eventdata_ev42,
     eventdata_ev44,
@@ -122,10 +125,10 @@ def decode(value: bytes) -> Message:
         raise IgnoredMessage(f"schema {schema!r} is not read by livereduce")
     try:
         return reader(value)
-    except (ValueError, TypeError, IndexError, AttributeError, UnicodeDecodeError) as error:
-        raise MalformedMessage(f"{schema} message of {len(value)} bytes: {error}") from None
-    except Exception as error:
-        # flatbuffers raises bare struct.error / its own errors on truncated buffers.
+    except (
+        ValueError, TypeError, IndexError, AttributeError, KeyError, UnicodeDecodeError,
+        struct.error,  # flatbuffers on a truncated buffer
+    ) as error:  # fmt: skip
         raise MalformedMessage(
             f"{schema} message of {len(value)} bytes: {type(error).__name__}: {error}"
         ) from None
@@ -207,16 +210,22 @@ def _6s4t(value: bytes) -> RunStop:
     )
 
 
-_DECODERS = {"ev44": _ev44, "ev42": _ev42, "f144": _f144, "pl72": _pl72, "6s4t": _6s4t}
+_DECODERS: dict[str, Callable[[bytes], Message]] = {
+    "ev44": _ev44,
+    "ev42": _ev42,
+    "f144": _f144,
+    "pl72": _pl72,
+    "6s4t": _6s4t,
+}
 
 
-def encode_events(
+def encode_events(  # noqa: PLR0917 - the ev44 fields in schema order
     source_name: str,
     message_id: int,
-    reference_time_ns: np.ndarray,
-    reference_time_index: np.ndarray,
-    time_of_flight_ns: np.ndarray,
-    pixel_id: np.ndarray,
+    reference_time_ns: ArrayLike,
+    reference_time_index: ArrayLike,
+    time_of_flight_ns: ArrayLike,
+    pixel_id: ArrayLike,
 ) -> bytes:
     """An ev44 message (arrays as in the module table; int32 ns time of flight)."""
     return eventdata_ev44.serialise_ev44(

@@ -45,9 +45,16 @@ from typing import Any
 
 import numpy as np
 import scipp as sc
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka import Message as KafkaMessage
-from confluent_kafka import Producer, TopicPartition
 
 from livereduce.config import Config, ConfigError, RunTransitionBehavior, StartFrom
 from livereduce.kafka import client
@@ -93,7 +100,7 @@ class ListenerState(StrEnum):
 class KafkaListener:
     """Chunks from Kafka; see the module docstring. ``clock``: monotonic seconds (tests)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one line per piece of explicit state
         self,
         bootstrap: str,
         *,
@@ -157,7 +164,9 @@ class KafkaListener:
         self._latest_time: dict[PartitionKey, int] = {}
         self._at_end: set[PartitionKey] = set()
         self._assigned = False
-        session_ms = self._options.get("session.timeout.ms", client.CONSUMER_DEFAULTS["session.timeout.ms"])
+        session_ms = self._options.get(
+            "session.timeout.ms", client.CONSUMER_DEFAULTS["session.timeout.ms"]
+        )
         self._group_settle_s = float(session_ms) / 1000 + run_end_grace_s
         self._caught_up = False
         self._next_offset: dict[PartitionKey, int] = {}
@@ -252,7 +261,8 @@ class KafkaListener:
     def _position_streams(self) -> None:
         """The run history is read: choose the first run and the start time, then assign or
         subscribe the event topics and add the log topics."""
-        assert self._control is not None and self._events is not None
+        assert self._control is not None
+        assert self._events is not None
         first = self._first_run()
         self._current = first
         self._begins = first is not None
@@ -424,9 +434,10 @@ class KafkaListener:
             message = self._control.poll(0.1)
             if message is None:
                 continue
-            if message.error():
-                if message.error().code() == KafkaError._PARTITION_EOF:
-                    self._run_eof.add(message.partition())
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._run_eof.add(_where(message)[1])
                     if len(self._run_eof) == len(self._run_partitions):
                         self._mark_connected()
                         log.info(
@@ -436,12 +447,13 @@ class KafkaListener:
                         self._position_streams()
                         return
                 else:
-                    log.warning("kafka_error: %s", message.error())
+                    log.warning("kafka_error: %s", error)
                 continue
             self._route(message)
 
     def _drain(self) -> None:
-        assert self._control is not None and self._events is not None
+        assert self._control is not None
+        assert self._events is not None
         deadline = self._clock() + POLL_BUDGET_S
         busy = [self._control, self._events]
         self._caught_up = False
@@ -470,10 +482,10 @@ class KafkaListener:
                 log.warning("kafka_error: %s", error)
             else:
                 self._mark_connected()
-                self._at_end.add((message.topic(), message.partition()))
+                self._at_end.add(_where(message)[:2])
             return
         self._mark_connected()
-        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        topic, partition, offset = _where(message)
         value = message.value() or b""
         try:
             decoded = decode(value)
@@ -490,26 +502,28 @@ class KafkaListener:
                 log.info("kafka_run_control: %s", _describe(decoded))
             return
         if topic in self._event_topics and isinstance(decoded, EventMessage):
-            key = (topic, partition)
-            if key not in self._owned:
-                return  # a fetch that raced a revoke
-            self._next_offset[key] = offset + 1
-            self._at_end.discard(key)
-            if decoded.reference_time_ns.size:
-                self._latest_time[key] = max(
-                    self._latest_time.get(key, 0), int(decoded.reference_time_ns.max())
-                )
-            if self._event_sources is not None and decoded.source_name not in self._event_sources:
-                self.counts["ignored"] += 1
-                return
-            self._rate_counts[topic] = self._rate_counts.get(topic, 0) + decoded.event_count
-            self._pending.add(key, offset, decoded)
+            self._route_events((topic, partition), offset, decoded)
             return
         if topic in self._log_topics and isinstance(decoded, LogMessage):
             if self._log_sources is None or decoded.name in self._log_sources:
                 self._pending_logs.append(decoded)
             return
         self.counts["ignored"] += 1
+
+    def _route_events(self, key: PartitionKey, offset: int, message: EventMessage) -> None:
+        if key not in self._owned:
+            return  # a fetch that raced a revoke
+        self._next_offset[key] = offset + 1
+        self._at_end.discard(key)
+        if message.reference_time_ns.size:
+            self._latest_time[key] = max(
+                self._latest_time.get(key, 0), int(message.reference_time_ns.max())
+            )
+        if self._event_sources is not None and message.source_name not in self._event_sources:
+            self.counts["ignored"] += 1
+            return
+        self._rate_counts[key[0]] = self._rate_counts.get(key[0], 0) + message.event_count
+        self._pending.add(key, offset, message)
 
     # -- chunks ------------------------------------------------------------------------
 
@@ -594,7 +608,9 @@ class KafkaListener:
         mine: list[LogMessage] = []
         later: list[LogMessage] = []
         for message in self._pending_logs:
-            (mine if run.stop_ns is None or message.time_ns < run.stop_ns else later).append(message)
+            (mine if run.stop_ns is None or message.time_ns < run.stop_ns else later).append(
+                message
+            )
         self._pending_logs = later
         by_name: dict[str, list[LogMessage]] = {}
         for message in mine:
@@ -696,6 +712,11 @@ class KafkaListener:
         self._producer = None
 
 
+def _where(message: KafkaMessage) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (never None once consumed)."""
+    return message.topic() or "", message.partition() or 0, message.offset() or 0
+
+
 def _log_array(series: list[LogMessage]) -> sc.DataArray | None:
     values = [np.asarray(m.value) for m in series]
     if not values or any(v.ndim for v in values):
@@ -779,4 +800,3 @@ def from_config(config: Config) -> KafkaListener:
         run_end_grace_s=float(options.get("run_end_grace_sec", 2.0)),
         max_pending_events=int(options.get("max_pending_events", 20_000_000)),
     )
-
