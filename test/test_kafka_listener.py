@@ -148,8 +148,8 @@ def file_messages(path: Path) -> tuple[int, int, int, list[bytes]]:
 
 
 def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared_data, broker):
-    """Both runs' events first, spread over 4 partitions, then the pl72s, then the 6s4ts: each
-    run still gets exactly its own events, keyed to data time."""
+    """Both runs' events first, spread over 4 partitions, two bad messages, then the pl72s,
+    then the 6s4ts: each run still gets exactly its own events, keyed to data time."""
     names = topics(broker)
     paths = [shared_data / "HYS_178921.nxs.h5", shared_data / "HYS_178922.nxs.h5"]
     config = make_config(
@@ -165,6 +165,8 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
     for _, _, _, messages in runs:
         for i, value in enumerate(messages):
             producer.produce(names.events, value=value, partition=(i * 7) % 4)
+    producer.produce(names.events, value=b"\x00\x00\x00\x00ev44" + b"\xff" * 40, partition=1)
+    producer.produce(names.events, value=b"not a flatbuffer", partition=2)
     producer.flush(30)
     for number, start_ms, _, _ in runs:
         producer.produce(
@@ -185,7 +187,8 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
         engine.progress.events
         == 26938 + sc.io.load_hdf5(tmp_path / "out" / "result_178922.h5").bins.size().sum().value
     )
-    assert listener.counts["malformed"] == 0
+    assert listener.counts["malformed"] == 1  # the truncated ev44, logged with its offset
+    assert listener.counts["ignored"] == 1  # no schema at all
 
 
 def test_resume_completes_the_named_run_first_and_streams_show_rates(tmp_path, shared_data, broker):

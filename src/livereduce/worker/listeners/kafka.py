@@ -374,7 +374,7 @@ class KafkaListener:
         self._owned.update((p.topic, p.partition) for p in partitions)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        committed = consumer.committed(partitions, timeout=10.0)
+        committed = consumer.committed(partitions, timeout=5.0)
         fresh = [p for p in committed if p.offset < 0]
         start = {(p.topic, p.partition): p.offset for p in self._seek(fresh)} if fresh else {}
         chosen = []
