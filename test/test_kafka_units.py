@@ -276,3 +276,26 @@ def test_pl72_from_another_writer_without_metadata():
 def test_encode_events_round_trip():
     value = encode_events("s", 3, [10], [0], [1000, 2000], [1, 2])
     assert decode(value).event_time_offset_us.tolist() == [1.0, 2.0]
+
+
+def test_kafka_runs_on_the_embedded_engine():
+    from livereduce.config import Engine  # noqa: PLC0415
+    from livereduce.worker.engine import EngineUnavailable, choose_engine  # noqa: PLC0415
+
+    choice, why = choose_engine(kafka_config({"run_topic": "r"}))
+    assert choice is Engine.EMBEDDED
+    assert "kafka" in why
+    with pytest.raises(EngineUnavailable, match="ev44"):
+        choose_engine(kafka_config({"run_topic": "r"}, engine="mantid"))
+
+
+def test_pulses_far_in_the_future_are_malformed_and_never_buffered():
+    from livereduce.worker.listeners.kafka import KafkaListener  # noqa: PLC0415
+
+    listener = KafkaListener("h:1", run_topic="r", event_topics=["e"], wall_clock_ns=lambda: 10**18)
+    listener._owned.add(("e", 0))
+    listener._route_events(("e", 0), 7, events([10**18 + 10**9], [2]))
+    listener._route_events(("e", 0), 8, events([10**18 + 10**13], [3]))
+    assert listener.counts["malformed"] == 1
+    assert listener._pending.event_count == 2
+    assert listener._latest_time[("e", 0)] == 10**18 + 10**9

@@ -84,6 +84,9 @@ CONNECT_TIMEOUT_S = 1.0
 SEEK_MARGIN_MS = 10_000
 """Seek this much before a run's start by message timestamp: producers stamp a pulse's message
 when they send it, which can be later than the pulse."""
+MAX_AHEAD_NS = 3600 * 10**9
+"""Pulses this far ahead of the wall clock are insane (a corrupt time, not clock skew): their
+message is dropped and counted as malformed, so it can neither end a run nor sit in the buffer."""
 PROBE_FUTURE_MS = 86_400_000 * 365
 """A lookup this far ahead must answer "no such offset" from a broker that honours it."""
 
@@ -117,6 +120,7 @@ class KafkaListener:
         run_end_grace_s: float = 2.0,
         max_pending_events: int = 20_000_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.name = f"kafka {bootstrap}"
         self._bootstrap = bootstrap
@@ -133,6 +137,7 @@ class KafkaListener:
         self._grace_s = run_end_grace_s
         self._max_pending = max_pending_events
         self._clock = clock
+        self._wall_clock_ns = wall_clock_ns
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
         self.lstate = ListenerState.CONNECTING
         self.connected = False
@@ -516,9 +521,15 @@ class KafkaListener:
         self._next_offset[key] = offset + 1
         self._at_end.discard(key)
         if message.reference_time_ns.size:
-            self._latest_time[key] = max(
-                self._latest_time.get(key, 0), int(message.reference_time_ns.max())
-            )
+            latest = int(message.reference_time_ns.max())
+            if latest > self._wall_clock_ns() + MAX_AHEAD_NS:
+                self.counts["malformed"] += 1
+                log.warning(
+                    "kafka_message_malformed: %s[%d]@%d: pulse time %s is in the future",
+                    key[0], key[1], offset, _iso(latest),
+                )  # fmt: skip
+                return
+            self._latest_time[key] = max(self._latest_time.get(key, 0), latest)
         if self._event_sources is not None and message.source_name not in self._event_sources:
             self.counts["ignored"] += 1
             return
