@@ -299,3 +299,14 @@ def test_pulses_far_in_the_future_are_malformed_and_never_buffered():
     assert listener.counts["malformed"] == 1
     assert listener._pending.event_count == 2
     assert listener._latest_time[("e", 0)] == 10**18 + 10**9
+
+
+def test_a_run_that_begins_with_no_pulses_accumulates_to_nothing():
+    """A Kafka run can begin and end with no events (pl72 and 6s4t only)."""
+    from livereduce.config import AccumulationMethod  # noqa: PLC0415
+    from livereduce.worker.engine.accumulation import Accumulation  # noqa: PLC0415
+    from livereduce.worker.listeners.base import empty_events  # noqa: PLC0415
+
+    accumulation = Accumulation()
+    accumulation.accumulate(AccumulationMethod.ADD, empty_events(), replace=True)
+    assert accumulation.value().bins.size().sum().value == 0

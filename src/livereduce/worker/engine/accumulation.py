@@ -324,8 +324,8 @@ class _EventBufferNode(_Node):
 
     def _reserve(self, table: sc.DataArray, count: int) -> None:
         capacity = self._buffer.sizes[self._event_dim] if self._buffer is not None else 0
-        if self._size + count <= capacity:
-            return
+        if self._buffer is not None and self._size + count <= capacity:
+            return  # a chunk of no events still needs a buffer to read the accumulation back
         grown = _empty_like(
             table, self._event_dim, max(2 * capacity, self._size + count, _MIN_CAPACITY)
         )

@@ -557,8 +557,8 @@ class KafkaListener:
             cover[0], cover[1] = min(cover[0], low), max(cover[1], high + 1)
         times, counts, event_id, tof = merge_pulses(taken.pieces)
         ends = self._run_over(run)
-        # A run begins with its first pulse: a chunk of no pulses that begins a run would make
-        # the engine replace its accumulation with nothing (and it cannot read that back).
+        # A run begins with its first pulse (or its end): until then the engine stays idle and
+        # keeps showing the previous run's output instead of replacing it with nothing.
         begins = self._begins and (times.size > 0 or ends)
         chunk = Chunk(
             events=make_events(times, counts, event_id, tof),
