@@ -310,3 +310,15 @@ def test_a_run_that_begins_with_no_pulses_accumulates_to_nothing():
     accumulation = Accumulation()
     accumulation.accumulate(AccumulationMethod.ADD, empty_events(), replace=True)
     assert accumulation.value().bins.size().sum().value == 0
+
+
+def test_between_runs_only_the_latest_log_values_are_kept():
+    from livereduce.kafka.wire import LogMessage  # noqa: PLC0415
+    from livereduce.worker.listeners.kafka import KafkaListener  # noqa: PLC0415
+
+    listener = KafkaListener("h:1", run_topic="r", log_topics=["l"])
+    listener._pending_logs = [
+        LogMessage(name=name, time_ns=t, value=float(t)) for t in range(1000) for name in "ab"
+    ]
+    listener._keep_last_log_values()
+    assert sorted((m.name, m.time_ns) for m in listener._pending_logs) == [("a", 999), ("b", 999)]

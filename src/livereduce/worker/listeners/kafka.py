@@ -545,6 +545,7 @@ class KafkaListener:
             if run is None:
                 self.lstate = ListenerState.WAITING_FOR_RUN
                 self.state = f"waiting for a run start (pl72) on {self._run_topic}"
+                self._keep_last_log_values()
                 return Chunk(events=empty_events())
             self._current, self._begins = run, True
             self.lstate = ListenerState.IN_RUN
@@ -615,6 +616,16 @@ class KafkaListener:
         quiet = self._caught_up and all(key in self._at_end for key in lagging)
         return quiet and now - self._stop_known_at >= self._grace_s
 
+    def _keep_last_log_values(self) -> None:
+        """Between runs only each log's latest value matters (the next run starts with it):
+        months without a run must not grow the buffer."""
+        latest: dict[str, LogMessage] = {}
+        for message in self._pending_logs:
+            known = latest.get(message.name)
+            if known is None or message.time_ns >= known.time_ns:
+                latest[message.name] = message
+        self._pending_logs = list(latest.values())
+
     def _take_logs(self, run: KafkaRun) -> dict[str, sc.DataArray]:
         mine: list[LogMessage] = []
         later: list[LogMessage] = []
@@ -666,8 +677,10 @@ class KafkaListener:
     def accumulated(self, output: Any, chunk: Chunk) -> None:
         """Called by the engine with the output workspace after each processed chunk. In a
         consumer group: write it as this instance's partial file, publish it with the offsets
-        it covers to ``results_topic``, then commit those offsets (in that order, so a
-        restarted or new owner never starts past what a published partial holds)."""
+        it covers to ``results_topic``, wait for the broker to acknowledge it, then commit
+        those offsets (in that order, so a restarted or new owner never starts past what a
+        published partial holds). A partial the broker does not take within 10 s is logged
+        and its offsets are not committed; the next chunk's partial covers them."""
         if not self._group_id or chunk.run is None or self._events is None:
             return
         number = chunk.run.number
@@ -705,7 +718,10 @@ class KafkaListener:
         if not offsets:
             return
         try:
-            self._events.commit(offsets=offsets, asynchronous=False)
+            # Asynchronous: a synchronous commit has no timeout and would stall the loop on a
+            # broker that is down. The partial is already acknowledged, so the commit never
+            # gets ahead of it; one that is lost shows up as an overlap in the merge.
+            self._events.commit(offsets=offsets, asynchronous=True)
         except KafkaException as error:
             log.warning("kafka_commit_failed: %s", error)
 
