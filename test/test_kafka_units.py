@@ -322,3 +322,18 @@ def test_between_runs_only_the_latest_log_values_are_kept():
     ]
     listener._keep_last_log_values()
     assert sorted((m.name, m.time_ns) for m in listener._pending_logs) == [("a", 999), ("b", 999)]
+
+
+def test_replay_and_merge_commands_refuse_bad_input(tmp_path, capsys):
+    from livereduce.adara.replay import main as replay  # noqa: PLC0415
+    from livereduce.kafka.merge import main as merge  # noqa: PLC0415
+
+    assert replay([str(tmp_path / "missing.nxs.h5"), "--kafka", "127.0.0.1:1"]) == 2
+    assert "missing.nxs.h5" in capsys.readouterr().err
+    assert replay([str(tmp_path / "x.h5"), "--kafka", "h:1", "--kafka-option", "novalue"]) == 2
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    assert merge(["--output", str(tmp_path / "out.h5"), str(tmp_path / "bad.h5")]) == 2
+    assert "cannot read partial" in capsys.readouterr().err
+    assert not (tmp_path / "out.h5").exists()
+    with pytest.raises(SystemExit):
+        merge(["--output", str(tmp_path / "out.h5")])  # neither files nor --bootstrap
