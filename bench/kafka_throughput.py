@@ -40,7 +40,8 @@ from livereduce.worker.listeners.kafka import from_config
 PARTITIONS = 4
 PULSE_NS = 71_428_571
 """ESS's 14 Hz pulses."""
-START_NS = 1_800_000_000 * 10**9
+START_NS = (time.time_ns() // 10**9 - 86_400) * 10**9
+"""A day ago: the listener refuses pulse times far in the future."""
 HIST = (
     "import scipp as sc\n"
     "edges = sc.linspace('event_time_offset', 0.0, 71000.0, 1001, unit='us')\n"

@@ -87,6 +87,9 @@ when they send it, which can be later than the pulse."""
 MAX_AHEAD_NS = 3600 * 10**9
 """Pulses this far ahead of the wall clock are insane (a corrupt time, not clock skew): their
 message is dropped and counted as malformed, so it can neither end a run nor sit in the buffer."""
+MALFORMED_LOG_FIRST = 10
+MALFORMED_LOG_EVERY = 1000
+"""Bad messages logged: the first ten, then every thousandth (each line gives the count)."""
 PROBE_FUTURE_MS = 86_400_000 * 365
 """A lookup this far ahead must answer "no such offset" from a broker that honours it."""
 
@@ -498,8 +501,7 @@ class KafkaListener:
             self.counts["ignored"] += 1
             return
         except MalformedMessage as bad:
-            self.counts["malformed"] += 1
-            log.warning("kafka_message_malformed: %s[%d]@%d: %s", topic, partition, offset, bad)
+            self._malformed(f"{topic}[{partition}]@{offset}: {bad}")
             return
         if topic == self._run_topic and isinstance(decoded, RunStart | RunStop):
             changed = self.runs.add(decoded)
@@ -515,6 +517,14 @@ class KafkaListener:
             return
         self.counts["ignored"] += 1
 
+    def _malformed(self, what: str) -> None:
+        """Count a bad message; log the first few, then one in MALFORMED_LOG_EVERY (a hostile
+        stream must not fill the disk with log lines)."""
+        self.counts["malformed"] += 1
+        count = self.counts["malformed"]
+        if count <= MALFORMED_LOG_FIRST or count % MALFORMED_LOG_EVERY == 0:
+            log.warning("kafka_message_malformed: %s (%d so far)", what, count)
+
     def _route_events(self, key: PartitionKey, offset: int, message: EventMessage) -> None:
         if key not in self._owned:
             return  # a fetch that raced a revoke
@@ -523,11 +533,7 @@ class KafkaListener:
         if message.reference_time_ns.size:
             latest = int(message.reference_time_ns.max())
             if latest > self._wall_clock_ns() + MAX_AHEAD_NS:
-                self.counts["malformed"] += 1
-                log.warning(
-                    "kafka_message_malformed: %s[%d]@%d: pulse time %s is in the future",
-                    key[0], key[1], offset, _iso(latest),
-                )  # fmt: skip
+                self._malformed(f"{key[0]}[{key[1]}]@{offset}: pulse {_iso(latest)} in the future")
                 return
             self._latest_time[key] = max(self._latest_time.get(key, 0), latest)
         if self._event_sources is not None and message.source_name not in self._event_sources:
