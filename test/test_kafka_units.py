@@ -337,3 +337,17 @@ def test_replay_and_merge_commands_refuse_bad_input(tmp_path, capsys):
     assert not (tmp_path / "out.h5").exists()
     with pytest.raises(SystemExit):
         merge(["--output", str(tmp_path / "out.h5")])  # neither files nor --bootstrap
+
+
+def test_status_shows_lag_and_rate_per_topic():
+    from livereduce.supervisor.status import FIELDS, format_status  # noqa: PLC0415
+
+    assert "streams" in FIELDS
+    status = {
+        "state": "running",
+        "updated": 100.0,
+        "supervisor_pid": None,
+        "streams": {"dream_detector": {"lag": 1234.0, "events_per_s": 2.5e7}},
+    }
+    text = format_status(status, now=100.5)
+    assert "kafka:        dream_detector: lag 1,234 messages, 25,000,000 events/s" in text

@@ -680,6 +680,7 @@ class Supervisor:
             "last_chunk_time": progress.last_chunk_time if progress else None,
             "errors": progress.errors if progress else 0,
             "last_error": progress.last_error if progress else "",
+            "streams": progress.streams if progress else {},
             "worker_pid": worker.pid if worker is not None else None,
             "worker_rss_bytes": rss,
             "memory_limit_bytes": limit,

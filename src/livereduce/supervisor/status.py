@@ -44,6 +44,7 @@ FIELDS = {
     "last_chunk_time": "Unix time of the last processed chunk (null before the first)",
     "errors": "chunks lost to script errors (current worker)",
     "last_error": "the last error, in words",
+    "streams": "Kafka listener: per event topic {lag (messages), events_per_s}",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
     "memory_limit_bytes": "the worker's memory limit, bytes (null: no limit)",
@@ -164,6 +165,11 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
         f"restarts:     {get('restarts', 0)}",
     ]
+    for topic, stream in sorted((get("streams") or {}).items()):
+        lines.append(
+            f"kafka:        {topic}: lag {stream.get('lag', 0):,.0f} messages, "
+            f"{stream.get('events_per_s', 0):,.0f} events/s"
+        )
     if get("scripts_problem"):
         lines.append(f"SCRIPTS:      {get('scripts_problem')}")
     for entry in get("restart_history") or []:
