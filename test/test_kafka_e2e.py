@@ -82,6 +82,8 @@ def test_replay_cli_events_exact_and_histogram_equal(tmp_path, shared_data, daem
     status = events.wait_for(finished(HYS_178921_EVENTS))
     assert status["run_number"] == 178921
     assert status["errors"] == 0
+    assert set(status["streams"]) == {names["events"]}  # lag and events/s of the event topic
+    assert status["streams"][names["events"]]["lag"] == 0
     result = sc.io.load_hdf5(events.out / "result.h5")
     assert np.array_equal(triples(result), triples(offline_events(path)))
     histogram.wait_for(finished(HYS_178921_EVENTS))
