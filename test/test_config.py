@@ -43,7 +43,9 @@ def test_predecessor_defaults(tmp_path, script_dir):
     assert config.periods is None
     assert config.spectra is None
     assert config.system_mem_limit_perc == 70.0
-    assert config.mem_check_interval_sec == 1.0
+    assert (
+        config.mem_check_interval_sec == 0.1
+    )  # 1 s in the predecessor: too slow for a script allocating 1 GB/s
     assert (config.watchdog.interval, config.watchdog.threshold) == (60, 300)
     assert config.engine is Engine.AUTO
     assert config.listener is ListenerKind.ADARA
@@ -294,7 +296,32 @@ def test_effective_configuration_lists_every_key_including_memory(tmp_path, scri
     effective = config.effective()
     json.dumps(effective)
     assert effective["system_mem_limit_perc"] == 70.0
-    assert effective["mem_check_interval_sec"] == 1.0
+    assert effective["mem_check_interval_sec"] == 0.1
+    assert effective["progress_every_sec"] == 60.0
     assert effective["instrument"]["short_name"] == "HYS"
     assert effective["heartbeat_timeout"] == 90.0
     assert "raw" not in effective
+
+
+def test_given_records_the_keys_the_file_sets_and_not_null_or_defaulted_ones(tmp_path, script_dir):
+    config = load_config(
+        write(
+            tmp_path,
+            {"instrument": "HYSPEC", "script_dir": str(script_dir), "status_file": None},
+        )
+    )
+    assert config.given == frozenset({"instrument", "script_dir"})
+    assert "given" not in config.effective()
+    defaults = load_config(
+        write(
+            tmp_path,
+            {
+                "instrument": "HYSPEC",
+                "script_dir": str(script_dir),
+                "status_file": "s.json",
+                "listener": "adara",
+            },
+        )
+    )
+    assert {"status_file", "listener"} <= defaults.given
+    assert "address" not in defaults.given  # filled in from the instrument table

@@ -4,9 +4,9 @@ transitions, script failures, the output file, and the loop's stop and heartbeat
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +50,14 @@ class ChunkList:
         self.chunks = list(chunks)
         self.started: StartFrom | None = None
         self.closed = False
+        self.waiting_for_run = False
 
     def start(self, start_from: StartFrom) -> None:
         self.started = start_from
 
     def extract_data(self) -> Chunk:
         if not self.chunks:
-            raise NotYet("nothing more")
+            raise NotYet("nothing more", waiting_for_run=self.waiting_for_run)
         item = self.chunks.pop(0)
         if isinstance(item, Exception):
             raise item
@@ -147,8 +148,10 @@ def test_histogram_proc_add_equals_the_sum(tmp_path):
         .bins.concat()
         .hist(event_time_offset=edges)
     )
-    assert sc.allclose(load(tmp_path / "out" / "result.h5").data, expected.data)
-    assert load(tmp_path / "out" / "result.h5").sum().value == 210
+    result = load(tmp_path / "out" / "result.h5")
+    assert result.dtype == sc.DType.float64  # accumulated in double, as Mantid does
+    assert sc.identical(result.data, expected.data.astype("float64"))
+    assert result.sum().value == 210
 
 
 def test_preserve_events_false_turns_events_into_bin_sums(tmp_path):
@@ -173,10 +176,38 @@ def test_replace_keeps_only_the_last_chunk(tmp_path):
     assert sc.identical(engine.accumulation.value(), chunks[-1].events)
 
 
-def test_append_joins_along_the_first_dimension(tmp_path):
-    proc = "output = input.bins.size().rename_dims(event_time_zero='pulse').copy()\n"
+def test_append_joins_2d_data_along_the_first_dimension(tmp_path):
+    proc = (
+        "import scipp as sc\n"
+        "edges = sc.linspace('event_time_offset', 0.0, 16000.0, 3, unit='us')\n"
+        "output = input.hist(event_time_offset=edges).rename_dims(event_time_zero='pulse')\n"
+    )
     engine = drive(make_config(tmp_path, proc, accum_method="Append"), run_chunks(1, 3, ends=False))
-    assert engine.accumulation.value().sizes == {"pulse": 30}
+    assert engine.accumulation.value().sizes == {"pulse": 30, "event_time_offset": 2}
+    assert engine.accumulation.value().sum().value == 210
+
+
+def test_append_of_1d_histograms_adds_a_spectrum_per_chunk(tmp_path):
+    engine = drive(make_config(tmp_path, HIST, accum_method="Append"), run_chunks(1, 3, ends=False))
+    result = load(tmp_path / "out" / "result.h5")
+    assert engine.progress.errors == 0
+    assert result.sizes == {"spectrum": 3, "event_time_offset": 50}
+    assert result.sum(dim="event_time_offset").values.tolist() == [70.0, 70.0, 70.0]
+    assert result.coords["event_time_offset"].dims == ("event_time_offset",)
+
+
+def test_append_of_a_chunk_of_other_sizes_is_one_line_error(tmp_path, caplog):
+    proc = (
+        "import scipp as sc\n"
+        "workspaces['n'] = workspaces.get('n', 0) + 1\n"
+        "bins = 10 * workspaces['n']\n"
+        "output = input.bins.concat().hist(event_time_offset=bins)\n"
+    )
+    engine = drive(make_config(tmp_path, proc, accum_method="Append"), run_chunks(1, 2, ends=False))
+    assert engine.progress.errors == 1
+    assert "\n" not in engine.progress.last_error
+    assert "Append adds 1-D chunks as spectra" in engine.progress.last_error
+    assert engine.accumulation.value().sizes == {"spectrum": 1, "event_time_offset": 10}
 
 
 def test_script_failure_loses_that_chunk_only(tmp_path):
@@ -249,23 +280,17 @@ def test_output_write_failure_is_an_error_in_the_status(tmp_path):
     )
 
 
-def test_temporaries_of_killed_workers_are_removed(tmp_path):
-    with subprocess.Popen(["sleep", "30"]) as alive:
-        dead_pid = subprocess.run(
-            [sys.executable, "-c", "import os; print(os.getpid())"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        (tmp_path / f".result.h5.{dead_pid}.tmp").write_bytes(b"x" * 1000)
-        (tmp_path / f".result_7.h5.{dead_pid}.tmp").write_bytes(b"x")
-        (tmp_path / f".result.h5.{alive.pid}.tmp").write_bytes(b"x")
-        (tmp_path / f".other.h5.{dead_pid}.tmp").write_bytes(b"x")
-        OutputWriter(tmp_path, "result")
-        alive.kill()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".result.h5.{alive.pid}.tmp", f".other.h5.{dead_pid}.tmp"]
-    )
+def test_old_temporaries_of_the_output_are_removed_young_ones_kept(tmp_path):
+    old = time.time() - 3600
+    for name in (".result.h5.k3j2.tmp", ".result_7.h5.x9.tmp", ".other.h5.k3j2.tmp"):
+        (tmp_path / name).write_bytes(b"x" * 1000)
+        os.utime(tmp_path / name, (old, old))
+    (tmp_path / ".result.h5.young.tmp").write_bytes(b"x")  # another host writing it now
+    OutputWriter(tmp_path, "result")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.h5.k3j2.tmp",
+        ".result.h5.young.tmp",
+    ]
 
 
 def test_run_script_globals(tmp_path):
@@ -370,18 +395,17 @@ def test_before_any_data_the_listener_says_whether_a_run_is_awaited(tmp_path, he
 
 def test_a_listener_that_lost_its_server_mid_run_is_reported(tmp_path):
     chunks = run_chunks(1, 1, ends=False)
+    reconnecting = "the SMS closed the connection; reconnecting (attempt 2 in 1.0 s)"
     empty = Chunk(events=events(0, 0, 0, 0), run=chunks[0].run)
-    listener = ChunkList([chunks[0], empty])
-    listener.connected = False
-    listener.state = "the SMS closed the connection; reconnecting (attempt 2 in 1.0 s)"
+    lost = dataclasses.replace(empty, connected=False, activity=reconnecting)
+    listener = ChunkList([chunks[0], lost])
     engine = EmbeddedEngine(make_config(tmp_path), listener)
     listener.start(StartFrom.START_OF_RUN)
     engine.step()
     engine.step()
     assert engine.progress.state is WorkerState.CONNECTING
-    assert engine.progress.detail == listener.state
-    listener.connected = True  # connected again, the beam still off
-    listener.chunks.append(empty)
+    assert engine.progress.detail == reconnecting
+    listener.chunks.append(empty)  # connected again, the beam still off
     engine.step()
     assert engine.progress.state is WorkerState.NO_DATA
 
@@ -448,7 +472,7 @@ def test_nexus_histogram_equals_offline(tmp_path, shared_data):
     )
     result = load(tmp_path / "out" / "result.h5")
     assert result.sum().value == 26938
-    assert sc.identical(result.data, offline.data)
+    assert sc.identical(result.data, offline.data.astype("float64"))
     assert engine.progress.state is WorkerState.WAITING_FOR_RUN
     assert "read completely" in engine.progress.detail
 
@@ -535,3 +559,39 @@ def test_append_with_events_joins_pulses(tmp_path):
     assert sc.identical(
         engine.accumulation.value(), sc.concat([c.events for c in chunks], "event_time_zero")
     )
+
+
+def test_post_processing_that_edits_input_in_place_does_not_alter_the_accumulation(tmp_path):
+    post = (
+        "workspaces.setdefault('m', []).append(monitors['monitor1'].bins.sum().sum().value)\n"
+        "input.bins.coords['event_time_offset'] *= 0.0\n"
+        "monitors['monitor1'].bins.data *= 0.0\n"
+        "output = input\n"
+    )
+    chunks = [
+        Chunk(events=c.events, monitors={"monitor1": events(0, 2, 2, 3)}, run=c.run)
+        for c in run_chunks(1, 3, ends=False)
+    ]
+    engine = drive(make_config(tmp_path, post=post), chunks)
+    expected = sc.concat([c.events for c in chunks], "event_time_zero")
+    assert sc.identical(engine.accumulation.value(), expected)
+    assert engine.workspaces["m"] == [4.0, 8.0, 12.0]
+    assert load(tmp_path / "out" / "result.h5").bins.coords["event_time_offset"].max().value == 0
+
+
+@pytest.mark.parametrize("role", ["processing", "post-processing"])
+def test_an_output_that_cannot_be_saved_is_refused_at_the_first_chunk(tmp_path, role):
+    script = (
+        "import scipp as sc\noutput = sc.DataGroup({'counts': sc.scalar(1.0), 'meta': {'a': 1}})\n"
+    )
+    config = (
+        make_config(tmp_path, script)
+        if role == "processing"
+        else make_config(tmp_path, post=script)
+    )
+    engine = drive(config, run_chunks(1, 2, ends=False))
+    assert engine.progress.errors == 2
+    assert engine.progress.last_error.startswith(
+        "output['meta']: a dict cannot be saved in the result file"
+    )
+    assert not (tmp_path / "out" / "result.h5").exists()

@@ -247,6 +247,7 @@ def test_sms_closing_is_logged_and_the_listener_reconnects_asking_for_the_run_st
         _wait_for(lambda: len(sms.hellos) >= 3)
         chunk = listener.extract_data()
         assert chunk.run.number == 7
+        assert chunk.activity.startswith("connected" if chunk.connected else ("the ", "cannot "))
     finally:
         started = time.monotonic()
         listener.close()
@@ -296,10 +297,14 @@ def test_waiting_for_a_run_only_once_the_sms_has_spoken(sms_factory):
         _wait_for(lambda: listener.connected)
         assert not listener.waiting_for_run  # a silent SMS is not a run-wait state
         assert listener.state.endswith("nothing received yet")
+        with pytest.raises(NotYet, match="nothing received yet") as silent:
+            listener.extract_data()
+        assert not silent.value.waiting_for_run
         speak.set()
         _wait_for(lambda: listener.waiting_for_run)
-        with pytest.raises(NotYet, match="waiting for a run"):
+        with pytest.raises(NotYet, match="waiting for a run") as waiting:
             listener.extract_data()
+        assert waiting.value.waiting_for_run  # handed over with the NotYet, under the lock
     finally:
         listener.close()
 

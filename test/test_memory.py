@@ -3,9 +3,12 @@ processes."""
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -163,3 +166,42 @@ def test_zero_percent_disables_the_guard(holder):
     assert not guard.due(100.0)
     assert guard.check(holder(50).pid, now_s=0.0) is None
     assert guard.limit is None
+
+
+def test_guard_counts_the_children_and_skips_one_that_ended(holder):
+    parent = holder(80, parent=True)
+    guard = MemoryGuard(20, 0.1, physical_bytes=1000 * MIB, cgroup_bytes=None)  # 200 MiB
+    assert guard.check(parent.pid, now_s=0.0) is None
+    assert guard.last_rss > 80 * MIB
+    (child,) = psutil.Process(parent.pid).children()
+    child.kill()
+    # Its parent does not reap it: it stays a zombie, with no memory and no memory_info.
+    deadline = time.monotonic() + 10
+    while child.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert guard.check(parent.pid, now_s=0.1) is None  # listed 0.1 s ago, ended since
+    assert guard.last_rss < 80 * MIB
+
+
+def test_a_new_memory_max_takes_effect_within_a_second(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    root = tmp_path / "cg"
+    write_tree(root, {"livereduce.service/memory.max": f"{10 * 2**30}\n"})
+    (tmp_path / "self").write_text("0::/livereduce.service\n")
+    guard = MemoryGuard(
+        50,
+        0.1,
+        physical_bytes=64 * 2**30,
+        proc_cgroup=tmp_path / "self",
+        cgroup_root=root,
+    )
+    assert guard.check(os.getpid(), now_s=0.0) is None
+    assert guard.limit.limit_bytes == 5 * 2**30
+    (root / "livereduce.service/memory.max").write_text(f"{20 * 2**30}\n")
+    guard.check(os.getpid(), now_s=0.5)
+    assert guard.limit.limit_bytes == 5 * 2**30  # read again once a second, not every 0.1 s
+    guard.check(os.getpid(), now_s=1.0)
+    assert guard.limit.limit_bytes == 10 * 2**30
+    assert "memory_limit_changed: now 10240.0 MiB (50% of 20480.0 MiB cgroup memory limit)" in (
+        caplog.text
+    )

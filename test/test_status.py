@@ -13,8 +13,10 @@ import pytest
 
 from livereduce.supervisor.status import (
     FIELDS,
+    Health,
     StatusError,
     format_status,
+    health,
     main,
     read_status,
     write_status,
@@ -124,6 +126,14 @@ def test_format_for_people():
     assert "errors:       1 (last: reduce_HYS_live_proc.py line 3: ValueError)" in text
     assert "stale" not in text
     assert "SCRIPTS:" not in text
+    assert "results:" not in text  # an engine that does not count them
+    assert "in script:" not in text
+    text = format_status(
+        sample(results_written=11, last_result_time=1010.0, in_script="reduce_HYS_live_proc.py"),
+        now=1012.5,
+    )
+    assert "results:      11 written, the last 2.5 s ago" in text
+    assert "in script:    reduce_HYS_live_proc.py" in text
 
 
 def test_format_shows_scripts_that_are_not_running():
@@ -152,42 +162,77 @@ def test_format_warns_about_a_dead_supervisor():
 
 def test_command_prints_status_and_json(tmp_path, capsys):
     path = tmp_path / "status.json"
-    write_status(path, sample())
+    write_status(path, sample(updated=time.time()))
     assert main(["--file", str(path)]) == 0
     assert "instrument:   HYSPEC (engine embedded)" in capsys.readouterr().out
     assert main(["--json", "--file", str(path)]) == 0
-    assert json.loads(capsys.readouterr().out) == sample()
+    assert json.loads(capsys.readouterr().out)["chunks"] == 12
 
 
 def test_command_finds_the_file_through_the_config(tmp_path, capsys):
     path = tmp_path / "elsewhere" / "st.json"
-    write_status(path, sample(chunks=77))
+    write_status(path, sample(chunks=77, updated=time.time()))
     conf = tmp_path / "lr.conf"
     conf.write_text(json.dumps({"instrument": "HYSPEC", "status_file": str(path)}))
     assert main(["--config", str(conf), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["chunks"] == 77
 
 
-def test_command_missing_or_bad_file_exits_1(tmp_path, capsys):
-    assert main(["--file", str(tmp_path / "none.json")]) == 1
+def test_command_missing_or_bad_file_exits_3(tmp_path, capsys):
+    assert main(["--file", str(tmp_path / "none.json")]) == 3
     err = capsys.readouterr().err
     assert err.startswith("livereduce-status: status file ")
     assert "not found" in err
     (tmp_path / "bad.json").write_text("{")
-    assert main(["--file", str(tmp_path / "bad.json")]) == 1
+    assert main(["--file", str(tmp_path / "bad.json")]) == 3
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_command_bad_config_exits_2(tmp_path, capsys):
+def test_command_bad_config_exits_3(tmp_path, capsys):
     conf = tmp_path / "lr.conf"
     conf.write_text("{")
-    assert main(["--config", str(conf)]) == 2
+    assert main(["--config", str(conf)]) == 3
     assert str(conf) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, Health.HEALTHY),
+        ({"state": "waiting_for_run"}, Health.HEALTHY),
+        ({"state": "run_ended"}, Health.HEALTHY),
+        ({"state": "failing"}, Health.FAILING),
+        ({"state": "held"}, Health.FAILING),
+        ({"state": "backoff"}, Health.FAILING),
+        ({"updated": 1000.0 - 11}, Health.STALE),
+        ({"state": "stopped"}, Health.STALE),
+        ({"state": "failing", "updated": 1000.0 - 11}, Health.STALE),
+    ],
+)
+def test_health_for_monitoring(changes, expected):
+    assert health(sample(**{"updated": 1000.0, **changes}), now=1000.0) is expected
+
+
+def test_command_exit_status_is_the_health(tmp_path, capsys):
+    path = tmp_path / "status.json"
+    write_status(path, sample(state="failing", updated=time.time()))
+    assert main(["--file", str(path)]) == 1
+    write_status(path, sample(updated=time.time() - 60))
+    assert main(["--file", str(path)]) == 2
+    assert "WARNING: not rewritten for 60 s" in capsys.readouterr().out
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    write_status(path, sample(supervisor_pid=int(finished.stdout), updated=time.time()))
+    assert main(["--file", str(path)]) == 2
 
 
 def test_console_script_is_installed(tmp_path):
     path = tmp_path / "status.json"
-    write_status(path, sample())
+    write_status(path, sample(updated=time.time()))
     result = subprocess.run(
         ["livereduce-status", "--file", str(path)],
         capture_output=True,
@@ -201,7 +246,7 @@ def test_console_script_is_installed(tmp_path):
 
 def test_a_closed_pipe_is_not_a_traceback(tmp_path):
     path = tmp_path / "status.json"
-    write_status(path, sample())
+    write_status(path, sample(updated=time.time()))
     with subprocess.Popen(
         ["livereduce-status", "--file", str(path)],
         stdout=subprocess.PIPE,

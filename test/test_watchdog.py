@@ -136,7 +136,7 @@ def test_a_fresh_chunk_after_a_restart_resets_the_backoff(status_file: Path) -> 
     assert watchdog.restart_gap() == 300
 
 
-@pytest.mark.parametrize("state", ["waiting_for_run", "no_data", "run_ended"])
+@pytest.mark.parametrize("state", ["waiting_for_run", "no_data", "run_ended", "held"])
 def test_waiting_for_data_counts_the_status_update_as_progress(
     status_file: Path, state: str
 ) -> None:

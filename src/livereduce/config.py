@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, overload
 
+from livereduce.address import parse_host_port
 from livereduce.instruments import Instrument, find_instrument
 
 DEFAULT_CONFIG_PATH = Path("/etc/livereduce.conf")
@@ -101,11 +102,15 @@ class Config:
     """The effective configuration. Times are in seconds, memory in percent of the limit.
 
     ``path`` is the file it came from (None: built-in defaults); ``raw`` is the parsed JSON
-    object, kept so the worker process can be handed exactly what the supervisor read.
+    object, kept so the worker process can be handed exactly what the supervisor read;
+    ``given`` holds the top-level keys the file sets (a ``null`` value counts as not set, as
+    it does for every key's default): where a given key means something other than its
+    default (e.g. ``status_file``, Mantid's ``listener``), ask ``"key" in config.given``.
     """
 
     path: Path | None
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    given: frozenset[str] = frozenset()
     instrument: Instrument
     script_dir: Path
     update_every: float = 30.0
@@ -115,7 +120,7 @@ class Config:
     spectra: tuple[int, ...] | None = None
     post_process: bool = True
     system_mem_limit_perc: float = 70.0
-    mem_check_interval_sec: float = 1.0
+    mem_check_interval_sec: float = 0.1
     conda_env: str | None = None
     pixi_env: str | None = None
     venv: str | None = None
@@ -133,6 +138,7 @@ class Config:
     poll_interval_sec: float = 10.0
     heartbeat_timeout_sec: float | None = None
     stop_timeout: float = 20.0
+    progress_every_sec: float = 60.0
     proc_script_timeout_sec: float | None = None
     post_proc_script_timeout_sec: float | None = None
 
@@ -179,16 +185,15 @@ class Config:
     def existing_scripts(self) -> tuple[Path | None, Path | None]:
         """(proc script, post-proc script) as they are on disk now; None where a script is
         missing or empty (an empty file is what a half-finished save leaves)."""
+        proc = self.proc_script if _non_empty_file(self.proc_script) else None
         post = self.post_proc_script if self.post_process else None
-        return tuple(
-            p if p is not None and _non_empty_file(p) else None for p in (self.proc_script, post)
-        )
+        return proc, post if post is not None and _non_empty_file(post) else None
 
     def effective(self) -> dict[str, Any]:
         """Every setting with its effective value, JSON-compatible, for the start-up log."""
         out = {}
         for name in self.__dataclass_fields__:
-            if name == "raw":
+            if name in {"raw", "given"}:
                 continue
             value = getattr(self, name)
             if name in {"instrument", "watchdog"}:
@@ -220,7 +225,7 @@ KNOWN_KEYS = frozenset(
         "mem_check_interval_sec", "CONDA_ENV", "PIXI_ENV", "VENV", "watchdog", "engine",
         "listener", "address", "listener_options", "start_from", "run_transition",
         "output_workspace", "output_dir", "status_file", "log_file", "poll_interval_sec",
-        "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec",
+        "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec", "progress_every_sec",
     }
 )  # fmt: skip
 
@@ -350,7 +355,10 @@ def config_from_mapping(
     if not address and listener is ListenerKind.ADARA:
         address = instrument.live_address
     if listener is ListenerKind.ADARA and address:
-        _check_host_port(reader, address)
+        try:
+            parse_host_port(address)
+        except ValueError as error:
+            reader.fail("address", str(error))
     if listener is ListenerKind.KAFKA and not address:
         reader.fail("address", "the kafka listener needs the bootstrap servers (host:port,...)")
     if listener is ListenerKind.NEXUS:
@@ -376,6 +384,7 @@ def config_from_mapping(
     config = Config(
         path=path,
         raw=dict(raw),
+        given=frozenset(key for key, value in raw.items() if value is not None),
         instrument=instrument,
         script_dir=script_dir,
         update_every=reader.number("update_every", 30.0, minimum=0.0, inclusive=False),
@@ -388,7 +397,7 @@ def config_from_mapping(
             "system_mem_limit_perc", 70.0, minimum=0.0, maximum=100.0
         ),
         mem_check_interval_sec=reader.number(
-            "mem_check_interval_sec", 1.0, minimum=0.0, inclusive=False
+            "mem_check_interval_sec", 0.1, minimum=0.0, inclusive=False
         ),
         conda_env=reader.optional_string("CONDA_ENV"),
         pixi_env=reader.optional_string("PIXI_ENV"),
@@ -409,6 +418,7 @@ def config_from_mapping(
         poll_interval_sec=reader.number("poll_interval_sec", 10.0, minimum=0.0, inclusive=False),
         heartbeat_timeout_sec=reader.optional_number("heartbeat_timeout_sec", minimum=0.0),
         stop_timeout=reader.number("stop_timeout", 20.0, minimum=0.0, inclusive=False),
+        progress_every_sec=reader.number("progress_every_sec", 60.0, minimum=0.0, inclusive=False),
         **_script_timeouts(reader),
     )
     if check_scripts and config.existing_scripts() == (None, None):
@@ -465,12 +475,6 @@ def _script_timeouts(reader: _Reader) -> dict[str, float | None]:
         }
     both = reader.optional_number("script_timeout_sec", minimum=0.0)
     return {"proc_script_timeout_sec": both, "post_proc_script_timeout_sec": both}
-
-
-def _check_host_port(reader: _Reader, address: str) -> None:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        reader.fail("address", f"expected 'host:port' with a port from 1 to 65535, got '{address}'")
 
 
 def _watchdog(reader: _Reader) -> WatchdogSettings:
@@ -557,7 +561,7 @@ class _Reader:
     path_: Path | None
     prefix: str = ""
 
-    def fail(self, key: str, problem: str) -> None:
+    def fail(self, key: str, problem: str) -> NoReturn:
         raise ConfigError(self.path_, self.prefix + key, problem)
 
     def _get(self, key: str) -> Any:
@@ -652,6 +656,10 @@ class _Reader:
             path = (self.path_.parent if self.path_ else Path.cwd()) / path
         return path
 
+    @overload
+    def path(self, key: str, default: Path) -> Path: ...
+    @overload
+    def path(self, key: str, default: None) -> Path | None: ...
     def path(self, key: str, default: Path | None) -> Path | None:
         value = self._get(key)
         if value is None:

@@ -113,7 +113,10 @@ def _open_file_handler(path: Path) -> logging.Handler | None:
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     name = args.thread.name if args.thread else "?"
-    log.error("thread_died: %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    if args.exc_value is None:
+        log.error("thread_died: %s: %s", name, args.exc_type.__name__)
+        return
+    log.error("thread_died: %s", name, exc_info=args.exc_value)
 
 
 def configure_logging(

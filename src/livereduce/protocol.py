@@ -8,9 +8,9 @@ thread, so a hung processing script stops the heartbeats (STYLE.md §3).
 
 The worker program is ``python -m livereduce.worker --report-fd N``; it reads the configuration
 as a JSON object ``{"path": str | null, "raw": {...}, "resume": {...} | null}`` on its standard
-input. ``resume`` is the :class:`Resume` the previous worker last reported (nothing is lost across
-restarts): the next worker asks the stream for data from that run's start, completes and keeps
-that run, then goes on with the current one.
+input (a missing ``resume`` means null). ``resume`` is the :class:`Resume` the previous worker
+last reported (nothing is lost across restarts): the next worker asks the stream for data from
+that run's start, completes and keeps that run, then goes on with the current one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Any
 HEARTBEAT_INTERVAL_S = 2.0
 """Upper bound between two reports while the loop waits: well under half of the shortest
 heartbeat timeout a configuration can reach in practice (STYLE.md §3: beat at <= timeout/2)."""
+
+STACK_FD_ENV = "LIVEREDUCE_STACK_FD"
+"""Environment variable naming the fd the worker points faulthandler at: the supervisor reads
+that file after a hung worker was aborted and logs the stack in ``livereduce.log``."""
 
 MAX_REPORT_BYTES = 1 << 16
 """A report line longer than this is a bug in the worker; the supervisor drops it."""
@@ -88,6 +92,10 @@ class Progress:
     ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
     is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
 
+    ``results_written`` counts the result files the worker wrote (None: its engine does not
+    count them); with ``chunks`` and ``errors`` it tells the supervisor whether the worker is
+    ``failing``.
+
     ``unfinished_run`` / ``unfinished_run_start_ns`` are the :class:`Resume` to hand the next
     worker (``None`` between runs, once every run seen was written). ``in_script`` names the
     user script running now (e.g. ``reduce_HYS_live_post_proc.py``, empty between scripts) and
@@ -110,6 +118,7 @@ class Progress:
     chunks: int = 0
     events: int = 0
     last_chunk_time: float | None = None
+    results_written: int | None = None
     errors: int = 0
     last_error: str = ""
     unfinished_run: int | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import json
 import logging
 import logging.handlers
 import subprocess
@@ -26,6 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from livereduce.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from livereduce.delays import doubling_delay_s
+from livereduce.supervisor.status import StatusError
+from livereduce.supervisor.status import read_status as read_status_file
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.watchdog")
@@ -39,10 +41,11 @@ MAX_BACKOFF_S = 3600.0
 """Upper bound of the gap between two restarts when restarts keep not helping: one per hour
 still brings the service back after an outage without flooding the journal."""
 
-WAITING_STATES = frozenset({"waiting_for_run", "run_ended", "no_data"})
+WAITING_STATES = frozenset({"waiting_for_run", "run_ended", "no_data", "held"})
 """Daemon states in which no chunk arrives by design (between runs, after a Stop, a beam trip
-inside a run); the status file's ``updated`` time then shows that the daemon is alive (status.py
-writes it at least every few seconds, from the worker's heartbeats)."""
+inside a run, a hold only a script change ends: a restart would only run the held-off script
+into its time limit again); the status file's ``updated`` time then shows that the daemon is
+alive (status.py writes it at least every few seconds, from the worker's heartbeats)."""
 
 SHOW_PROPERTIES = ("ActiveState", "SubState", "Result", "MainPID", "ActiveEnterTimestampMonotonic")
 
@@ -78,7 +81,9 @@ class Settings:
     def from_config(cls, config: Config, status_file: Path | None = None) -> Settings:
         """Settings from a loaded configuration; ``status_file`` overrides the file's key."""
         if status_file is None:
-            status_file = config.status_file if "status_file" in config.raw else SYSTEMD_STATUS_FILE
+            status_file = (
+                config.status_file if "status_file" in config.given else SYSTEMD_STATUS_FILE
+            )
         threshold = max(float(config.watchdog.threshold), 2 * config.update_every)
         return cls(
             interval=float(config.watchdog.interval), threshold=threshold, status_file=status_file
@@ -134,13 +139,13 @@ class SystemctlCommand:
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
-    """The daemon's status file as a dict, or None when it is missing or not a JSON object
-    (the daemon writes it atomically, so a torn file means something else wrote it)."""
+    """The daemon's status file as a dict, or None when it is missing or not a livereduce
+    status file (:func:`livereduce.supervisor.status.read_status`; the daemon writes it
+    atomically, so a torn file means something else wrote it)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_status_file(path)
+    except StatusError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def progress_time(status: Mapping[str, Any]) -> float | None:
@@ -177,7 +182,7 @@ class Watchdog:
 
     def restart_gap(self) -> float:
         """Seconds the next restart must wait after the previous one."""
-        return min(self.settings.threshold * 2**self._useless_restarts, MAX_BACKOFF_S)
+        return doubling_delay_s(self._useless_restarts + 1, self.settings.threshold, MAX_BACKOFF_S)
 
     def decide(self) -> Decision:
         """Look at the unit and the status file; return what to do and why (no side effects
@@ -205,12 +210,14 @@ class Watchdog:
         threshold = self.settings.threshold
         status = read_status(self.settings.status_file)
         last = None
+        state = None
         if status is not None and str(status.get("supervisor_pid")) == props.get("MainPID"):
             last = progress_time(status)
+            state = status.get("state")
         active_since = _micro(props.get("ActiveEnterTimestampMonotonic"))
         if last is not None:
             age = now - last
-            what = f"last progress {age:.0f} s ago (state {status.get('state')})"
+            what = f"last progress {age:.0f} s ago (state {state})"
         elif active_since is not None:
             age = now_mono - active_since
             what = f"no progress reported since it became active {age:.0f} s ago"

@@ -64,7 +64,9 @@ def describe_packet_type(packet_type: int | None) -> str:
     ``(header unread)`` for None."""
     if packet_type is None:
         return "(header unread)"
-    from livereduce.adara.packets import PacketType  # noqa: PLC0415 - packets imports errors
+    # Only the table of type codes, which imports nothing; lazily, because importing any part
+    # of livereduce.adara.packets runs its __init__, whose codec imports this module.
+    from livereduce.adara.packets.codes import PacketType  # noqa: PLC0415
 
     try:
         return f"0x{packet_type:06x} ({PacketType(packet_type).name})"

@@ -16,14 +16,16 @@ every pulse stays a pulse of its own, so no event is lost, merged or duplicated.
 
 from __future__ import annotations
 
-import datetime
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
-import scipp as sc
+
+from livereduce.nexus_values import BANK_NAME as _BANK_NAME
+from livereduce.nexus_values import decode_text as _decode
+from livereduce.nexus_values import iso_to_unix_ns, times_ns
 
 ERROR_BANK_ID = 0xFFFFFFFE
 """ADARA bank ID of events whose pixel has the error bit (ADARA doc/design, banked events)."""
@@ -31,11 +33,7 @@ UNMAPPED_BANK_ID = 0xFFFFFFFF
 """ADARA bank ID of events whose pixel is not in the pixel mapping table."""
 
 _PSEUDO_BANKS = {"bank_error_events": ERROR_BANK_ID, "bank_unmapped_events": UNMAPPED_BANK_ID}
-_BANK_NAME = re.compile(r"bank(\d+)_events")
 _MONITOR_NAME = re.compile(r"monitor(\d+)")
-_TZ_SUFFIX = re.compile(r"(Z|[+-]\d\d:?\d\d)$")
-EPICS_EPOCH_UNIX_S = 631152000
-"""Seconds from the Unix epoch to the EPICS epoch 1990-01-01 UTC, ADARA's time base."""
 
 
 class RunFileError(Exception):
@@ -118,18 +116,6 @@ class RunFile:
         return sum(b.event_count for b in self.banks if b.ident < ERROR_BANK_ID)
 
 
-def iso_to_unix_ns(text: str) -> int:
-    """ISO 8601 time with nanoseconds and a timezone (as SNS writes ``start_time``) -> Unix ns.
-    Raises ValueError when ``text`` is not such a time."""
-    match = _TZ_SUFFIX.search(text)
-    local = text[: match.start()] if match else text
-    ns = int(np.datetime64(local, "ns").astype(np.int64))
-    if match and match.group(1) != "Z":
-        offset = datetime.datetime.strptime(match.group(1).replace(":", ""), "%z").utcoffset()
-        ns -= int(offset.total_seconds()) * 10**9 if offset else 0
-    return ns
-
-
 def read_run_file(path: str | Path) -> RunFile:
     """Read ``path`` (see the module docstring for the layout). Raises RunFileError naming the
     file and the HDF5 path when a required part is missing or inconsistent."""
@@ -201,14 +187,6 @@ def _group(path: Path, parent: h5py.Group, name: str) -> h5py.Group:
     return item
 
 
-def _decode(raw: object) -> str:
-    if isinstance(raw, np.ndarray):
-        raw = raw.ravel()[0] if raw.size else b""
-    if isinstance(raw, bytes | np.bytes_):
-        return bytes(raw).decode("utf-8", errors="replace")
-    return str(raw)
-
-
 _REQUIRED = object()
 
 
@@ -222,20 +200,11 @@ def _text(path: Path, group: h5py.Group, name: str, default: object = _REQUIRED)
 
 
 def _times_ns(path: Path, dataset: h5py.Dataset) -> np.ndarray:
-    """A NeXus time dataset -> (M,) int64 Unix ns, computed as scippnexus does (float seconds
-    converted to integer ns by truncation) so pulse times match a scippnexus read exactly."""
-    attrs = dataset.attrs
-    if "offset_seconds" in attrs:
-        base = (int(attrs["offset_seconds"]) + EPICS_EPOCH_UNIX_S) * 10**9 + int(
-            attrs.get("offset_nanoseconds", 0)
-        )
-    elif "offset" in attrs or "start" in attrs:
-        base = iso_to_unix_ns(_decode(attrs.get("offset", attrs.get("start"))))
-    else:
-        raise RunFileError(f"{path}: {dataset.name} has no offset / start attribute")
-    unit = _decode(attrs.get("units", b"second"))
-    relative = sc.array(dims=["t"], values=np.asarray(dataset[()], dtype=np.float64), unit=unit)
-    return base + relative.to(unit="ns", dtype="int64").values
+    """:func:`livereduce.nexus_values.times_ns`, its errors as RunFileError naming the file."""
+    try:
+        return times_ns(dataset)
+    except ValueError as exc:
+        raise RunFileError(f"{path}: {exc}") from None
 
 
 def _event_group(path: Path, entry: h5py.Group, name: str, pulses_ns: np.ndarray) -> EventGroup:

@@ -24,6 +24,7 @@ from typing import Any
 import scipp as sc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from livereduce.atomic import write_atomically
 from livereduce.kafka import client
 from livereduce.kafka.partials import (
     MergeError,
@@ -111,9 +112,7 @@ def merge_files(paths: Sequence[Path]) -> Any:
 
 def write_result(result: Any, output: Path) -> None:
     """Save ``result`` as scipp HDF5 at ``output`` through a temporary file and a rename."""
-    temporary = output.with_name(f".{output.name}.merge.tmp")
-    sc.io.save_hdf5(result, temporary)
-    temporary.replace(output)
+    write_atomically(output, lambda temporary: sc.io.save_hdf5(result, temporary))
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
+from livereduce.delays import doubling_delay_s
 from livereduce.protocol import WorkerExit
 
 STABLE_AFTER_S = 60.0
@@ -26,6 +27,7 @@ class RestartReason(StrEnum):
     SIGHUP = "sighup"
     MEMORY = "memory_exceeded"
     HEARTBEAT = "heartbeat_timeout"
+    SCRIPT_TIMEOUT = "script_timeout"
     CRASHED = "worker_crashed"
     ENGINE_FAILURE = "engine_failure"
     BOOT_FAILURE = "boot_failure"
@@ -47,7 +49,7 @@ class Backoff:
         if self.failures == 0:
             delay = self.first_s
         else:
-            delay = min(self.base_s * 2 ** (self.failures - 1), self.max_s)
+            delay = doubling_delay_s(self.failures, self.base_s, self.max_s)
         self.failures += 1
         return delay
 
@@ -68,6 +70,7 @@ class Backoffs:
         self._by_reason = {
             RestartReason.MEMORY: Backoff(first_s=0.0, base_s=2.0, max_s=300.0),
             RestartReason.HEARTBEAT: Backoff(first_s=0.0, base_s=5.0, max_s=300.0),
+            RestartReason.SCRIPT_TIMEOUT: Backoff(first_s=0.0, base_s=5.0, max_s=300.0),
             RestartReason.CRASHED: Backoff(**crash),
             RestartReason.ENGINE_FAILURE: Backoff(**crash),
             RestartReason.EXITED: Backoff(**crash),
@@ -83,12 +86,16 @@ class Backoffs:
             backoff.reset()
 
 
-def classify_exit(status: int) -> tuple[RestartReason, int]:
+def classify_exit(status: int, *, progressed: bool = False) -> tuple[RestartReason, int]:
     """Restart reason and log level for a worker exit the supervisor did not ask for.
 
     ``status`` is a Popen return code: a :class:`~livereduce.protocol.WorkerExit` value, or
-    minus the number of the signal that killed the worker.
+    minus the number of the signal that killed the worker. ``progressed``: the worker had
+    reported that it was connected (or ran a script); its exit status may then come from a
+    script's ``os._exit``/``sys.exit``, so any status is a crash, never a boot failure.
     """
+    if progressed:
+        return RestartReason.CRASHED, logging.ERROR
     if status == WorkerExit.BOOT_FAILURE:
         return RestartReason.BOOT_FAILURE, logging.ERROR
     if status == WorkerExit.ENGINE_FAILURE:

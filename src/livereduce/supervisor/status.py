@@ -14,11 +14,13 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from livereduce.atomic import write_atomically
 from livereduce.config import ConfigError, load_config
 
 WRITE_EVERY_S = 2.0
@@ -32,7 +34,8 @@ SYSTEMD_STATUS_FILE = Path("/run/livereduce/status.json")
 
 FIELDS = {
     "state": "supervisor state: starting, connecting, running, no_data (in a run, nothing new "
-    "arrives), waiting_for_run, run_ended, backoff, restarting, stopping, stopped",
+    "arrives), waiting_for_run, failing (the last chunks all failed or wrote no result), "
+    "run_ended, backoff, held (no worker until a script changes), restarting, stopping, stopped",
     "detail": "what the worker is doing or waiting for, in words",
     "instrument": "instrument name",
     "engine": "the worker's engine",
@@ -40,18 +43,25 @@ FIELDS = {
     "run_title": "run title",
     "chunks": "chunks processed by the current worker",
     "events": "detector events received by the current worker",
-    "events_per_s": "events received per second, over the last reports",
+    "events_per_s": "events received per second over the last 10 s (0 once nothing arrives)",
     "last_chunk_time": "Unix time of the last processed chunk (null before the first)",
-    "errors": "chunks lost to script errors (current worker)",
+    "results_written": "result files the current worker wrote (null: its engine does not count)",
+    "last_result_time": "Unix time the supervisor saw the last result file written",
+    "in_script": "the user script the worker runs now (empty between scripts)",
+    "errors": "since the supervisor started: chunks lost to script errors, plus workers lost to "
+    "hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
     "streams": "Kafka listener: per event topic {lag (messages), events_per_s}",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
+    "worker_peak_rss_bytes": "peak resident memory of the last worker that ended, bytes",
     "memory_limit_bytes": "the worker's memory limit, bytes (null: no limit)",
     "restarts": "worker restarts since the supervisor started",
     "restart_history": "the last restarts: [{time (Unix s), reason, detail}]",
     "last_reload_latency_s": "seconds from the last script save to the new worker's first chunk",
-    "scripts_problem": "why the scripts on disk are not the ones running (empty when they are)",
+    "scripts_problem": "why the scripts on disk are not the ones running, or why none runs "
+    "(empty when they are)",
+    "resume": "the run the next worker completes first: {run_number, start_ns}, or null",
     "supervisor_pid": "pid of the supervisor",
     "version": "livereduce version",
     "config": "configuration file",
@@ -60,22 +70,29 @@ FIELDS = {
 """Every key of the status file and its meaning (docs/operations.md shows the same list)."""
 
 
+class Health(IntEnum):
+    """``livereduce-status``'s exit status, for monitoring (docs/operations.md)."""
+
+    HEALTHY = 0
+    FAILING = 1  # state failing, held or backoff: it runs, but produces nothing good
+    STALE = 2  # not rewritten in time, its supervisor is not running, or it stopped
+    NO_STATUS = 3  # no status file, an unreadable one, or a configuration that cannot be read
+
+
+UNHEALTHY_STATES = frozenset({"failing", "held", "backoff"})
+
+
 class StatusError(Exception):
     """The status file is missing or is not a livereduce status file; ``str()`` says which."""
 
 
 def write_status(path: Path, status: Mapping[str, Any]) -> None:
-    """Write ``status`` as JSON to ``path`` atomically (temporary file + rename).
+    """Write ``status`` as JSON to ``path`` atomically (:func:`livereduce.atomic.write_atomically`).
 
     Raises OSError when the folder cannot be created or written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(status, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    text = json.dumps(status, indent=1, sort_keys=True) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -120,6 +137,23 @@ def _overdue(status: Mapping[str, Any], now: float) -> bool:
     )
 
 
+def _supervisor_gone(status: Mapping[str, Any]) -> bool:
+    pid = status.get("supervisor_pid")
+    return isinstance(pid, int) and status.get("state") != "stopped" and not psutil.pid_exists(pid)
+
+
+def health(status: Mapping[str, Any], *, now: float | None = None) -> Health:
+    """What ``status`` says to a monitoring check: STALE when the file is not being rewritten
+    (older than STALE_AFTER_S), its supervisor is gone, or it stopped; FAILING for the states
+    in UNHEALTHY_STATES; HEALTHY otherwise."""
+    now = time.time() if now is None else now
+    if status.get("state") == "stopped" or _supervisor_gone(status) or _overdue(status, now):
+        return Health.STALE
+    if status.get("state") in UNHEALTHY_STATES:
+        return Health.FAILING
+    return Health.HEALTHY
+
+
 def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str:
     """The status as lines for a person (``livereduce-status`` without ``--json``)."""
     now = time.time() if now is None else now
@@ -129,11 +163,11 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         f"status written {_age(now, get('updated'))}"
     ]
     pid = get("supervisor_pid")
-    if isinstance(pid, int) and get("state") != "stopped" and not psutil.pid_exists(pid):
+    if _supervisor_gone(status):
         lines.append(f"WARNING: supervisor pid {pid} is not running: this status is stale")
-    elif _overdue(status, now):
+    elif _overdue(status, now) and isinstance(updated := get("updated"), int | float):
         lines.append(
-            f"WARNING: not rewritten for {now - get('updated'):.0f} s (it should be every "
+            f"WARNING: not rewritten for {now - updated:.0f} s (it should be every "
             f"{WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
         )
     state = str(get("state", "?"))
@@ -160,6 +194,15 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         f"chunks:       {get('chunks', 0)}",
         f"events:       {get('events', 0):,} ({events_per_s:,.0f} events/s)",
         f"last chunk:   {_age(now, get('last_chunk_time'))}",
+    ]
+    if get("results_written") is not None:
+        lines.append(
+            f"results:      {get('results_written')} written, the last "
+            f"{_age(now, get('last_result_time'))}"
+        )
+    if get("in_script"):
+        lines.append(f"in script:    {get('in_script')}")
+    lines += [
         f"worker:       {worker}",
         f"errors:       {get('errors', 0)}"
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
@@ -188,7 +231,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     config = None
     if config_path is not None:
         config = load_config(config_path, check_scripts=False)
-        if "status_file" in config.raw:
+        if "status_file" in config.given:
             return [config.status_file]
     paths.append(SYSTEMD_STATUS_FILE)
     if config is not None:
@@ -199,11 +242,15 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
 
-    Prints the status (0), or one message on stderr and 1 when the file is missing or bad,
-    2 for a bad configuration file.
+    Prints the status and returns its :func:`health` (0 healthy, 1 failing or held, 2 stale or
+    supervisor gone); one message on stderr and 3 when there is no status to read (the file is
+    missing or bad, or the configuration file is).
     """
     parser = argparse.ArgumentParser(
-        prog="livereduce-status", description="Show what the livereduce service is doing."
+        prog="livereduce-status",
+        description="Show what the livereduce service is doing.",
+        epilog="Exit status: 0 healthy, 1 failing or held (or in backoff), 2 stale or the "
+        "supervisor gone (or stopped), 3 no status to read.",
     )
     parser.add_argument("--json", action="store_true", help="print the status file as JSON")
     where = parser.add_mutually_exclusive_group()
@@ -216,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         candidates = _candidates(args)
     except ConfigError as error:
         print(f"livereduce-status: {error}", file=sys.stderr)
-        return 2
+        return int(Health.NO_STATUS)
     existing = [p for p in candidates if p.exists()]
     path = existing[0] if existing else candidates[0]
     try:
@@ -226,10 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(candidates) > 1:
             message += f"; looked in {', '.join(str(p) for p in candidates)}"
         print(f"livereduce-status: {message}", file=sys.stderr)
-        return 1
+        return int(Health.NO_STATUS)
     text = json.dumps(status, indent=1, sort_keys=True) if args.json else format_status(status)
     try:
         print(text, flush=True)
     except BrokenPipeError:  # `livereduce-status | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return int(health(status))

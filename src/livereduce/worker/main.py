@@ -25,7 +25,7 @@ from typing import Any
 from livereduce.config import Config, ConfigError, config_from_mapping
 from livereduce.config import Engine as EngineChoice
 from livereduce.logsetup import configure_logging
-from livereduce.protocol import Progress, ReportWriter, WorkerExit, WorkerState
+from livereduce.protocol import STACK_FD_ENV, Progress, ReportWriter, WorkerExit, WorkerState
 from livereduce.worker.engine import Engine, EngineUnavailable, choose_engine
 from livereduce.worker.listeners.base import ListenerError
 from livereduce.worker.stop import StopToken
@@ -67,14 +67,16 @@ class _Reporter:
         self._writer = writer
         self._stop = stop
         self.last: Progress | None = None
+        self.supervisor_gone = False
 
     def __call__(self, progress: Progress) -> None:
         self.last = progress
-        if self._stop.requested and self._stop.reason == "supervisor gone":
+        if self.supervisor_gone:
             return
         try:
             self._writer.send(progress)
         except BrokenPipeError:
+            self.supervisor_gone = True
             self._stop.request("supervisor gone")
 
 
@@ -112,6 +114,18 @@ def _final(reporter: _Reporter, error: str) -> None:
     reporter(base.with_(state=WorkerState.ERROR, detail=error, last_error=error[-500:]))
 
 
+def _enable_faulthandler(stack_fd: str) -> None:
+    """Point faulthandler at the supervisor's stack file (fd ``stack_fd``), else stderr."""
+    if stack_fd.isdigit():
+        try:
+            os.set_inheritable(int(stack_fd), False)
+            faulthandler.enable(file=int(stack_fd), all_threads=True)
+            return
+        except (OSError, ValueError) as error:
+            log.warning("stack_file_unusable: fd %s: %s; stacks go to stderr", stack_fd, error)
+    faulthandler.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the WorkerExit status."""
     parser = argparse.ArgumentParser(
@@ -128,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("worker_boot_failed: %s", error)
         return WorkerExit.BOOT_FAILURE
     configure_logging(config, process="worker")
-    # A hung worker killed with SIGABRT shows where it hung (e.g. inside a user script).
-    faulthandler.enable()
+    # A hung worker killed with SIGABRT shows where it hung (e.g. inside a user script): into the
+    # file the supervisor reads after the abort and logs in livereduce.log, else stderr.
+    _enable_faulthandler(os.environ.pop(STACK_FD_ENV, ""))
     return int(run_worker(config, args.report_fd))
 
 

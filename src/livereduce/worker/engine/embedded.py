@@ -34,13 +34,21 @@ import scipp as sc
 
 from livereduce.config import Config, RunTransitionBehavior
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
-from livereduce.worker.engine.accumulation import SCIPP_ERRORS, Accumulation, AccumulationError
+from livereduce.worker.engine.accumulation import (
+    SCIPP_ERRORS,
+    Accumulation,
+    AccumulationError,
+    sum_bins,
+)
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from livereduce.worker.outputs.result import OutputWriter
+from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger(__name__)
+
+_SCIPP_OBJECTS = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,13 +76,14 @@ class StepOutcome:
 
 def to_histogram(result: Any) -> Any:
     """``preserve_events`` false: every binned part of ``result`` becomes the sum of each bin
-    (weights of the events in it), the bins' coords and masks kept. Dense parts are unchanged."""
+    (weights of the events in it, float64: :func:`accumulation.sum_bins`), the bins' coords
+    and masks kept. Dense parts are unchanged."""
     if isinstance(result, sc.DataGroup):
         return result.apply(to_histogram)
     if isinstance(result, sc.Dataset):
         return sc.Dataset({k: to_histogram(v) for k, v in result.items()})
     if isinstance(result, sc.DataArray | sc.Variable) and result.bins is not None:
-        return result.bins.sum()
+        return sum_bins(result)
     return result
 
 
@@ -123,7 +132,10 @@ class EmbeddedEngine:
         self._received_data = False
         self._run_events = 0
         self.progress = Progress(
-            state=WorkerState.STARTING, engine="embedded", instrument=config.instrument.name
+            state=WorkerState.STARTING,
+            engine="embedded",
+            instrument=config.instrument.name,
+            results_written=0,
         )
 
     # -- the loop ------------------------------------------------------------------------
@@ -186,7 +198,13 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self.writer.write(self._output, self._output_version, force=True)
+            self._count_write(self.writer.write(self._output, self._output_version, force=True))
+
+    def _count_write(self, wrote: bool) -> None:
+        """Count a result file written (``results_written``: the supervisor's ``failing``)."""
+        if wrote:
+            written = (self.progress.results_written or 0) + 1
+            self.progress = self.progress.with_(results_written=written)
 
     # -- one chunk -----------------------------------------------------------------------
 
@@ -194,10 +212,12 @@ class EmbeddedEngine:
         """Extract and process one chunk (LoadLiveData). Never raises for a script fault;
         raises ListenerError when the listener cannot go on."""
         began = self._clock()
+        if self.listener is None:
+            raise ListenerError("the engine has no listener: run() makes one, tests pass one")
         try:
             chunk = self.listener.extract_data()
         except NotYet as not_yet:
-            waiting = self._received_data or getattr(self.listener, "waiting_for_run", False)
+            waiting = self._received_data or not_yet.waiting_for_run
             state = WorkerState.WAITING_FOR_RUN if waiting else WorkerState.CONNECTING
             self._set(state, str(not_yet))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
@@ -205,11 +225,17 @@ class EmbeddedEngine:
         self._received_data = True
         self._count_events(chunk)
         if not _has_data(chunk):
-            if self._run_open and chunk.run is not None and chunk.run.number == self._run.number:
+            run = self._run
+            if (
+                self._run_open
+                and chunk.run is not None
+                and run is not None
+                and chunk.run.number == run.number
+            ):
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
-            self._report_idle()
+            self._report_idle(chunk)
             return StepOutcome(waiting=True, extract_s=extracted - began)
-        if self._new_run_without_end(chunk):
+        if self._run is not None and self._new_run_without_end(chunk):
             finished = self._end_run(self._run)
             if finished:
                 return StepOutcome(finished=True, extract_s=extracted - began)
@@ -240,13 +266,13 @@ class EmbeddedEngine:
         self._run_events += chunk.event_count
         self.progress = self.progress.with_(events=events + chunk.event_count)
 
-    def _report_idle(self) -> None:
+    def _report_idle(self, chunk: Chunk) -> None:
         if not self._run_open:
             self._set(WorkerState.WAITING_FOR_RUN, "waiting for a run")
-        elif getattr(self.listener, "connected", True):
+        elif chunk.connected:
             self._set(WorkerState.NO_DATA, "in a run, no new data (beam off?)")
         else:
-            self._set(WorkerState.CONNECTING, getattr(self.listener, "state", "reconnecting"))
+            self._set(WorkerState.CONNECTING, chunk.activity or "reconnecting")
 
     def _new_run_without_end(self, chunk: Chunk) -> bool:
         return (
@@ -272,6 +298,11 @@ class EmbeddedEngine:
             )
         if not self.config.preserve_events:
             result = to_histogram(result)
+        problem = None if "post-processing" in self._runners else unsavable(result)
+        if problem is not None:
+            return self._lost(
+                chunk, problem, "", began=began, extracted=extracted, processed=processed
+            )
         method, replace = self.config.accum_method, self._replace_next
         try:
             self.accumulation.accumulate(method, result, replace=replace)
@@ -299,6 +330,7 @@ class EmbeddedEngine:
                 # The Kafka listener in a consumer group publishes this as its partial result.
                 publish(output, chunk)
             wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            self._count_write(wrote)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
         written = self._clock()
@@ -331,11 +363,19 @@ class EmbeddedEngine:
             return None
         if "post-processing" not in self._runners:
             return accumulated
-        view = accumulated.copy(deep=False) if hasattr(accumulated, "copy") else accumulated
-        result = self._script("post-processing", view, run, dict(monitors or {}))
+        # A copy the script may change: editing ``input`` in place must not alter what later
+        # chunks are added to (this costs one copy of the accumulation per chunk).
+        copy = accumulated.copy() if isinstance(accumulated, _SCIPP_OBJECTS) else accumulated
+        monitors = dict(monitors.copy()) if monitors is not None else {}
+        result = self._script("post-processing", copy, run, monitors)
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
             log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)
+            return None
+        problem = unsavable(result)
+        if problem is not None:
+            self._count_error(problem)
+            log.error("post_processing_failed: %s", problem)
             return None
         return result
 
@@ -381,7 +421,7 @@ class EmbeddedEngine:
         log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
         self._run_open = False
         self._replace_next = True
-        self.writer.write(self._output, self._output_version, force=True)
+        self._count_write(self.writer.write(self._output, self._output_version, force=True))
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number)
             if kept is not None:

@@ -137,7 +137,7 @@ def existing_scripts(config: Config, short_name: str) -> tuple[Path | None, Path
     """
     folder = (
         config.script_dir
-        if "script_dir" in config.raw
+        if "script_dir" in config.given
         else Path(f"/SNS/{short_name}/shared/livereduce")
     )
     named = replace(
@@ -188,9 +188,9 @@ def start_live_data_properties(
     ``accumulation_workspace`` is required with a post-processing script.
     """
     properties: dict[str, Any] = {"Instrument": instrument.name}
-    if "listener" in config.raw:
+    if "listener" in config.given:
         properties["Listener"] = LISTENER_CLASSES[config.listener]
-    if "address" in config.raw and config.listener is not ListenerKind.NEXUS:
+    if "address" in config.given and config.listener is not ListenerKind.NEXUS:
         properties["Address"] = config.address
     from_start = config.start_from is StartFrom.START_OF_RUN
     properties |= {
@@ -297,7 +297,7 @@ class _OutputUpdates:
             return self.count, self.at, self.wall
 
 
-def _observe_output(api: ModuleType, name: str, updates: _OutputUpdates) -> Any:
+def _observe_output(api: Any, name: str, updates: _OutputUpdates) -> Any:
     """An ADS observer calling ``updates.seen()`` when workspace ``name`` is added or replaced."""
 
     class OutputObserver(api.AnalysisDataServiceObserver):

@@ -26,6 +26,8 @@ from typing import Any
 
 import scipp as sc
 
+from livereduce.scriptfile import ScriptCompileError, compile_script
+
 SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 """What a script may assign to ``output``: anything the accumulation and the HDF5 writer take."""
 
@@ -95,21 +97,17 @@ class ScriptRunner:
                 script=self.path, line=None, message=f"cannot read the {self.role} script: {error}"
             )
         try:
-            self._code = compile(source, str(self.path), "exec")
-        except (SyntaxError, ValueError) as error:
-            text = "".join(traceback.format_exception_only(type(error), error)).rstrip()
+            self._code = compile_script(source, self.path)
+        except ScriptCompileError as error:
             return ScriptFailure(
-                script=self.path,
-                line=getattr(error, "lineno", None),
-                message=f"{type(error).__name__}: {getattr(error, 'msg', error)}",
-                traceback=text,
+                script=self.path, line=error.line, message=error.message, traceback=error.detail
             )
         return None
 
     def run(self, data: Any, run: RunContext, monitors: Mapping[str, sc.DataArray]) -> ScriptResult:
         """Execute the script on ``data`` (the ``input`` global). Never raises for a fault of
         the script; returns its ``output`` or the failure."""
-        if self._load_failure is not None:
+        if self._code is None:  # not compiled: _load_failure says why
             return ScriptResult(failure=self._load_failure)
         namespace: dict[str, Any] = {
             "__name__": f"__livereduce_{self.role.replace('-', '_')}__",

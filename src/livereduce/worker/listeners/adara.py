@@ -37,6 +37,7 @@ import threading
 import time
 from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import scipp as sc
@@ -51,8 +52,17 @@ from livereduce.adara.metadata_xml import (
     parse_device_xml,
     parse_runinfo_xml,
 )
+from livereduce.address import parse_host_port
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.delays import doubling_delay_s
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerError,
+    NotYet,
+    RunInfo,
+    make_events,
+    unit_or_none,
+)
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -75,7 +85,7 @@ hostile stream must not flood the log (or memory) with one line per variable."""
 
 def backoff_s(attempt: int, maximum_s: float) -> float:
     """Wait before connection attempt ``attempt`` + 1 (attempt >= 1): 0.5 s doubling, capped."""
-    return min(maximum_s, FIRST_BACKOFF_S * 2.0 ** max(attempt - 1, 0))
+    return doubling_delay_s(attempt, FIRST_BACKOFF_S, maximum_s)
 
 
 class _Events:
@@ -119,16 +129,20 @@ class _Log:
             data = sc.array(dims=["time"], values=[str(v) for v in self.values])
         elif self.pv_type == "double":
             data = sc.array(
-                dims=["time"], values=np.asarray(self.values, np.float64), unit=_unit(self.units)
+                dims=["time"],
+                values=np.asarray(self.values, np.float64),
+                unit=unit_or_none(self.units),
             )
         else:
             data = sc.array(
-                dims=["time"], values=np.asarray(self.values, np.int64), unit=_unit(self.units)
+                dims=["time"],
+                values=np.asarray(self.values, np.int64),
+                unit=unit_or_none(self.units),
             )
         return sc.DataArray(data, coords={"time": times})
 
 
-def _coerce(pv_type: str, value: object) -> object:
+def _coerce(pv_type: str, value: Any) -> object:
     """``value`` as the log's type: str, float, or an int that fits int64. Raises ValueError,
     TypeError or OverflowError when it cannot be one."""
     if pv_type == "string":
@@ -143,14 +157,6 @@ def _coerce(pv_type: str, value: object) -> object:
     if not -(2**63) <= number < 2**63:
         raise OverflowError(f"value {value!r} does not fit an integer PV")
     return number
-
-
-def _unit(text: str) -> sc.Unit | None:
-    """The PV's unit, or none when scipp does not know the spelling (e.g. 'pixel')."""
-    try:
-        return sc.Unit(text) if text else None
-    except (sc.UnitError, RuntimeError, ValueError):
-        return None
 
 
 class _Segment:
@@ -241,18 +247,24 @@ class AdaraListener:
     @property
     def connected(self) -> bool:
         """Whether a connection to the SMS is open now."""
-        return self._client is not None
+        with self._lock:
+            return self._client is not None
 
     @property
     def waiting_for_run(self) -> bool:
         """Connected, the SMS has sent packets on this connection, and no run is open."""
-        return self.connected and self._heard and self._open is None
+        with self._lock:
+            return self._waiting_for_run()
+
+    def _waiting_for_run(self) -> bool:
+        return self._client is not None and self._heard and self._open is None
 
     @property
     def state(self) -> str:
         """What the listener is doing, in words: connecting, waiting for a run, in run N, or
         why the connection ended and when the next attempt comes."""
-        return self._state
+        with self._lock:
+            return self._state
 
     # ------------------------------------------------------------------ Listener contract
 
@@ -279,14 +291,16 @@ class AdaraListener:
             elif self._failure is not None:
                 raise ListenerError(self._failure)
             else:
-                raise NotYet(self._state)
+                raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
             self._delivered_run = segment.run.number
-        return segment.to_chunk()
+            connected, activity = self._client is not None, self._state
+        return dataclasses.replace(segment.to_chunk(), connected=connected, activity=activity)
 
     def close(self) -> None:
         """Stop the thread and close the connection; returns within about two seconds."""
         self._stop.set()
-        client = self._client
+        with self._lock:
+            client = self._client
         if client is not None:
             client.close()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -324,9 +338,9 @@ class AdaraListener:
                 reason = f"cannot connect to the SMS at {self.host}:{self.port}: {exc}"
                 self._wait_to_retry(reason, attempt)
                 continue
-            self._client = client
-            self.connections += 1
             with self._lock:
+                self._client = client
+                self.connections += 1
                 self._reset_pending = reconnect
                 self._heard = False
                 self._state = (
@@ -347,7 +361,11 @@ class AdaraListener:
                     for word, count in sorted(client.parser.skipped.items())
                 )
                 log.warning("packets of unknown types skipped on this connection: %s", kinds)
-            self._client = None
+            with self._lock:
+                self._client = None
+                self._state = (
+                    f"the connection to the SMS at {self.host}:{self.port} ended: {reason}"
+                )
             if self._stop.is_set():
                 break
             attempt = 1 if got_packets else attempt + 1
@@ -424,7 +442,7 @@ class AdaraListener:
                 self._instrument = packet.long_name
                 self._update_run(instrument=packet.long_name)
 
-    def _update_run(self, **changes: object) -> None:
+    def _update_run(self, **changes: Any) -> None:
         if self._open is not None:
             self._open.run = dataclasses.replace(self._open.run, **changes)
 
@@ -582,20 +600,12 @@ class AdaraListener:
             events.add_pulse(packet.timestamp_ns, [ids], [tof])
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port). Raises ValueError when it is not of that form."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected 'host:port', got {address!r}")
-    return host, int(port)
-
-
 def from_config(config: Config) -> AdaraListener:
     """The adara listener for ``config.address`` and ``config.listener_options``
     (``stale_timeout_sec``, ``reconnect_max_sec``, ``connect_timeout_sec``). Raises ConfigError
     when the address is not ``host:port``."""
     try:
-        host, port = parse_address(config.address)
+        host, port = parse_host_port(config.address)
     except ValueError as exc:
         raise ConfigError(config.path, "address", str(exc)) from exc
     options = config.listener_options

@@ -26,7 +26,15 @@ from livereduce.config import StartFrom
 
 class NotYet(Exception):
     """The listener has nothing to give yet (not connected, waiting for a run); the message says
-    what it waits for. The engine logs it, reports it and tries again on the next tick."""
+    what it waits for. The engine logs it, reports it and tries again on the next tick.
+
+    ``waiting_for_run``: the listener hears its source and no run is open (else it is still
+    connecting), read under the listener's lock when it raised.
+    """
+
+    def __init__(self, message: str, *, waiting_for_run: bool = False) -> None:
+        super().__init__(message)
+        self.waiting_for_run = waiting_for_run
 
 
 class ListenerError(Exception):
@@ -62,6 +70,9 @@ class Chunk:
     ``data_reset``: the listener started the current run over (it reconnected and the stream
     replays the run from its first pulse), so this chunk replaces what was accumulated for the
     run instead of adding to it: Mantid's ``dataReset()``, which forces Replace (§2.3 step 8).
+    ``connected`` / ``activity``: whether the listener's source was connected when the chunk was
+    handed over, and what the listener was doing, in words (taken with the chunk, under the
+    listener's lock); the engine reports them while a run's data stop coming.
     """
 
     events: sc.DataArray
@@ -71,6 +82,8 @@ class Chunk:
     begins_run: bool = False
     ends_run: bool = False
     data_reset: bool = False
+    connected: bool = True
+    activity: str = ""
 
     @property
     def event_count(self) -> int:
@@ -84,9 +97,9 @@ class Listener(Protocol):
     module ``livereduce.worker.listeners.<kind>`` has ``from_config(config) -> Listener``."""
 
     name: str
-    """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'. A listener that talks to
-    a server may also have ``connected`` (bool) and ``state`` (str, what it is doing in words);
-    the engine reports them while a run's data stop coming."""
+    """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'. What a listener that talks
+    to a server is doing reaches the engine with the data: :attr:`Chunk.connected` and
+    :attr:`Chunk.activity`, :attr:`NotYet.waiting_for_run`."""
 
     def start(self, start_from: StartFrom) -> None:
         """Connect (or open) and begin collecting; from the start of the current run or now.
@@ -98,6 +111,15 @@ class Listener(Protocol):
 
     def close(self) -> None:
         """Stop collecting and release sockets, threads and files. Safe to call twice."""
+
+
+def unit_or_none(text: str) -> sc.Unit | None:
+    """A log's unit as the stream or file spells it (a PV's ``units``, an NXlog's ``units``
+    attribute); None when empty or when scipp does not know the spelling (e.g. 'pixel')."""
+    try:
+        return sc.Unit(text) if text else None
+    except (sc.UnitError, RuntimeError, ValueError):
+        return None
 
 
 def make_events(

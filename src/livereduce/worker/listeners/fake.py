@@ -97,6 +97,8 @@ class FakeListener:
         """The layout of :func:`~livereduce.worker.listeners.base.make_events`, built in place: each
         event field is copied once, from pool windows straight into scipp's memory."""
         n = int(per_pulse.sum())
+        if self._pool_id is None or self._pool_tof is None:
+            raise NotYet("the fake listener was not started")
         offsets = self._rng.integers(0, POOL_EVENTS, max(math.ceil(n / POOL_EVENTS), 1))
         event_id = sc.empty(dims=["event"], shape=[n], dtype="int32", unit=None)
         tof = sc.empty(dims=["event"], shape=[n], dtype="float32", unit="us")

@@ -56,7 +56,9 @@ from confluent_kafka import (
 )
 from confluent_kafka import Message as KafkaMessage
 
+from livereduce.atomic import write_atomically
 from livereduce.config import Config, ConfigError, RunTransitionBehavior, StartFrom
+from livereduce.delays import doubling_delay_s
 from livereduce.kafka import client
 from livereduce.kafka.partials import Partial, encode_partial
 from livereduce.kafka.pending import PartitionKey, PendingEvents, merge_pulses
@@ -81,6 +83,10 @@ POLL_BUDGET_S = 1.0
 fast stream shows up as lag, never as a silent worker."""
 CONNECT_TIMEOUT_S = 1.0
 """One metadata request while the broker has not been reached; NotYet after it."""
+CONNECT_RETRY_FIRST_S = 0.5
+CONNECT_RETRY_MAX_S = 10.0
+"""Backoff between metadata attempts before the broker was ever reached (then librdkafka's own
+reconnection backoff takes over)."""
 SEEK_MARGIN_MS = 10_000
 """Seek this much before a run's start by message timestamp: producers stamp a pulse's message
 when they send it, which can be later than the pulse."""
@@ -241,7 +247,7 @@ class KafkaListener:
         try:
             metadata = self._control.list_topics(timeout=CONNECT_TIMEOUT_S)
         except KafkaException as error:
-            delay = min(0.5 * 2 ** min(self._attempts, 5), 10.0)
+            delay = doubling_delay_s(self._attempts, CONNECT_RETRY_FIRST_S, CONNECT_RETRY_MAX_S)
             self._next_attempt = now + delay
             self.state = (
                 f"cannot reach the Kafka broker at {self._bootstrap} "
@@ -693,7 +699,8 @@ class KafkaListener:
         covers = {f"{t}:{p}": list(span) for (t, p), span in sorted(self._covers.items())}
         data = encode_partial(output)
         if self._partial_dir is not None:
-            _write_atomic(self._partial_dir / f"{self._output_workspace}_{number}.h5", data)
+            target = self._partial_dir / f"{self._output_workspace}_{number}.h5"
+            write_atomically(target, lambda temporary: temporary.write_bytes(data))
         if self._producer is not None and self._results_topic:
             self._partial_sequence += 1
             partial = Partial(
@@ -760,12 +767,6 @@ def _log_array(series: list[LogMessage]) -> sc.DataArray | None:
     else:
         data = sc.array(dims=["time"], values=np.array(values, dtype=np.float64))
     return sc.DataArray(data, coords={"time": sc.array(dims=["time"], values=times, unit="ns")})
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    temporary.replace(path)
 
 
 def _run_info(run: KafkaRun) -> RunInfo:

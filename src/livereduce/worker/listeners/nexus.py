@@ -17,7 +17,6 @@ Neither: ``speed`` 1. ``start_from`` is ignored: a file is always read from its 
 from __future__ import annotations
 
 import math
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -30,31 +29,21 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, empty_events
-
-_BANK = re.compile(r"bank\d+_events")
-_ISO = re.compile(r"^(?P<base>[^.]*?)(?P<frac>\.\d+)?(?P<tz>Z|[+-]\d\d:?\d\d)?$")
-
-
-def _iso_to_unix_ns(text: str) -> int:
-    """ISO 8601 with up to nanosecond fractions and an optional UTC offset (naive = UTC), as
-    SNS files write them; Unix ns. Raises ValueError when ``text`` is not such a time."""
-    match = _ISO.match(text.strip())
-    if not match:
-        raise ValueError(f"not an ISO 8601 time: {text!r}")
-    tz = match["tz"] or "+00:00"
-    moment = datetime.fromisoformat(match["base"] + ("+00:00" if tz == "Z" else tz))
-    fraction_ns = round(float(match["frac"] or 0) * 1e9)
-    return int(moment.timestamp()) * 1_000_000_000 + fraction_ns
+from livereduce.nexus_values import decode_text, detector_banks, iso_to_unix_ns, times_ns
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerError,
+    NotYet,
+    RunInfo,
+    empty_events,
+    unit_or_none,
+)
 
 
 def _text(group: h5py.Group, name: str) -> str:
     if name not in group:
         return ""
-    raw = group[name][()]
-    if isinstance(raw, np.ndarray):
-        raw = raw.flat[0] if raw.size else b""
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return decode_text(group[name][()])
 
 
 class NexusListener:
@@ -106,13 +95,11 @@ class NexusListener:
             if entry_name is None:
                 raise ValueError("no NXentry group")
             entry = h5[entry_name]
-            bank_names = sorted(
-                (k for k in entry if _BANK.fullmatch(k)), key=lambda k: int(k[4:-7])
-            )
+            bank_names = detector_banks(entry)
             if not bank_names:
                 raise ValueError(f"no detector bank (bank<N>_events) in /{entry_name}")
             times = entry[bank_names[0]]["event_time_zero"]
-            offset_ns = _iso_to_unix_ns(_text_attr(times, "offset") or _text(entry, "start_time"))
+            pulse_ns = times_ns(times, _text(entry, "start_time"))
             pulse_s = np.asarray(times[()], dtype=np.float64)
             for name in bank_names[1:]:
                 if not np.array_equal(entry[name]["event_time_zero"][()], pulse_s):
@@ -131,7 +118,7 @@ class NexusListener:
             self._run = RunInfo(
                 number=int(run_text) if run_text.strip().isdigit() else 0,
                 title=_text(entry, "title"),
-                start_time=datetime.fromtimestamp(_iso_to_unix_ns(start) / 1e9, tz=UTC)
+                start_time=datetime.fromtimestamp(iso_to_unix_ns(start) / 1e9, tz=UTC)
                 if start
                 else None,
                 instrument=_text(entry["instrument"], "name") if "instrument" in entry else "",
@@ -140,12 +127,12 @@ class NexusListener:
                 if "instrument" in entry and "instrument_xml" in entry["instrument"]
                 else "",
             )
-            self._logs = _read_logs(entry["DASlogs"]) if "DASlogs" in entry else {}
+            self._logs = _read_logs(entry["DASlogs"], start) if "DASlogs" in entry else {}
         # Pulse times can step backward in real files; release by the latest time seen so far.
         self._pulse_offset_s = (
             np.maximum.accumulate(pulse_s - pulse_s[0]) if pulse_s.size else pulse_s
         )
-        self._pulse_ns = offset_ns + np.round(pulse_s * 1e9).astype(np.int64)
+        self._pulse_ns = pulse_ns
         self._file = snx.File(self._path, "r")
         entry_group = self._file[entry_name]
         self._banks = [entry_group[name] for name in bank_names]
@@ -195,9 +182,10 @@ class NexusListener:
             warnings.simplefilter("ignore", UserWarning)  # unit spellings scippnexus does not know
             parts = [bank["event_time_zero", first:stop] for bank in self._banks]
         if len(parts) == 1:
-            return parts[0].copy()
+            return _events(parts[0]).copy()
         # Every bank has the same pulses (checked at start): merge the event lists pulse by pulse.
-        return sc.concat(parts, "bank").bins.concat("bank")
+        merged = sc.concat([_events(part) for part in parts], "bank")
+        return _events(merged).bins.concat("bank")
 
     def _read_monitor(self, group: snx.Group, first: int, stop: int) -> sc.DataArray:
         if stop <= first:
@@ -205,15 +193,15 @@ class NexusListener:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             loaded = group["event_time_zero", first:stop]
-        return loaded["events"] if isinstance(loaded, sc.DataGroup) else loaded
+        return _events(loaded["events"] if isinstance(loaded, sc.DataGroup) else loaded)
 
     def _logs_between(self, first: int, stop: int) -> dict[str, sc.DataArray]:
         total = len(self._pulse_ns)
         low = -(1 << 62) if first == 0 else self._pulse_ns[min(first, total - 1)]
         high = 1 << 62 if stop >= total else self._pulse_ns[stop]
         out = {}
-        for name, (times_ns, log) in self._logs.items():
-            keep = (times_ns >= low) & (times_ns < high)
+        for name, (log_ns, log) in self._logs.items():
+            keep = (log_ns >= low) & (log_ns < high)
             if keep.any():
                 out[name] = log[sc.array(dims=["time"], values=keep)] if not keep.all() else log
         return out
@@ -227,16 +215,23 @@ class NexusListener:
         self._monitors = {}
 
 
+def _events(loaded: object) -> sc.DataArray:
+    """What scippnexus loaded from an NXevent_data / NXmonitor group: binned events, a
+    DataArray; ListenerError when the file holds something else there."""
+    if not isinstance(loaded, sc.DataArray) or loaded.bins is None:
+        raise ListenerError(f"expected event data, got {type(loaded).__name__}")
+    return loaded
+
+
 def _text_attr(dataset: h5py.Dataset, name: str) -> str:
     raw = dataset.attrs.get(name)
-    if raw is None:
-        return ""
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return "" if raw is None else decode_text(raw)
 
 
-def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
-    """DASlogs as name -> (Unix ns per entry, DataArray over ``time``); logs whose time and
-    value do not line up are left out (they are not time series)."""
+def _read_logs(group: h5py.Group, start: str) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
+    """DASlogs as name -> (Unix ns per entry, DataArray over ``time``; times without an offset
+    count from the run's ``start``); logs whose time and value do not line up are left out
+    (they are not time series)."""
     logs = {}
     for name, log in group.items():
         if not isinstance(log, h5py.Group) or "time" not in log or "value" not in log:
@@ -245,40 +240,31 @@ def _read_logs(group: h5py.Group) -> dict[str, tuple[np.ndarray, sc.DataArray]]:
         if values.shape[:1] != times.shape or values.ndim > 2:
             continue
         try:
-            offset_ns = (
-                _iso_to_unix_ns(_text_attr(times, "offset")) if "offset" in times.attrs else 0
-            )
+            log_ns = times_ns(times, start)
         except ValueError:
             continue
-        times_ns = offset_ns + np.round(np.asarray(times[()], dtype=np.float64) * 1e9).astype(
-            np.int64
-        )
         raw = values[()]
         dims = ["time"] if raw.ndim == 1 else ["time", "value_index"]
         if raw.dtype.kind in "SO":
             if raw.ndim != 1:
                 continue
-            data = sc.array(dims=dims, values=[_decode(v) for v in raw])
+            data = sc.array(dims=dims, values=[decode_text(v) for v in raw])
         else:
             data = sc.array(
-                dims=dims, values=_scipp_dtype(raw), unit=_unit(_text_attr(values, "units"))
+                dims=dims, values=_scipp_dtype(raw), unit=unit_or_none(_text_attr(values, "units"))
             )
         logs[name] = (
-            times_ns,
+            log_ns,
             sc.DataArray(
                 data,
                 coords={
                     "time": sc.array(
-                        dims=["time"], values=times_ns.astype("datetime64[ns]"), unit="ns"
+                        dims=["time"], values=log_ns.astype("datetime64[ns]"), unit="ns"
                     )
                 },
             ),
         )
     return logs
-
-
-def _decode(value: object) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _scipp_dtype(raw: np.ndarray) -> np.ndarray:
@@ -287,14 +273,6 @@ def _scipp_dtype(raw: np.ndarray) -> np.ndarray:
     if raw.dtype.kind == "f" and raw.dtype not in (np.float32, np.float64):
         return raw.astype(np.float64)
     return raw
-
-
-def _unit(text: str) -> sc.Unit | None:
-    """The log's unit, or none when scipp does not know its spelling (e.g. 'pixel')."""
-    try:
-        return sc.Unit(text) if text else None
-    except (sc.UnitError, RuntimeError, ValueError):
-        return None
 
 
 def from_config(config: Config) -> NexusListener:

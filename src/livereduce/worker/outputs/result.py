@@ -10,16 +10,13 @@ ends and stops force a write, so finished runs are always complete on disk.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from livereduce.atomic import link_atomically, remove_stale_temporaries, write_atomically
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS
 
 WRITE_SHARE = 0.25
@@ -45,15 +42,11 @@ class OutputWriter:
         self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
-        """Delete temporary files a killed worker left (``.<name>*.h5.<pid>.tmp`` of processes
-        that are gone): a worker killed during a write leaves one the size of the accumulation,
-        and over months of restarts they would fill the disk."""
-        for stale in self.path.parent.glob(f".{self._name}*.h5.*.tmp"):
-            pid = stale.suffixes[-2].lstrip(".") if len(stale.suffixes) >= 2 else ""
-            if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-                    log.info("stale_temporary_removed: %s", stale)
+        """Delete temporary files a killed worker left (``.<name>*.h5.*.tmp``, ours and old:
+        :func:`livereduce.atomic.remove_stale_temporaries`): a worker killed during a write
+        leaves one the size of the accumulation, and over months of restarts they would fill
+        the disk."""
+        remove_stale_temporaries(self.path.parent, f".{self._name}*.h5.*.tmp")
 
     def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
@@ -77,16 +70,11 @@ class OutputWriter:
         return True
 
     def _save(self, workspace: Any, target: Path) -> bool:
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            workspace.save_hdf5(temporary)
-            os.replace(temporary, target)
+            write_atomically(target, workspace.save_hdf5)
         except (OSError, *SCIPP_ERRORS) as error:
             self.failure = f"cannot write {target}: {error}"
             log.error("output_write_failed: %s", self.failure)
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             return False
         return True
 
@@ -97,14 +85,9 @@ class OutputWriter:
         kept = self.path.with_name(f"{self._name}_{run_number}.h5")
         if not self.path.is_file():
             return None
-        temporary = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
         try:
-            temporary.unlink(missing_ok=True)
-            os.link(self.path, temporary)
-            os.replace(temporary, kept)
+            link_atomically(self.path, kept)
         except OSError as error:
             log.error("output_keep_failed: cannot keep %s as %s: %s", self.path, kept, error)
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             return None
         return kept
