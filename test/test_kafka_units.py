@@ -351,3 +351,19 @@ def test_status_shows_lag_and_rate_per_topic():
     }
     text = format_status(status, now=100.5)
     assert "kafka:        dream_detector: lag 1,234 messages, 25,000,000 events/s" in text
+
+
+def test_event_mode_partials_concatenate_events_bin_by_bin():
+    from livereduce.worker.listeners.base import make_events  # noqa: PLC0415
+
+    def part(ids):
+        binned = make_events(np.array([1, 2]), np.array([1, len(ids) - 1]), ids, np.ones(len(ids)))
+        return binned.bins.concat("event_time_zero")  # one bin: the same binning everywhere
+
+    total = sum_partials([part([1, 2, 3]), part([4, 5])])
+    assert sorted(total.bins.constituents["data"].coords["event_id"].values.tolist()) == [
+        1, 2, 3, 4, 5,
+    ]  # fmt: skip
+    assert total.bins.size().value == 5
+    with pytest.raises(MergeError):
+        sum_partials([make_events(np.array([1]), np.array([1]), [1], [1.0]), part([4, 5])])
