@@ -193,6 +193,7 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
         == 26938 + sc.io.load_hdf5(tmp_path / "out" / "result_178922.h5").bins.size().sum().value
     )
     assert listener.counts["malformed"] == 1  # the truncated ev44, logged with its offset
+    assert listener.streams[names.events]["malformed"] == 1
     assert listener.counts["ignored"] == 1  # no schema at all
 
 

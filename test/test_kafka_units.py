@@ -347,10 +347,14 @@ def test_status_shows_lag_and_rate_per_topic():
         "state": "running",
         "updated": 100.0,
         "supervisor_pid": None,
-        "streams": {"dream_detector": {"lag": 1234.0, "events_per_s": 2.5e7}},
+        "streams": {
+            "dream_detector": {"lag": 1234.0, "events_per_s": 2.5e7, "malformed": 0.0},
+            "dream_monitor": {"lag": 0.0, "events_per_s": 10.0, "malformed": 3.0},
+        },
     }
     text = format_status(status, now=100.5)
-    assert "kafka:        dream_detector: lag 1,234 messages, 25,000,000 events/s" in text
+    assert "kafka:        dream_detector: lag 1,234 messages, 25,000,000 events/s\n" in text
+    assert "kafka:        dream_monitor: lag 0 messages, 10 events/s, 3 malformed" in text
 
 
 def test_event_mode_partials_concatenate_events_bin_by_bin():

@@ -104,8 +104,8 @@ class Progress:
     ``script_timeout_sec`` before it counts the worker as hung.
 
     ``streams`` (Kafka listener): per event topic, ``lag`` (messages between the high watermark
-    and the position, summed over this instance's partitions) and ``events_per_s`` (received
-    over the last extraction).
+    and the position, summed over this instance's partitions), ``events_per_s`` (received
+    over the last extraction) and ``malformed`` (messages dropped as unreadable, since start).
     """
 
     state: WorkerState

@@ -51,7 +51,7 @@ FIELDS = {
     "errors": "since the supervisor started: chunks lost to script errors, plus workers lost to "
     "hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
-    "streams": "Kafka listener: per event topic {lag (messages), events_per_s}",
+    "streams": "Kafka listener: per event topic {lag (messages), events_per_s, malformed}",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
     "worker_peak_rss_bytes": "peak resident memory of the last worker that ended, bytes",
@@ -212,6 +212,7 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         lines.append(
             f"kafka:        {topic}: lag {stream.get('lag', 0):,.0f} messages, "
             f"{stream.get('events_per_s', 0):,.0f} events/s"
+            + (f", {stream['malformed']:,.0f} malformed" if stream.get("malformed") else "")
         )
     if get("scripts_problem"):
         lines.append(f"SCRIPTS:      {get('scripts_problem')}")

@@ -26,8 +26,9 @@ ends when its stop is known and every assigned partition has passed it (or staye
 
 A broker down at start or later is retried by librdkafka with backoff (200 ms to 5 s); the
 listener logs ``kafka_broker_down`` / ``kafka_reconnected`` and raises NotYet while it has not
-reached the broker yet. ``streams`` gives per-topic lag (high watermark minus position, summed
-over partitions, never below 0) and events/s for the status.
+reached the broker yet. ``streams`` gives per event topic the lag (high watermark minus
+position, summed over partitions, never below 0), events/s and malformed messages for the
+status.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class KafkaListener:
         self.counts = {"ignored": 0, "malformed": 0, "outside_runs": 0, "revoked": 0}
         self.streams: dict[str, dict[str, float]] = {}
         self._pending = PendingEvents()
+        self._malformed_by_topic: dict[str, int] = {}
         self._pending_logs: list[LogMessage] = []
         self._control: Consumer | None = None
         self._events: Consumer | None = None
@@ -507,7 +509,7 @@ class KafkaListener:
             self.counts["ignored"] += 1
             return
         except MalformedMessage as bad:
-            self._malformed(f"{topic}[{partition}]@{offset}: {bad}")
+            self._malformed(topic, f"{topic}[{partition}]@{offset}: {bad}")
             return
         if topic == self._run_topic and isinstance(decoded, RunStart | RunStop):
             changed = self.runs.add(decoded)
@@ -523,10 +525,11 @@ class KafkaListener:
             return
         self.counts["ignored"] += 1
 
-    def _malformed(self, what: str) -> None:
-        """Count a bad message; log the first few, then one in MALFORMED_LOG_EVERY (a hostile
-        stream must not fill the disk with log lines)."""
+    def _malformed(self, topic: str, what: str) -> None:
+        """Count a bad message (in total and per topic, for the status); log the first few,
+        then one in MALFORMED_LOG_EVERY (a hostile stream must not fill the disk)."""
         self.counts["malformed"] += 1
+        self._malformed_by_topic[topic] = self._malformed_by_topic.get(topic, 0) + 1
         count = self.counts["malformed"]
         if count <= MALFORMED_LOG_FIRST or count % MALFORMED_LOG_EVERY == 0:
             log.warning("kafka_message_malformed: %s (%d so far)", what, count)
@@ -539,7 +542,7 @@ class KafkaListener:
         if message.reference_time_ns.size:
             latest = int(message.reference_time_ns.max())
             if latest > self._wall_clock_ns() + MAX_AHEAD_NS:
-                self._malformed(f"{key[0]}[{key[1]}]@{offset}: pulse {_iso(latest)} in the future")
+                self._malformed(key[0], f"{key[0]}[{key[1]}]@{offset}: pulse {_iso(latest)} ahead")
                 return
             self._latest_time[key] = max(self._latest_time.get(key, 0), latest)
         if self._event_sources is not None and message.source_name not in self._event_sources:
@@ -565,6 +568,12 @@ class KafkaListener:
         self._current = run
         taken = self._pending.take(run)
         self.counts["outside_runs"] += taken.dropped
+        if taken.dropped:
+            log.info(
+                "kafka_events_outside_runs: %d events with pulse times before run %d's start "
+                "dropped (%d so far): before the first run reduced, or late for the previous one",
+                taken.dropped, run.number, self.counts["outside_runs"],
+            )  # fmt: skip
         for key, (low, high) in taken.offsets.items():
             cover = self._covers.setdefault(key, [low, high + 1])
             cover[0], cover[1] = min(cover[0], low), max(cover[1], high + 1)
@@ -680,6 +689,7 @@ class KafkaListener:
             topic: {
                 "lag": float(lag.get(topic, 0)),
                 "events_per_s": self._rate_counts.get(topic, 0) / elapsed,
+                "malformed": float(self._malformed_by_topic.get(topic, 0)),
             }
             for topic in self._event_topics
         }
