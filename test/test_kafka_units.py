@@ -3,6 +3,8 @@ pending-event buffer, partials and their covers, client settings, configuration 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import scipp as sc
@@ -371,3 +373,34 @@ def test_event_mode_partials_concatenate_events_bin_by_bin():
     assert total.bins.size().value == 5
     with pytest.raises(MergeError):
         sum_partials([make_events(np.array([1]), np.array([1]), [1], [1.0]), part([4, 5])])
+
+
+def test_a_broker_that_honours_time_lookups_is_seeked_before_the_run_start():
+    """No broker here honours offsets_for_times (Tansu answers 0): a stand-in consumer that
+    does checks what is asked and what is assigned."""
+    from confluent_kafka import OFFSET_END, TopicPartition  # noqa: PLC0415
+
+    from livereduce.worker.listeners.kafka import SEEK_MARGIN_MS, KafkaListener  # noqa: PLC0415
+
+    class Honouring:
+        def __init__(self):
+            self.asked = []
+
+        def offsets_for_times(self, partitions, timeout):
+            self.asked.extend(partitions)
+            return [
+                TopicPartition(
+                    p.topic, p.partition, -1 if p.offset > time.time() * 1000 else 40 + p.partition
+                )
+                for p in partitions
+            ]
+
+    listener = KafkaListener("h:1", run_topic="r", event_topics=["e"])
+    consumer = listener._events = Honouring()
+    assert listener._probe_time_lookup()  # a year ahead: "no such offset"
+    listener._start_ns, listener._seek_by_time = 5_000_000_000_000, True
+    seeked = listener._seek(
+        [TopicPartition("e", 0, OFFSET_END), TopicPartition("e", 1, OFFSET_END)]
+    )
+    assert [(p.partition, p.offset) for p in seeked] == [(0, 40), (1, 41)]
+    assert {p.offset for p in consumer.asked[1:]} == {5_000_000 - SEEK_MARGIN_MS}
