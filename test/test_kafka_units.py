@@ -271,6 +271,9 @@ def test_scale_out_needs_rename():
 def test_pl72_from_another_writer_without_metadata():
     message = decode(serialise_pl72("job", "f.nxs", start_time=1000, run_name="abc"))
     assert message.run_number == 0
+    assert (
+        decode(serialise_pl72("j", "f", start_time=1, run_name="dream_run_0042")).run_number == 42
+    )
     assert message.start_ns == 1_000_000_000
     assert decode(serialise_6s4t("job", run_name="abc", stop_time=2000)).stop_ns == 2_000_000_000
 

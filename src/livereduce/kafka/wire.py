@@ -27,6 +27,7 @@ dropped and counted), a value that claims a schema but does not parse raises
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from streaming_data_types import (
 )
 
 NS_PER_MS = 1_000_000
+_LAST_DIGITS = re.compile(r"\d+(?=\D*$)")
 NS_PER_US = 1_000
 
 
@@ -86,7 +88,8 @@ class LogMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStart:
-    """A pl72: ``run_number`` (``run_name`` as an integer, 0 when it is not one), ``run_name``,
+    """A pl72: ``run_number`` (the last group of digits in ``run_name``, 0 when it has none:
+    result files are named by it), ``run_name`` (what runs are matched by),
     ``start_ns`` (Unix ns, from the ms on the wire), ``instrument``, ``job_id``, ``title`` (from
     the ``metadata`` JSON's ``title`` when there is one)."""
 
@@ -185,8 +188,9 @@ def _f144(value: bytes) -> LogMessage:
 def _pl72(value: bytes) -> RunStart:
     data = run_start_pl72.deserialise_pl72(value)
     name = data.run_name.strip()
+    digits = _LAST_DIGITS.search(name)
     return RunStart(
-        run_number=int(name) if name.isdigit() else 0,
+        run_number=int(digits.group()) if digits else 0,
         run_name=name,
         start_ns=int(data.start_time) * NS_PER_MS,
         instrument=data.instrument_name,
