@@ -13,7 +13,12 @@ import pytest
 
 from livereduce.adara import packets
 from livereduce.adara.client import AdaraClient, ConnectionLost
-from livereduce.adara.errors import AdaraProtocolError, BadFieldError, BadPayloadLengthError
+from livereduce.adara.errors import (
+    AdaraProtocolError,
+    BadFieldError,
+    BadPayloadLengthError,
+    OversizePacketError,
+)
 
 T0 = 1_700_000_000 * 10**9
 
@@ -153,12 +158,23 @@ def test_a_bad_field_is_reported_and_reading_goes_on(sms_factory):
     assert isinstance(end, ConnectionLost)
 
 
-def test_a_framing_error_ends_the_connection(sms_factory):
-    broken = struct.pack("<IIII", 6, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 8
-    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + broken), time.sleep(2)))
+def test_a_length_not_a_multiple_of_4_is_skipped_and_the_connection_goes_on(sms_factory):
+    odd = struct.pack("<IIII", 6, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 6
+    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + odd + heartbeat(1)), time.sleep(2)))
     with AdaraClient("127.0.0.1", sms.port) as client:
         got, failure = drain(client)
         assert isinstance(failure, BadPayloadLengthError)
+        assert client.get(2.0) == packets.Heartbeat(timestamp_ns=T0 + 1)
+    assert len(got) == 1
+    assert client.parser.malformed_bytes == 22
+
+
+def test_a_framing_error_ends_the_connection(sms_factory):
+    broken = struct.pack("<IIII", 1 << 31, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 8
+    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + broken), time.sleep(2)))
+    with AdaraClient("127.0.0.1", sms.port) as client:
+        got, failure = drain(client)
+        assert isinstance(failure, OversizePacketError)
         _, end = drain(client)
     assert len(got) == 1
     assert isinstance(end, ConnectionLost)

@@ -4,8 +4,12 @@ and malformed payloads raise the specific protocol errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
+import pathlib
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -22,6 +26,8 @@ from livereduce.adara.errors import (
     TruncatedPacketError,
     UnknownPacketTypeError,
 )
+from livereduce.adara.packets import rtdl
+from livereduce.adara.packets.wire import PayloadContext, check_trusted
 
 T_NS = 1_509_557_000_123_456_789  # 2017-11-01, a HYSPEC pulse time with nanoseconds
 RUN_START_NS = 1_509_556_000 * 1_000_000_000
@@ -172,6 +178,16 @@ def sample_packets() -> list[pk.Packet]:
             comment="scan 42",
         ),
         pk.Sync(timestamp_ns=T_NS, file_offset=2**40 + 3, comment="file 0007"),
+        pk.VariableU32Array(
+            timestamp_ns=T_NS, device_id=3, variable_id=9, value=np.array([1, 2**32 - 1, 7])
+        ),
+        pk.VariableDoubleArray(
+            timestamp_ns=T_NS,
+            device_id=3,
+            variable_id=10,
+            severity=pk.VariableSeverity.MINOR_ALARM,
+            value=np.array([0.5, -1.25]),
+        ),
     ]
 
 
@@ -180,7 +196,7 @@ SAMPLES = sample_packets()
 
 def test_samples_cover_every_decodable_type():
     assert {p.packet_type for p in SAMPLES} == set(pk.DECODABLE)
-    assert len(pk.DECODABLE) == 22
+    assert len(pk.DECODABLE) == 24
 
 
 @pytest.mark.parametrize("packet", SAMPLES, ids=lambda p: p.packet_type.name)
@@ -429,13 +445,6 @@ def _raw(packet_type: int, payload: bytes, seconds: int = 1) -> bytes:
         (_raw(0x400900, b"\0" * 4), BadPayloadLengthError, "exactly 0"),
         (_raw(0x000101, b"\0" * 116), BadPayloadLengthError, "exactly 120"),
         (_raw(0x400300, struct.pack("<3I", 1, 2, 9 << 24)), BadFieldError, "run status 9"),
-        (
-            _raw(0x800100, struct.pack("<4I", 1, 2, 22 << 16, 0)),
-            BadFieldError,
-            "variable status 22",
-        ),
-        (_raw(0x800100, struct.pack("<4I", 1, 2, 4, 0)), BadFieldError, "variable severity 4"),
-        (_raw(0x000100, b"\0" * 120), BadFieldError, "missing ring period"),
         (_raw(0x400700, struct.pack("<II", 7 << 16, 0)), BadFieldError, "marker type 7"),
         (_raw(0x400400, struct.pack("<I", 5) + b"abcd"), BadPayloadLengthError, "declares 5 bytes"),
         (_raw(0x400B01, struct.pack("<I", 0x00FFFFFF)), BadPayloadLengthError, "beamline names"),
@@ -544,3 +553,72 @@ def test_sections_reject_bad_event_arrays():
         pk.BankSection.from_arrays(1, [-1], [0])
     with pytest.raises(ValueError, match="2\\*\\*21"):
         pk.MonitorSection.from_arrays(1, [1 << 21])
+
+
+def test_unknown_alarm_status_and_severity_are_kept_as_raw_numbers():
+    packet = pk.decode(_raw(0x800100, struct.pack("<4I", 1, 2, (22 << 16) | 4, 9)))
+    assert (packet.status, packet.severity, packet.value) == (22, 4, 9)
+    assert not isinstance(packet.status, pk.VariableStatus)
+    assert pk.decode(pk.encode(packet)) == packet
+
+
+def test_rtdl_without_ring_period_is_kept_with_one_warning(caplog, monkeypatch):
+    monkeypatch.setattr(rtdl, "_warned_missing_ring_period", False)
+    data = _raw(0x000100, b"\0" * 16 + struct.pack("<I", 123) + b"\0" * 100)
+    with caplog.at_level(logging.WARNING, logger="livereduce.adara.packets"):
+        first, second = pk.decode(data), pk.decode(data)
+    assert first == second
+    assert first.ring_period_ps == 123
+    assert sum("missing ring period" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_array_variables_decode_to_arrays():
+    u32, doubles = SAMPLES[-2], SAMPLES[-1]
+    decoded = pk.decode(pk.encode(u32))
+    assert decoded.value.dtype == np.uint32
+    assert decoded.value.tolist() == [1, 2**32 - 1, 7]
+    assert pk.decode(pk.encode(doubles)).value.tolist() == [0.5, -1.25]
+    short = _raw(0x800500, struct.pack("<4I", 1, 2, 0, 3) + b"\0" * 16)
+    with pytest.raises(BadPayloadLengthError, match="declares 3 elements"):
+        pk.decode(short)
+
+
+@pytest.mark.parametrize("packet", SAMPLES, ids=lambda p: p.packet_type.name)
+def test_every_field_of_a_decoded_packet_is_set(packet):
+    decoded = pk.decode(pk.encode(packet))
+    for f in dataclasses.fields(decoded):
+        getattr(decoded, f.name)  # AttributeError for a slot the decoder left unset
+    for section in [*getattr(decoded, "sources", ()), *getattr(decoded, "banks", ())]:
+        for f in dataclasses.fields(section):
+            getattr(section, f.name)  # AttributeError for a slot the decoder left unset
+    for section in getattr(decoded, "monitors", ()):
+        for f in dataclasses.fields(section):
+            getattr(section, f.name)
+
+
+def test_a_field_added_without_decoding_fails_the_decode():
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+    class BankedEventWithMore(pk.BankedEvent):
+        extra: int = 0  # a new field, with a default, that the decoder does not read
+
+    data = pk.encode(SAMPLES[14])
+    payload = memoryview(data)[pk.HEADER_SIZE :]
+    ctx = PayloadContext(pk.PacketType.BANKED_EVENT_V1, 0)
+    with pytest.raises(TypeError, match=r"decoded without its fields \['extra'\]"):
+        BankedEventWithMore._decode(pk.PacketType.BANKED_EVENT_V1, T_NS, payload, ctx)
+
+
+def test_a_section_field_missing_from_its_fast_constructor_fails_at_import():
+    @dataclasses.dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+    class BankWithMore(pk.BankSection):
+        extra: int = 0
+
+    with pytest.raises(TypeError, match="_trusted sets"):
+        check_trusted(BankWithMore, ("bank_id", "events"))
+
+
+def test_errors_and_packets_do_not_import_each_other():
+    import livereduce.adara.errors as errors_module  # noqa: PLC0415
+
+    source = pathlib.Path(errors_module.__file__).read_text()
+    assert not re.search(r"^\s*(from|import) livereduce\.adara\.packets", source, re.MULTILINE)

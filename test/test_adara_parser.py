@@ -5,6 +5,7 @@ offset, memory stays bounded, and a hostile-wire corpus never stops good data co
 from __future__ import annotations
 
 import itertools
+import logging
 import struct
 import tracemalloc
 
@@ -21,7 +22,8 @@ from livereduce.adara.errors import (
     OversizePacketError,
     TruncatedPacketError,
 )
-from livereduce.adara.parser import MAX_PAYLOAD_BYTES, StreamParser
+from livereduce.adara.packets import codec
+from livereduce.adara.parser import MAX_PAYLOAD_BYTES, MAX_SKIPPED_KINDS, OTHER_TYPES, StreamParser
 from test_adara_packets import SAMPLES, T_NS
 
 STREAM = b"".join(pk.encode(p) for p in SAMPLES)
@@ -84,16 +86,42 @@ def test_accepts_bytearray_and_memoryview():
 
 def test_unknown_types_are_skipped_and_counted():
     pixel_map = _raw(0x410201, b"\0" * 8)
-    banked_v2 = _raw(0x400002, b"\0" * 16)  # a newer version is a different, unknown format
+    heartbeat_v1 = _raw(0x400901, b"")  # a newer heartbeat: read with the v0 layout
     made_up = _raw(0x123456, b"")
     heartbeat = pk.encode(pk.Heartbeat(timestamp_ns=T_NS))
-    stream = pixel_map + heartbeat + banked_v2 + made_up + pixel_map + heartbeat
+    stream = pixel_map + heartbeat + made_up + pixel_map + heartbeat
     parser = StreamParser()
     out = parse_all([stream[i : i + 3] for i in range(0, len(stream), 3)], parser)
     assert out == [pk.Heartbeat(timestamp_ns=T_NS)] * 2
-    assert parser.skipped == {0x410201: 2, 0x400002: 1, 0x123456: 1}
-    assert parser.skipped_count == 4
+    assert parser.skipped == {0x410201: 2, 0x123456: 1}
+    assert parser.skipped_count == 3
     assert parser.offset == len(stream)
+    assert [type(p) for p in parse_all([heartbeat_v1])] == [pk.Heartbeat]
+
+
+def test_a_newer_banked_event_version_is_read_with_the_latest_layout_and_one_warning(
+    caplog, monkeypatch
+):
+    monkeypatch.setattr(codec, "_WARNED_NEWER", set())  # once per process: start afresh
+    v1 = pk.BankedEvent(
+        timestamp_ns=T_NS,
+        pulse_charge_10pc=5,
+        sources=(
+            pk.SourceSection(source_id=1, banks=(pk.BankSection.from_arrays(3, [10, 20], [7, 8]),)),
+        ),
+    )
+    v2 = bytearray(pk.encode(v1))
+    v2[4] = 0x02  # format word 0x400002: BANKED_EVENT version 2
+    stream = bytes(v2) * 3
+    with caplog.at_level(logging.WARNING, logger="livereduce.adara.packets"):
+        out = parse_all([stream], StreamParser())
+        again = parse_all([stream], StreamParser())
+    assert out == again == [v1] * 3
+    warnings = [r.getMessage() for r in caplog.records if "0x400002" in r.getMessage()]
+    assert warnings == [
+        "ADARA packet type 0x400002 is version 2 of BANKED_EVENT, newer than this livereduce "
+        "knows: read with the version 1 layout"
+    ]
 
 
 def test_oversize_is_rejected_from_the_header_alone():
@@ -125,13 +153,16 @@ def test_unknown_type_over_the_maximum_is_also_rejected():
         list(StreamParser(max_payload_bytes=8).feed(_raw(0x410201, b"", length=12)))
 
 
-def test_payload_length_not_multiple_of_4():
+def test_payload_length_not_multiple_of_4_is_skipped_by_its_declared_length():
     parser = StreamParser()
-    with pytest.raises(BadPayloadLengthError, match="payload length 6 is not a multiple of 4"):
-        list(parser.feed(STREAM[: OFFSETS[1]] + _raw(0x400900, b"", length=6)))
-    with pytest.raises(BadPayloadLengthError) as caught:
-        parser.feed(b"")
-    assert caught.value.offset == OFFSETS[1]
+    bad = _raw(0x400900, b"\0" * 6, length=6)
+    packets = parser.feed(STREAM[: OFFSETS[1]] + bad + STREAM[OFFSETS[1] :])
+    with pytest.raises(BadPayloadLengthError, match="payload length 6 is not a multiple of 4") as e:
+        list(packets)
+    assert e.value.offset == OFFSETS[1]
+    assert list(parser.feed(b"")) == SAMPLES[1:]  # the connection goes on after it
+    assert parser.malformed == {0x400900: 1}
+    assert parser.malformed_bytes == 22
 
 
 @pytest.mark.parametrize("keep", [1, 15, 16, 17, OFFSETS[14] - OFFSETS[13] - 4])
@@ -232,11 +263,8 @@ HOSTILE = {
     "truncated header": (STREAM[:9], TruncatedPacketError, False),
     "truncated payload": (STREAM[: OFFSETS[14] - 8], TruncatedPacketError, False),
     "length over maximum": (_raw(0x400001, b"", length=0xFFFFFFFC), OversizePacketError, False),
-    "length not multiple of 4": (
-        _raw(0x400001, b"", length=0xFFFFFFFF),
-        BadPayloadLengthError,
-        False,
-    ),
+    "length 2**32-1": (_raw(0x400001, b"", length=0xFFFFFFFF), OversizePacketError, False),
+    "length 6": (_raw(0x400001, b"\0" * 6, length=6), BadPayloadLengthError, True),
     "zero length banked event": (_raw(0x400001, b""), BadPayloadLengthError, True),
     "bank count 2**32-1": (
         _raw(0x400001, b"\0" * 16 + struct.pack("<4I", 0, 0, 0, 0xFFFFFFFF)),
@@ -266,10 +294,10 @@ HOSTILE = {
     ),
     "alarm status 0x8000": (
         _raw(0x800200, struct.pack("<3Id", 1, 1, 0x8000 << 16, 1.0)),
-        BadFieldError,
+        None,
         True,
     ),
-    "rtdl without ring period": (_raw(0x000101, b"\xff" * 120), BadFieldError, True),
+    "rtdl without ring period": (_raw(0x000101, b"\xff" * 120), None, True),
     "hello with 12-byte payload": (_raw(0x400601, b"\0" * 12), BadPayloadLengthError, True),
     "heartbeat with payload": (_raw(0x400900, b"\0" * 4), BadPayloadLengthError, True),
     "timestamp in 2126": (
@@ -327,3 +355,12 @@ def test_hostile_timestamps_decode_to_unix_ns():
     data = HOSTILE["timestamp in 2126"][0]
     (packet,) = StreamParser().feed(data)
     assert packet.timestamp_ns == (631_152_000 + 0xFFFFFFFF) * 10**9 + 999_999_999
+
+
+def test_made_up_types_cannot_grow_the_skip_counter_without_bound():
+    stream = b"".join(_raw(0x100000 + k, b"") for k in range(MAX_SKIPPED_KINDS + 50))
+    parser = StreamParser()
+    assert parse_all([stream], parser) == []
+    assert len(parser.skipped) == MAX_SKIPPED_KINDS + 1
+    assert parser.skipped[OTHER_TYPES] == 50
+    assert parser.skipped_count == MAX_SKIPPED_KINDS + 50

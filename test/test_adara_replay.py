@@ -143,12 +143,23 @@ class Capture:
         return sorted_rows(*(np.concatenate(cols[k]) for k in ("id", "tof", "pulse")))
 
     def logs(self) -> dict[str, list]:
+        """PV name -> values, and the ``pause`` and ``scan_index`` logs a reader makes from the
+        stream annotations (each starts the run at 0)."""
         names = {}
         for d in self.of(packets.DeviceDescriptor):
             for pv in parse_device_xml(d.xml)[1]:
                 names[(d.device_id, pv.pv_id)] = (pv.name, pv.pv_type)
-        values = collections.defaultdict(list)
+        values = collections.defaultdict(list, {"pause": [0], "scan_index": [0]})
+        markers = {
+            packets.MarkerType.PAUSE: ("pause", lambda p: 1),
+            packets.MarkerType.RESUME: ("pause", lambda p: 0),
+            packets.MarkerType.SCAN_START: ("scan_index", lambda p: p.scan_index),
+            packets.MarkerType.SCAN_STOP: ("scan_index", lambda p: 0),
+        }
         for p in self.packets:
+            if isinstance(p, packets.StreamAnnotation) and p.marker_type in markers:
+                name, value_of = markers[p.marker_type]
+                values[name].append(value_of(p))
             if isinstance(p, packets.VariableU32 | packets.VariableDouble | packets.VariableString):
                 name, pv_type = names[(p.device_id, p.variable_id)]
                 value = p.value

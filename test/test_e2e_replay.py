@@ -21,6 +21,7 @@ import scipp as sc
 import scippnexus as snx
 
 from livereduce.adara.replay import ReplayServer
+from test_adara_replay import file_events
 
 REPO = Path(__file__).resolve().parents[1]
 TOF_RESOLUTION_US = 0.1
@@ -170,6 +171,13 @@ def test_events_arrive_exactly_and_sigterm_stops(tmp_path, shared_data, daemons,
     assert status["run_number"] == int(name.split("_")[-1])
     assert status["chunks"] >= 1
     assert status["errors"] == 0
+    # the pseudo-bank events the file holds are counted, not accumulated
+    banks = file_events(path, banks="all")["bank"]
+    pseudo = {
+        "error_events": int(np.count_nonzero(banks == 0xFFFFFFFE)),
+        "unmapped_events": int(np.count_nonzero(banks == 0xFFFFFFFF)),
+    }
+    assert status["input_counts"] == {k: v for k, v in pseudo.items() if v}
     worker = status["worker_pid"]
     result = sc.io.load_hdf5(daemon.out / "result.h5")
     offline = offline_events(path)
@@ -289,3 +297,147 @@ def test_script_error_then_sigterm_during_a_run(tmp_path, shared_data, daemons):
     worker = status["worker_pid"]
     assert daemon.terminate() < 5
     assert worker_gone(worker)
+
+
+# ------------------------------------------------------------------ restarts near a run's end
+
+BEFORE_END_S = 1.5
+"""A worker replaced this long (wall time) before its run ends: its successor starts after the
+run ended at the SMS, so only a resume completes it."""
+RESUME_SPEED = 120.0
+"""178921 (232 s) replays in about 1.9 s."""
+
+
+def wait_until_near_the_end(server: ReplayServer, run_index: int, before_s: float) -> None:
+    """Return once the replay's live position is ``before_s`` wall seconds before the end of
+    timeline run ``run_index`` (polled state of the server, no fixed sleep)."""
+    timeline = server.timeline
+    stream = timeline.stream(run_index)
+    target_s = float(stream.offsets_s[-1]) - before_s * timeline.speed
+    deadline = time.monotonic() + 60
+    while True:
+        live = timeline.live()
+        if live.n > run_index or (live.n == run_index and stream.offsets_s[live.i] >= target_s):
+            return
+        assert time.monotonic() < deadline, f"the replay did not reach the end: {live}"
+        time.sleep(0.02)
+
+
+def worker_config(tmp_path: Path, port: int) -> dict:
+    (tmp_path / "reduce_HYS_live_proc.py").write_text("output = input\n")
+    return {
+        "instrument": "HYSPEC",
+        "listener": "adara",
+        "address": f"127.0.0.1:{port}",
+        "engine": "embedded",
+        "script_dir": ".",
+        "output_dir": "out",
+        "log_file": "out/livereduce.log",
+        "update_every": 0.3,
+        "run_transition": "Rename",
+        "preserve_events": True,
+    }
+
+
+def assert_runs_equal_their_files(out: Path, paths: list[Path]) -> None:
+    for path in paths:
+        run = int(path.name.split("_")[1].split(".")[0])
+        kept = sc.io.load_hdf5(out / f"result_{run}.h5")
+        assert np.array_equal(triples(kept), triples(offline_events(path))), run
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["replaced", "killed"])
+def test_a_worker_ended_near_a_run_end_hands_the_run_to_its_successor(
+    tmp_path, shared_data, daemons, how
+):
+    from test_worker import Worker  # noqa: PLC0415 - the worker as a real process
+
+    paths = [shared_data / f"HYS_{run}.nxs.h5" for run in RUNS[:2]]
+    server = serve(daemons, paths, speed=RESUME_SPEED)
+    raw = worker_config(tmp_path, server.port)
+    first = Worker(tmp_path, raw)
+    try:
+        first.wait_for(lambda p: p.unfinished_run == RUNS[0] and p.events > 0, timeout_s=30)
+        wait_until_near_the_end(server, 0, BEFORE_END_S)
+        first.process.send_signal(how)
+        first.process.wait(15)
+        first.poll_reports()
+        resume = first.reports[-1].resume
+    finally:
+        first.close()
+    assert resume is not None
+    assert resume.run_number == RUNS[0]
+    assert not (tmp_path / "out" / f"result_{RUNS[0]}.h5").exists()
+    wait_until_near_the_end(server, 0, 0.0)  # the successor starts once the run ended at the SMS
+    message = {"path": str(tmp_path / "livereduce.conf"), "raw": raw, "resume": resume.to_json()}
+    second = Worker(tmp_path, json.dumps(message))
+    try:
+        second.wait_for(lambda p: p.unfinished_run is None and p.chunks > 0, timeout_s=60)
+        second.wait_for(lambda p: (tmp_path / "out" / f"result_{RUNS[1]}.h5").exists(), 60)
+    finally:
+        second.close()
+    assert_runs_equal_their_files(tmp_path / "out", paths)
+
+
+@pytest.mark.parametrize("how", ["script saved", "worker killed"])
+def test_a_restart_near_a_run_end_loses_no_run(tmp_path, shared_data, daemons, how):
+    paths = [shared_data / f"HYS_{run}.nxs.h5" for run in RUNS[:2]]
+    server = serve(daemons, paths, speed=RESUME_SPEED)
+    daemon = daemons(
+        tmp_path,
+        {
+            "address": f"127.0.0.1:{server.port}",
+            "run_transition": "Rename",
+            "preserve_events": True,
+        },
+        "output = input\n",
+    )
+    status = daemon.wait_for(lambda s: s.get("run_number") == RUNS[0] and s.get("events", 0) > 0)
+    wait_until_near_the_end(server, 0, BEFORE_END_S)
+    if how == "script saved":
+        (tmp_path / "reduce_HYS_live_proc.py").write_text("output = input  # saved\n")
+    else:
+        os.kill(status["worker_pid"], signal.SIGKILL)
+    daemon.wait_for(
+        lambda s: (
+            (daemon.out / f"result_{RUNS[1]}.h5").exists()
+            and s.get("worker_pid") != status["worker_pid"]
+        ),
+        timeout_s=60,
+    )
+    assert_runs_equal_their_files(daemon.out, paths)
+    daemon.terminate()
+
+
+def test_paused_events_are_left_out_end_to_end(tmp_path, shared_data, daemons):
+    from test_listener_adara import SMALL, _with_pause_and_scan  # noqa: PLC0415
+
+    path = tmp_path / SMALL
+    pause_ns, resume_ns = _with_pause_and_scan(shared_data / SMALL, path)
+    offline = offline_events(path)
+    pulses = offline.coords["event_time_zero"].values.astype(np.int64)
+    keys = np.maximum.accumulate(pulses)
+    sizes = offline.bins.size().values
+    paused = int(sizes[(keys >= pause_ns) & (keys < resume_ns)].sum())
+    total = int(sizes.sum())
+    assert 0 < paused < total
+    server = serve(daemons, [path])
+    seen = tmp_path / "logs.json"
+    post = (
+        "import json, pathlib\n"
+        "logs = [run.logs[name].values.tolist() for name in ('pause', 'scan_index')]\n"
+        f"pathlib.Path({str(seen)!r}).write_text(json.dumps(logs))\n"
+        "output = input\n"
+    )
+    daemon = daemons(
+        tmp_path / "daemon",
+        {"address": f"127.0.0.1:{server.port}", "preserve_events": True},
+        "output = input\n",
+        post,
+    )
+    status = daemon.wait_for(finished(total - paused))
+    assert status["input_counts"]["paused_events"] == paused
+    result = sc.io.load_hdf5(daemon.out / "result.h5")
+    assert result.bins.size().sum().value == total - paused
+    assert json.loads(seen.read_text()) == [[0, 1, 0], [0, 5, 0]]
+    daemon.terminate()

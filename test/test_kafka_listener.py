@@ -23,6 +23,7 @@ from livereduce.config import config_from_mapping
 from livereduce.kafka.replay import KafkaTopics, publish_runs
 from livereduce.protocol import Resume
 from livereduce.worker.engine.embedded import EmbeddedEngine
+from livereduce.worker.listeners import create_listener
 from livereduce.worker.listeners.kafka import from_config
 from test_e2e_replay import offline_events, triples
 
@@ -194,6 +195,9 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
     )
     assert listener.counts["malformed"] == 1  # the truncated ev44, logged with its offset
     assert listener.streams[names.events]["malformed"] == 1
+    assert engine.progress.input_counts["malformed_messages"] == 1  # a stream fault: an error
+    assert engine.progress.input_counts["ignored_messages"] == 1
+    assert engine.progress.errors == 1
     assert listener.counts["ignored"] == 1  # no schema at all
 
 
@@ -207,12 +211,10 @@ def test_resume_completes_the_named_run_first_and_streams_show_rates(tmp_path, s
         tmp_path, broker, names, HISTOGRAM, logs=False, preserve_events=False,
         run_transition="Rename",
     )  # fmt: skip
-    listener = from_config(config)
-    listener.start(
-        config.start_from,
-        resume=Resume(run_number=178921, start_ns=published[0].start_ns),
-    )
-    engine = EmbeddedEngine(config, listener)
+    resume = Resume(run_number=178921, start_ns=published[0].start_ns)
+    listener = create_listener(config, resume)  # as the worker makes it
+    listener.start(config.start_from)
+    engine = EmbeddedEngine(config, listener, resume=resume)
     rates = []
     step = engine.step
 

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -24,6 +25,7 @@ import scipp as sc
 from livereduce.adara import packets
 from livereduce.adara.metadata_xml import ProcessVariable, device_xml
 from livereduce.adara.replay import ReplayServer
+from livereduce.adara.runfile import read_run_file
 from livereduce.config import StartFrom, config_from_mapping
 from livereduce.worker.listeners import adara
 from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet
@@ -83,6 +85,22 @@ def accumulate_like_the_engine(chunks: list[Chunk]) -> dict[int, list[Chunk]]:
     return runs
 
 
+def expected_logs(path, previous=None) -> dict[str, list]:
+    """The DASlog values of ``path``, as the listener gives them: a PV of the ``previous`` run
+    whose first value in this run comes after the run's first pulse starts with the previous
+    run's last value (carried into the run, as Mantid does)."""
+    expected = file_logs(path)
+    if previous is None:
+        return expected
+    run, before = read_run_file(path), read_run_file(previous)
+    last = {log.name: file_logs(previous)[log.name][-1] for log in before.logs}
+    first_pulse = int(run.pulse_times_ns[0])
+    for log in run.logs:
+        if log.name in last and (not len(log.times_ns) or log.times_ns[0] > first_pulse):
+            expected[log.name] = [last[log.name], *expected[log.name]]
+    return expected
+
+
 def expected_rows(path) -> np.ndarray:
     truth = file_events(path)
     return sorted_rows(truth["event_id"], truth["tof_100ns"], truth["pulse_ns"])
@@ -118,7 +136,7 @@ def test_two_runs_give_chunks_that_never_span_a_run_and_equal_the_files(shared_d
         for chunk in mine:
             for name, log in chunk.logs.items():
                 logs[name].extend(np.asarray(log.values).tolist())
-        expected = file_logs(path)
+        expected = expected_logs(path, files[0] if number == 184978 else None)
         assert {k: logs[k] for k in expected} == expected
         assert len(logs["proton_charge"]) == sum(c.events.sizes["event_time_zero"] for c in mine)
     assert not any(c.data_reset for c in chunks)
@@ -254,7 +272,8 @@ def test_sms_closing_is_logged_and_the_listener_reconnects_asking_for_the_run_st
         closed_s = time.monotonic() - started
     assert closed_s < 2.5
     assert sms.hellos[0].start_time_ns == packets.START_NOW  # start_from now
-    assert {h.start_time_ns for h in sms.hellos[1:]} == {packets.START_OF_RUN}
+    # in run 7: a reconnect asks for data from the run's start (whole seconds)
+    assert {h.start_time_ns for h in sms.hellos[1:]} == {T0}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     first = next(r for r in warnings if "reconnection attempt 2 in 0.5 s" in r.getMessage())
     assert logged in first.getMessage()
@@ -360,9 +379,7 @@ def test_unknown_packets_and_events_outside_a_run_are_reported(sms_factory, capl
     finally:
         listener.close()
     assert "3 events that arrived outside a run were not kept" in caplog.text
-    assert "packets of unknown types skipped on this connection: 2 of format 0x12345600" in (
-        caplog.text
-    )
+    assert "packets of unknown types skipped on this connection: 2 of 0x12345600" in (caplog.text)
 
 
 def test_refused_connection_is_retried_and_extract_data_says_why(caplog):
@@ -495,3 +512,55 @@ def test_bad_descriptor_and_unknown_variables_are_logged_and_the_stream_goes_on(
     assert any("device 5 variable 1 ignored" in m for m in messages)
     assert temperatures == [4.5]
     assert len(sms.hellos) == 1  # the connection stayed up
+
+
+def _with_pause_and_scan(source, target) -> tuple[int, int]:
+    """Copy ``source`` to ``target`` with the run paused over its middle third and scan 5
+    running from the pause on: ``pause`` 0, 1, 0 and ``scan_index`` 0, 5, 0 (as the DAS writes
+    them). Returns the pause and resume times (Unix ns)."""
+    shutil.copy(source, target)
+    run = read_run_file(target)
+    first, last = int(run.pulse_times_ns[0]), int(run.pulse_times_ns[-1])
+    pause_ns, resume_ns = first + (last - first) // 3, first + 2 * (last - first) // 3
+    (base,) = next(log.times_ns for log in run.logs if log.name == "pause")  # time 0 s
+    with h5py.File(target, "r+") as h5:
+        for name, values in (("pause", [0, 1, 0]), ("scan_index", [0, 5, 0])):
+            group = h5[f"entry/DASlogs/{name}"]
+            time_attrs, value_attrs = dict(group["time"].attrs), dict(group["value"].attrs)
+            del group["time"], group["value"]
+            seconds = [0.0, (pause_ns - base) / 1e9, (resume_ns - base) / 1e9]
+            group.create_dataset("time", data=np.array(seconds)).attrs.update(time_attrs)
+            group.create_dataset("value", data=np.array(values, np.uint16)).attrs.update(
+                value_attrs
+            )
+    return pause_ns, resume_ns
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["paused-dropped", "paused-kept"])
+def test_replayed_pause_and_scan_annotations_reach_the_run(shared_data, tmp_path, keep):
+    path = tmp_path / SMALL
+    pause_ns, resume_ns = _with_pause_and_scan(shared_data / SMALL, path)
+    truth = file_events(path)
+    keys = np.maximum.accumulate(read_run_file(path).pulse_times_ns)
+    paused_pulses = (keys >= pause_ns) & (keys < resume_ns)
+    pulse_of_event = np.searchsorted(read_run_file(path).pulse_times_ns, truth["pulse_ns"])
+    paused = int(np.count_nonzero(paused_pulses[pulse_of_event]))
+    assert 0 < paused < len(truth["event_id"])
+    with ReplayServer([path], port=0, speed=0) as server:
+        listener = adara.AdaraListener("127.0.0.1", server.port, keep_paused_events=keep)
+        listener.start(StartFrom.START_OF_RUN)
+        try:
+            chunks = collect(listener, runs=1)
+        finally:
+            listener.close()
+    events = sum(c.event_count for c in chunks)
+    counts = collections.Counter()
+    logs = collections.defaultdict(list)
+    for chunk in chunks:
+        counts.update(chunk.input_counts)
+        for name, series in chunk.logs.items():
+            logs[name].extend(np.asarray(series.values).tolist())
+    assert events == len(truth["event_id"]) - (0 if keep else paused)
+    assert counts["paused_events"] == (0 if keep else paused)
+    assert logs["pause"] == [0, 1, 0]
+    assert logs["scan_index"] == [0, 5, 0]

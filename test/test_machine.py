@@ -701,3 +701,23 @@ def test_only_a_change_marks_the_status_for_rewriting(make):
     assert not h.machine.dirty  # left to the periodic refresh
     h.report(chunks=2)
     assert h.machine.dirty
+
+
+def test_sighup_or_a_save_ends_a_backoff_at_once(make):
+    h = make()
+    h.tick()
+    h.report(WorkerState.CONNECTING)
+    h.exited(WorkerExit.BOOT_FAILURE)  # 5 s of backoff
+    h.now = 1.0
+    h.step(SignalReceived(signal.SIGHUP))
+    h.tick()
+    assert [t for t, _ in h.starts] == [0.0, 1.0]
+    h.report(WorkerState.CONNECTING)
+    h.exited(WorkerExit.BOOT_FAILURE)  # the backoff started over: 5 s again
+    h.now = 2.0
+    h.tick()
+    assert len(h.starts) == 2
+    h.step(ScriptsSaved(change=change(PROC), exists=True))
+    h.tick()
+    assert [t for t, _ in h.starts] == [0.0, 1.0, 2.0]
+    assert h.reasons() == ["boot_failure", "sighup", "boot_failure", "scripts_changed"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from livereduce.protocol import Progress, ReportReader, WorkerExit, WorkerState
+from livereduce.config import ConfigError
+from livereduce.protocol import Progress, ReportReader, Resume, WorkerExit, WorkerState
 from livereduce.supervisor.worker_process import describe_exit
+from livereduce.worker.main import read_config
 
 
 class Worker:
@@ -190,3 +193,15 @@ def test_exit_descriptions_name_signals_and_statuses():
     assert describe_exit(-(signal.SIGRTMIN + 1)) == f"signal {signal.SIGRTMIN + 1}"
     assert describe_exit(4) == "exit status 4 (ENGINE_FAILURE)"
     assert describe_exit(77) == "exit status 77"
+
+
+def test_the_resume_in_the_configuration_message_is_read():
+    raw = {"instrument": "FAKE", "listener": "fake", "engine": "embedded"}
+    message = {"path": None, "raw": raw, "resume": {"run_number": 7, "start_ns": 5 * 10**9}}
+    _config, resume = read_config(io.StringIO(json.dumps(message)))
+    assert resume == Resume(run_number=7, start_ns=5 * 10**9)
+    _config, resume = read_config(io.StringIO(json.dumps({"path": None, "raw": raw})))
+    assert resume is None
+    bad = {"path": None, "raw": raw, "resume": {"run_number": "x"}}
+    with pytest.raises(ConfigError, match="resume is not a run and a start time"):
+        read_config(io.StringIO(json.dumps(bad)))

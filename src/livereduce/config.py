@@ -231,7 +231,7 @@ KNOWN_KEYS = frozenset(
 
 LISTENER_OPTIONS: Mapping[ListenerKind, frozenset[str]] = {
     ListenerKind.ADARA: frozenset(
-        {"stale_timeout_sec", "reconnect_max_sec", "connect_timeout_sec"}
+        {"stale_timeout_sec", "reconnect_max_sec", "connect_timeout_sec", "keep_paused_events"}
     ),
     ListenerKind.FAKE: frozenset(
         {"event_rate", "pixel_count", "run_length_sec", "run_number", "seed"}
@@ -252,6 +252,8 @@ LISTENER_OPTIONS: Mapping[ListenerKind, frozenset[str]] = {
     ),
 }
 """Allowed ``listener_options`` keys per listener (documented in docs/configuration.md)."""
+BOOLEAN_LISTENER_OPTIONS = frozenset({"keep_paused_events"})
+"""``listener_options`` that are true or false; the others are numbers >= 0."""
 
 
 def default_instrument_name(properties: tuple[Path, ...] = MANTID_PROPERTIES) -> str | None:
@@ -508,6 +510,9 @@ def _listener_options(reader: _Reader, listener: ListenerKind) -> Mapping[str, A
             )
         if listener is ListenerKind.KAFKA:
             _check_kafka_option(reader, key, item)
+        elif key in BOOLEAN_LISTENER_OPTIONS:
+            if not isinstance(item, bool):
+                reader.fail(f"listener_options.{key}", f"expected true or false, got {item!r}")
         elif isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
             reader.fail(f"listener_options.{key}", f"expected a number >= 0, got {item!r}")
     if listener is ListenerKind.KAFKA and not value.get("run_topic"):

@@ -27,15 +27,23 @@ class Instrument:
     facility: str
     beamline: str
     live_address: str
+    pixel_ids: tuple[int, int] | None = None
+    """The detector pixel IDs (first, last, inclusive) where known, from the instrument's
+    definition as embedded in its NeXus files (HYSPEC: idlist "Tank" 0..20479; REF_L: the
+    256 x 304 rectangular detector from ID 0); the adara listener uses them when the stream
+    sends no geometry. None: taken from the stream's geometry only."""
 
 
-def _sns(name: str, short: str, beamline: str) -> Instrument:
+def _sns(
+    name: str, short: str, beamline: str, pixel_ids: tuple[int, int] | None = None
+) -> Instrument:
     return Instrument(
         name=name,
         short_name=short,
         facility="SNS",
         beamline=beamline,
         live_address=f"bl{beamline.lower()}-daq1.sns.gov:{ADARA_PORT}",
+        pixel_ids=pixel_ids,
     )
 
 
@@ -55,7 +63,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     _sns("BASIS", "BSS", "2"),
     _sns("SNAP", "SNAP", "3"),
     _sns("REF_M", "REF_M", "4A"),
-    _sns("REF_L", "REF_L", "4B"),
+    _sns("REF_L", "REF_L", "4B", (0, 77823)),
     _sns("CNCS", "CNCS", "5"),
     _sns("EQ-SANS", "EQSANS", "6"),
     _sns("VULCAN", "VULCAN", "7"),
@@ -64,7 +72,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     _sns("POWGEN", "PG3", "11A"),
     _sns("MANDI", "MANDI", "11B"),
     _sns("TOPAZ", "TOPAZ", "12"),
-    _sns("HYSPEC", "HYS", "14B"),
+    _sns("HYSPEC", "HYS", "14B", (0, 20479)),
     _sns("VISION", "VIS", "16B"),
     _sns("SEQUOIA", "SEQ", "17"),
     _sns("ARCS", "ARCS", "18"),

@@ -89,8 +89,8 @@ class Progress:
 
     ``chunks`` and ``events`` count chunks processed and detector events received;
     ``last_chunk_time`` is wall time (Unix seconds) of the last processed chunk;
-    ``errors`` counts chunks lost to script errors; ``detail`` says in words what the worker
-    is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
+    ``errors`` counts chunks lost to script errors and stream faults; ``detail`` says in words
+    what the worker is doing or waiting for (it ends up in the journal and sd_notify STATUS=).
 
     ``results_written`` counts the result files the worker wrote (None: its engine does not
     count them); with ``chunks`` and ``errors`` it tells the supervisor whether the worker is
@@ -102,6 +102,12 @@ class Progress:
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
     ``script_timeout_sec`` before it counts the worker as hung.
+
+    ``input_counts``: what the listener received but left out or could not read since the
+    worker started, by kind (``error_events``, ``unmapped_events``, ``out_of_range_events``,
+    ``duplicate_pulses``, ``paused_events``, ``malformed_packets``, ``skipped_bytes``,
+    ``framing_failures``, ...; docs/adara.md). Stream faults among them also count in
+    ``errors``.
 
     ``streams`` (Kafka listener): per event topic, ``lag`` (messages between the high watermark
     and the position, summed over this instance's partitions), ``events_per_s`` (received
@@ -125,6 +131,7 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    input_counts: dict[str, int] = field(default_factory=dict)
     streams: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property

@@ -8,6 +8,8 @@ bad input bytes.
 
 from __future__ import annotations
 
+from livereduce.adara.codes import PacketType
+
 
 class AdaraProtocolError(Exception):
     """Base of all ADARA wire-format errors.
@@ -17,7 +19,9 @@ class AdaraProtocolError(Exception):
     (what is wrong, in words).
     """
 
-    def __init__(self, problem: str, *, packet_type: int | None = None, offset: int | None = None):
+    def __init__(
+        self, problem: str, *, packet_type: int | None = None, offset: int | None = None
+    ) -> None:
         self.problem = problem
         self.packet_type = packet_type
         self.offset = offset
@@ -27,11 +31,13 @@ class AdaraProtocolError(Exception):
         where = "unknown offset" if self.offset is None else f"stream offset {self.offset}"
         return f"ADARA packet {describe_packet_type(self.packet_type)} at {where}: {self.problem}"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         return (_rebuild, (type(self), self.problem, self.packet_type, self.offset))
 
 
-def _rebuild(cls, problem, packet_type, offset):
+def _rebuild(
+    cls: type[AdaraProtocolError], problem: str, packet_type: int | None, offset: int | None
+) -> AdaraProtocolError:
     return cls(problem, packet_type=packet_type, offset=offset)
 
 
@@ -64,10 +70,6 @@ def describe_packet_type(packet_type: int | None) -> str:
     ``(header unread)`` for None."""
     if packet_type is None:
         return "(header unread)"
-    # Only the table of type codes, which imports nothing; lazily, because importing any part
-    # of livereduce.adara.packets runs its __init__, whose codec imports this module.
-    from livereduce.adara.packets.codes import PacketType  # noqa: PLC0415
-
     try:
         return f"0x{packet_type:06x} ({PacketType(packet_type).name})"
     except ValueError:

@@ -115,3 +115,53 @@ def parse_runinfo_xml(xml: str) -> RunInfoXml:
         proposal_id=(root.findtext("proposal_id") or "").strip(),
         run_title=(root.findtext("run_title") or "").strip(),
     )
+
+
+def clean_text(text: str) -> tuple[str, bool]:
+    """``text`` with the bytes that were not UTF-8 (kept by the packet decoder as
+    ``surrogateescape`` surrogates) replaced by U+FFFD; True when something was replaced.
+    Such text cannot be written to HDF5 or parsed as XML; replaced, it loses one character
+    instead of the whole value."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), True
+    return text, False
+
+
+def pixel_id_ranges(idf_xml: str) -> tuple[tuple[int, int], ...]:
+    """The detector pixel IDs an instrument definition (Mantid IDF) declares, as inclusive
+    ``(first, last)`` ranges: ``<idlist>`` entries (``<id start= end=>``, ``<id val=>``) and
+    rectangular detectors (``idstart`` on the component, ``xpixels`` x ``ypixels`` on its
+    ``rectangular_detector`` type). Negative IDs (monitors) are left out. Empty when the XML is
+    empty or declares none; raises MetadataXmlError when it is not well-formed.
+    Source: Mantid's IDF schema (IDFSchema.xsd, ``idlist`` and ``rectangular_detector``)."""
+    if not idf_xml.strip():
+        return ()
+    root = _parse(idf_xml, "instrument definition")
+    ranges: list[tuple[int, int]] = []
+    for node in root.iter("id"):
+        try:
+            if "val" in node.attrib:
+                first = last = int(node.attrib["val"])
+            else:
+                first, last = int(node.attrib["start"]), int(node.attrib["end"])
+        except (KeyError, ValueError):
+            continue
+        if last >= 0:
+            ranges.append((max(first, 0), last))
+    pixels = {}
+    for node in root.iter("type"):
+        if node.get("is", "").lower().replace("_", "") == "rectangulardetector":
+            try:
+                pixels[node.get("name")] = int(node.get("xpixels", "")) * int(
+                    node.get("ypixels", "")
+                )
+            except ValueError:
+                continue
+    for node in root.iter("component"):
+        count = pixels.get(node.get("type"))
+        start = node.get("idstart")
+        if count and start is not None and start.lstrip("-").isdigit():
+            ranges.append((int(start), int(start) + count - 1))
+    return tuple(sorted(ranges))

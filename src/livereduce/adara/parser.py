@@ -9,9 +9,22 @@ Usage::
     parser.close()  # raises TruncatedPacketError when the stream ended inside a packet
 
 Bytes may arrive split anywhere, one byte at a time included. Packet types without a decoder
-(:data:`livereduce.adara.packets.DECODABLE`) are skipped and counted in
-:attr:`StreamParser.skipped`. A malformed packet raises one of the
-:mod:`livereduce.adara.errors` errors naming the packet type, its stream offset and the problem.
+(not :func:`livereduce.adara.packets.decodable`) are skipped and counted in
+:attr:`StreamParser.skipped`; a newer version of a known type is read with the newest layout
+known.
+
+Rules for malformed packets (every decoder of this stream, a faster one included, keeps them):
+
+1. A packet whose declared payload length is within ``max_payload_bytes`` but which does not
+   decode (a length that is not a multiple of 4, a payload too short for its type, a count or
+   string length running past the payload, a field value the format forbids) is skipped *by
+   its declared length*: the parser goes on with the bytes after it, and the connection stays.
+   It is counted in :attr:`StreamParser.malformed` (format word -> packets) and
+   :attr:`StreamParser.malformed_bytes`, and the iterator raises its
+   :mod:`livereduce.adara.errors` error (naming the packet type, its stream offset and the
+   problem) once, so the consumer can log it; the next ``feed`` goes on after it.
+2. Only a declared length beyond ``max_payload_bytes`` breaks the framing: the parser is
+   *broken* (OversizePacketError on every later call) and the consumer must reconnect.
 
 Memory is bounded: a header declaring more than ``max_payload_bytes`` is rejected as soon as its
 16 bytes are in, before any payload is buffered, so the parser holds at most one incomplete
@@ -25,10 +38,11 @@ from collections.abc import Iterator
 
 from livereduce.adara.errors import AdaraProtocolError, OversizePacketError, TruncatedPacketError
 from livereduce.adara.packets import (
-    DECODABLE,
     HEADER_SIZE,
     Header,
     Packet,
+    check_length,
+    decodable,
     decode_header,
     decode_payload,
 )
@@ -38,6 +52,12 @@ MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
 stream at 60 Hz puts 1.67 M events of 8 bytes, about 13.3 MB, in one packet, so 32 MiB leaves a
 2.4x margin for bursts while bounding what one header can make us buffer. (Mantid's ADARA
 parser stops at 8 MiB, which such a stream would exceed.)"""
+
+MAX_SKIPPED_KINDS = 256
+"""Distinct unknown format words counted one by one in :attr:`StreamParser.skipped`; packets of
+further words count under :data:`OTHER_TYPES`, so a stream of made-up types cannot grow it."""
+OTHER_TYPES = -1
+"""The :attr:`StreamParser.skipped` key of unknown packets beyond :data:`MAX_SKIPPED_KINDS`."""
 
 _SMALL_PIECE = 4096
 """Fed pieces shorter than this count as small for the joining below."""
@@ -50,25 +70,30 @@ class StreamParser:
 
     ``max_payload_bytes``: headers declaring a longer payload raise OversizePacketError.
 
-    After a framing error (a payload length that is not a multiple of 4 or is over the maximum)
-    the packet boundaries are lost: the parser is *broken* and every later :meth:`feed` raises
-    the same error again; make a new parser on a fresh connection. After a payload error
-    (BadPayloadLengthError or BadFieldError inside a correctly framed packet) the bad packet is
-    dropped and the next iteration goes on with the packet after it.
+    After a framing error (a payload length over the maximum) the packet boundaries are lost:
+    the parser is *broken* and every later :meth:`feed` raises the same error again; make a new
+    parser on a fresh connection. After any other error (BadPayloadLengthError or BadFieldError
+    of a packet within the maximum) the bad packet is dropped by its declared length and the
+    next iteration goes on with the bytes after it (the module docstring's rules).
 
     Fed pieces are kept as immutable ``bytes`` and joined once per packet at most; a packet that
     lies inside one fed piece is decoded in place, so the event arrays of a large pulse are
     views on the very bytes that were fed (no copy at all).
 
     Counters: ``packets`` (decoded packets yielded), ``skipped`` (Counter of format word ->
-    packets skipped because no decoder exists), ``offset`` (stream bytes consumed so far).
+    packets skipped because no decoder exists; at most MAX_SKIPPED_KINDS words, the rest
+    under OTHER_TYPES), ``malformed`` (Counter of format word ->
+    malformed packets dropped), ``malformed_bytes`` (their bytes, headers included),
+    ``offset`` (stream bytes consumed so far).
     Not thread-safe: one thread feeds and iterates.
     """
 
-    def __init__(self, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES):
+    def __init__(self, *, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
         self.max_payload_bytes = max_payload_bytes
         self.packets = 0
         self.skipped: Counter[int] = Counter()
+        self.malformed: Counter[int] = Counter()
+        self.malformed_bytes = 0
         self._head = b""  # the unconsumed bytes start at _head[_position] ...
         self._position = 0
         self._tail: list[bytes] = []  # ... and go on through these pieces
@@ -154,18 +179,35 @@ class StreamParser:
                 return None
             offset = self._consumed
             self._header = None
-            if header.packet_type not in DECODABLE:
+            if not decodable(header.packet_type):
                 self._skip(size)
-                self.skipped[int(header.packet_type)] += 1
+                word = int(header.packet_type)
+                if word not in self.skipped and len(self.skipped) >= MAX_SKIPPED_KINDS:
+                    word = OTHER_TYPES
+                self.skipped[word] += 1
                 continue
+            try:
+                check_length(header, offset)
+            except AdaraProtocolError:
+                self._skip(size)
+                self._count_malformed(header, size)
+                raise
             self._contiguous(size)
             start = self._position + HEADER_SIZE
             payload = memoryview(self._head)[start : self._position + size]
             self._position += size
             self._consumed += size
-            packet = decode_payload(header, payload, offset)
+            try:
+                packet = decode_payload(header, payload, offset)
+            except AdaraProtocolError:
+                self._count_malformed(header, size)
+                raise
             self.packets += 1
             return packet
+
+    def _count_malformed(self, header: Header, size: int) -> None:
+        self.malformed[int(header.packet_type)] += 1
+        self.malformed_bytes += size
 
     def _read_header(self) -> Header:
         try:

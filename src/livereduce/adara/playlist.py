@@ -7,8 +7,12 @@ the DASlogs); then the *items*, in time order: for every pulse one banked event 
 (header time = pulse time, pulse charge from ``proton_charge``, one bank section per bank with
 events in that pulse, error / unmapped pseudo-banks included) and, when the file has monitors,
 one beam monitor event packet v1; every DASlog value as a variable value v0 packet (u32,
-double or string) at its log timestamp; last, run status END_RUN. Packet versions are those
-a current SMS sends and readadara expects.
+double or string) at its log timestamp, except the ``pause`` and ``scan_index`` logs, which an
+SMS makes from its own stream annotations: each change of ``pause`` is a PAUSE (1) or RESUME
+(0) annotation, each change of ``scan_index`` a SCAN_START (the new index) or SCAN_STOP (0)
+annotation, and the value 0 a run starts with is not sent (a reader starts both logs at 0);
+last, run status END_RUN. Packet versions are those a current SMS sends and readadara
+expects.
 
 Pulses keep the file's order even where pulse times step backward; items are ordered by a
 "pacing key", the running maximum of each sequence's times (clipped to the run's pulse span),
@@ -23,12 +27,15 @@ import numpy as np
 
 from livereduce.adara import packets
 from livereduce.adara.metadata_xml import ProcessVariable, device_xml, runinfo_xml
-from livereduce.adara.runfile import RunFile
+from livereduce.adara.runfile import LogSeries, RunFile
 
 SOURCE_ID = 1
 """Source ID of the single event source section per pulse (the replay has one source)."""
 CYCLE_COUNT = 600
 """The accelerator cycle counter wraps at 600 pulses (ADARA doc/design, RTDL cycle field)."""
+ANNOTATED_LOGS = frozenset({"pause", "scan_index"})
+"""DASlogs an SMS writes from stream annotations, not from a device's PV (Mantid's live
+listener makes the same two logs from the annotations)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,11 +88,13 @@ def build_run_stream(run: RunFile) -> RunStream:
     keys: list[np.ndarray] = []
     slots: list[np.ndarray] = []
     for slot, log in enumerate(run.logs):
-        encoded = _variable_values(log)
+        annotated = log.name in ANNOTATED_LOGS
+        times, encoded = _annotations(log) if annotated else (log.times_ns, _variable_values(log))
         entries.extend(encoded)
-        times = np.maximum.accumulate(log.times_ns) if len(log.times_ns) else log.times_ns
+        times = np.maximum.accumulate(times) if len(times) else times
         keys.append(np.clip(times, low, high))
-        slots.append(np.full(len(encoded), slot, dtype=np.int32))
+        # annotations are not PVs: a late joiner does not get them from the variable cache
+        slots.append(np.full(len(encoded), -1 if annotated else slot, dtype=np.int32))
     pulse_packets = _pulse_packets(run)
     per_pulse = len(pulse_packets) // max(run.pulse_count, 1)
     entries.extend(pulse_packets)
@@ -139,6 +148,8 @@ def _metadata(run: RunFile) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     ]
     devices: dict[int, tuple[str, list[ProcessVariable]]] = {}
     for log in run.logs:
+        if log.name in ANNOTATED_LOGS:
+            continue
         _device_name, pvs = devices.setdefault(log.device_id, (log.device_name, []))
         pvs.append(
             ProcessVariable(pv_id=log.variable_id, name=log.name, pv_type=log.kind, units=log.units)
@@ -165,7 +176,32 @@ def _metadata(run: RunFile) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     )
 
 
-def _variable_values(log) -> list[bytes]:
+def _annotations(log: LogSeries) -> tuple[np.ndarray, list[bytes]]:
+    """(times, encoded stream annotations) for the changes of a ``pause`` or ``scan_index``
+    log; the 0 each log starts a run with is implied, not sent."""
+    values = np.asarray(log.values, dtype=np.int64)
+    previous = np.concatenate([[0], values[:-1]])
+    changes = np.flatnonzero(values != previous)
+    out = []
+    for k in changes.tolist():
+        value = int(values[k])
+        if log.name == "pause":
+            marker = packets.MarkerType.PAUSE if value else packets.MarkerType.RESUME
+        else:
+            marker = packets.MarkerType.SCAN_START if value else packets.MarkerType.SCAN_STOP
+        out.append(
+            packets.encode(
+                packets.StreamAnnotation(
+                    timestamp_ns=int(log.times_ns[k]),
+                    marker_type=marker,
+                    scan_index=value if log.name == "scan_index" else 0,
+                )
+            )
+        )
+    return np.asarray(log.times_ns)[changes], out
+
+
+def _variable_values(log: LogSeries) -> list[bytes]:
     ids = {"device_id": log.device_id, "variable_id": log.variable_id}
     times = log.times_ns.tolist()
     if log.kind == "double":

@@ -9,8 +9,9 @@ The timeline starts when the first client says hello. A client gets nothing befo
 hello; hello start time 0 joins the live position (mid-run it first gets a run status STATE and
 the run's geometry, descriptors and latest variable values, as an SMS sends a late joiner),
 1 replays the current run from its first pulse, any other EPICS time starts at the first packet
-of the current run at or after it. Each client has its own position and thread; a client behind
-the live position catches up as fast as its socket takes the packets.
+at or after it, in the current run or an earlier run that ended after it (as an SMS serves a
+client that asks for the past from its stored runs). Each client has its own position and
+thread; a client behind the live position catches up as fast as its socket takes the packets.
 
 ``--speed 1`` paces pulses at real time, ``--speed 100`` a hundred times faster, ``--speed 0``
 sends as fast as the sockets take them (the live position is then the leading client's). Idle
@@ -153,14 +154,6 @@ class _Timeline:
                 log.info("run %d ended (%s)", stream.run_number, stream.source)
 
 
-def _describe_start(start_ns: int) -> str:
-    if start_ns == packets.START_NOW:
-        return "now"
-    if start_ns == packets.START_OF_RUN:
-        return "start of run"
-    return f"at Unix time {start_ns / 1e9:.0f} s"
-
-
 class _ClientGone(Exception):
     """The client closed its socket or the server is stopping."""
 
@@ -181,7 +174,7 @@ class _Client:
         reason = "closed by the server"
         try:
             start = self._read_hello()
-            self.start_request = _describe_start(start)
+            self.start_request = packets.describe_start_time(start)
             log.debug("client %s said hello (start %s)", self.peer, self.start_request)
             if self.server.timeline.start():
                 self._stream(_Position(0, 0))  # the first client starts the timeline
@@ -238,10 +231,17 @@ class _Client:
             return live
         if start_ns == packets.START_OF_RUN:
             return _Position(live.n, 0)
-        # an absolute time: the first packet of the current run at or after it
-        stream = timeline.stream(live.n)
+        # an absolute time: the first packet at or after it, going back through earlier runs
+        # that ended after it (while the timeline's times increase: not across a --loop)
+        n = live.n
+        while n > 0:
+            earlier, later = timeline.stream(n - 1), timeline.stream(n)
+            if earlier.keys_ns[-1] < start_ns or earlier.keys_ns[0] >= later.keys_ns[0]:
+                break
+            n -= 1
+        stream = timeline.stream(n)
         i = int(np.searchsorted(stream.keys_ns, start_ns, side="left"))
-        return _Position(live.n, min(i, live.i))
+        return _Position(n, min(i, live.i) if n == live.n else i)
 
     def _send(self, chunks: Sequence[bytes]) -> None:
         if self.server.stopping:

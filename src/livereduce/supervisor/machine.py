@@ -859,6 +859,7 @@ class Machine:
             "in_script": worker.script if worker is not None else "",
             "errors": self.errors(),
             "last_error": self.last_error,
+            "input_counts": dict(progress.input_counts) if progress else {},
             "streams": progress.streams if progress else {},
             "worker_pid": worker.pid if worker is not None else None,
             "worker_peak_rss_bytes": self.last_peak_rss_bytes,

@@ -48,9 +48,11 @@ FIELDS = {
     "results_written": "result files the current worker wrote (null: its engine does not count)",
     "last_result_time": "Unix time the supervisor saw the last result file written",
     "in_script": "the user script the worker runs now (empty between scripts)",
-    "errors": "since the supervisor started: chunks lost to script errors, plus workers lost to "
-    "hangs, script time limits, memory kills and crashes",
+    "errors": "since the supervisor started: chunks lost to script errors and stream faults, "
+    "plus workers lost to hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
+    "input_counts": "what the listener left out or could not read, by kind (current worker; "
+    "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
     "streams": "Kafka listener: per event topic {lag (messages), events_per_s, malformed}",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",

@@ -25,7 +25,14 @@ from typing import Any
 from livereduce.config import Config, ConfigError, config_from_mapping
 from livereduce.config import Engine as EngineChoice
 from livereduce.logsetup import configure_logging
-from livereduce.protocol import STACK_FD_ENV, Progress, ReportWriter, WorkerExit, WorkerState
+from livereduce.protocol import (
+    STACK_FD_ENV,
+    Progress,
+    ReportWriter,
+    Resume,
+    WorkerExit,
+    WorkerState,
+)
 from livereduce.worker.engine import Engine, EngineUnavailable, choose_engine
 from livereduce.worker.listeners.base import ListenerError
 from livereduce.worker.stop import StopToken
@@ -33,31 +40,41 @@ from livereduce.worker.stop import StopToken
 log = logging.getLogger("livereduce.worker")
 
 
-def read_config(stream: Any) -> Config:
-    """The configuration sent on ``stream``; raises ConfigError when it is not usable."""
+def read_config(stream: Any) -> tuple[Config, Resume | None]:
+    """The configuration sent on ``stream`` and the run to complete first (its ``resume``,
+    None when absent or null); raises ConfigError when the message is not usable."""
     try:
         message = json.load(stream)
         raw, path = message["raw"], message.get("path")
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        resume = Resume.from_json(message.get("resume"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ConfigError(
             None, None, f"the worker's standard input is not a configuration message: {error}"
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(None, None, "the worker's configuration message has no 'raw' object")
-    return config_from_mapping(raw, Path(path) if path else None, check_scripts=False)
+    return config_from_mapping(raw, Path(path) if path else None, check_scripts=False), resume
 
 
-def make_engine(choice: EngineChoice, config: Config) -> Engine:
-    """The engine object for ``choice`` (imported only when chosen), with its listener.
-    Raises ConfigError or ValueError for unusable listener settings."""
+def make_engine(choice: EngineChoice, config: Config, resume: Resume | None = None) -> Engine:
+    """The engine object for ``choice`` (imported only when chosen), with its listener; the
+    embedded engine completes ``resume`` first. Raises ConfigError or ValueError for unusable
+    listener settings."""
     if choice is EngineChoice.MANTID:
         from livereduce.worker.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
+
+        if resume is not None:
+            log.warning(
+                "resume_ignored: Mantid's StartLiveData cannot ask for a past time; "
+                "run %d may stay incomplete",
+                resume.run_number,
+            )
 
         return mantid.from_config(config)
     from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: PLC0415
     from livereduce.worker.listeners import create_listener  # noqa: PLC0415
 
-    return EmbeddedEngine(config, create_listener(config))
+    return EmbeddedEngine(config, create_listener(config, resume), resume=resume)
 
 
 class _Reporter:
@@ -80,8 +97,9 @@ class _Reporter:
             self._stop.request("supervisor gone")
 
 
-def run_worker(config: Config, report_fd: int) -> WorkerExit:
-    """Choose the engine, run it until it stops, and map failures to exit statuses."""
+def run_worker(config: Config, report_fd: int, resume: Resume | None = None) -> WorkerExit:
+    """Choose the engine, run it until it stops, and map failures to exit statuses;
+    ``resume`` is the run a previous worker left unfinished."""
     stop = StopToken()
     stop.install()
     # SIGHUP is the supervisor's to act on (it restarts this worker); `systemctl kill -s HUP`
@@ -91,7 +109,13 @@ def run_worker(config: Config, report_fd: int) -> WorkerExit:
     try:
         choice, reason = choose_engine(config)
         log.info("engine_chosen: %s (%s)", choice, reason)
-        engine = make_engine(choice, config)
+        if resume is not None:
+            log.info(
+                "resume: completing run %d first (started at Unix time %.0f s)",
+                resume.run_number,
+                resume.start_ns / 1e9,
+            )
+        engine = make_engine(choice, config, resume)
     except (EngineUnavailable, ConfigError, ValueError) as error:
         log.error("worker_boot_failed: %s", error)
         _final(reporter, f"cannot start: {error}")
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # Programs the scripts start must not hold the report pipe open after this process ends.
     os.set_inheritable(args.report_fd, False)
     try:
-        config = read_config(sys.stdin)
+        config, resume = read_config(sys.stdin)
     except ConfigError as error:
         logging.basicConfig(level=logging.INFO)
         log.error("worker_boot_failed: %s", error)
@@ -145,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     # A hung worker killed with SIGABRT shows where it hung (e.g. inside a user script): into the
     # file the supervisor reads after the abort and logs in livereduce.log, else stderr.
     _enable_faulthandler(os.environ.pop(STACK_FD_ENV, ""))
-    return int(run_worker(config, args.report_fd))
+    return int(run_worker(config, args.report_fd, resume))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ API summary
 - ``decode(data, offset=0) -> Packet``: one whole packet from ``bytes`` (header + payload);
   ``offset`` is only used in error messages. Raises the errors of
   :mod:`livereduce.adara.errors`.
-- ``decode_header(data, offset=0) -> Header`` and ``decode_payload(header, payload, offset=0)``
-  (``payload``: bytes or a memoryview of bytes) for callers that frame the stream themselves
-  (:class:`livereduce.adara.parser.StreamParser`).
+- ``decode_header(data, offset=0) -> Header``, ``check_length(header, offset)`` (payload
+  length a multiple of 4) and ``decode_payload(header, payload, offset=0)`` (``payload``:
+  bytes or a memoryview of bytes) for callers that frame the stream themselves
+  (:class:`livereduce.adara.parser.StreamParser`). ``decodable(format_word)``: a known layout,
+  or a newer version of a known type, which is read with the newest layout known (one warning
+  per format word, as ADARA's parser dispatches on the base type).
 - ``PacketType``: IntEnum of format words (``type_id << 8 | version``), e.g.
   ``PacketType.BANKED_EVENT_V1 == 0x400001``; ``.base_type`` and ``.version`` split it.
 - Packet dataclasses (frozen, slotted, keyword-only), all with ``timestamp_ns`` (header time,
@@ -19,7 +22,9 @@ API summary
   ``Geometry(xml)``, ``BeamlineInfo(beamline_id, short_name, long_name, target_station,
   version)``, ``DeviceDescriptor(device_id, xml)``,
   ``VariableU32 / VariableDouble / VariableString(device_id, variable_id, status:
-  VariableStatus, severity: VariableSeverity, value)``,
+  VariableStatus | int, severity: VariableSeverity | int, value)`` (an unknown alarm code is
+  kept as its raw int), ``VariableU32Array / VariableDoubleArray`` (same, ``value`` an (N,)
+  uint32 / float64 array),
   ``BankedEvent(pulse_charge_10pc, pulse_energy_ev, cycle, flags, veto_flags, sources:
   tuple[SourceSection], version)`` with ``SourceSection(source_id, intra_pulse_time_100ns,
   tof_offset_100ns, tof_corrected, banks: tuple[BankSection])`` and ``BankSection(bank_id,
@@ -36,7 +41,8 @@ API summary
   ``Heartbeat()``, ``DataDone()``, ``Rtdl(...)``, ``StreamAnnotation(marker_type, reset_hint,
   scan_index, comment)``, ``Sync(file_offset, comment, signature)``.
 - Client hello start times: ``START_NOW`` (0) and ``START_OF_RUN`` (1) are sent as is; any
-  other ``start_time_ns`` is a Unix time, sent as EPICS seconds.
+  other ``start_time_ns`` is a Unix time, sent as EPICS seconds; ``describe_start_time(ns)``
+  says which in words.
 - Constants: ``HEADER_FORMAT``, ``HEADER_SIZE``, ``EPICS_EPOCH_OFFSET_S``,
   ``UNMAPPED_BANK_ID``, ``ERROR_BANK_ID``, ``SYNC_SIGNATURE``, ``EVENT_DTYPE``;
   ``DECODABLE`` (the packet types with a decoder), ``PACKET_CLASSES``.
@@ -53,7 +59,8 @@ API; nothing outside the package imports the submodules). A package, not a facad
 siblings of ``adara/``, keeps the packet modules apart from the stream, client and replay
 modules there.
 
-- :mod:`.codes`: ``PacketType`` and the enumerated field codes;
+- :mod:`livereduce.adara.codes` (outside the package, so that :mod:`livereduce.adara.errors`
+  can name packet types without importing the packets): ``PacketType`` and the field codes;
 - :mod:`.wire`: header layout, EPICS time, single-field checks and codecs, ``Header``,
   ``Packet`` and the versioned-packet base;
 - :mod:`.control`: client hello, run status, heartbeat, data done, stream annotation, sync;
@@ -65,21 +72,23 @@ modules there.
   table.
 """
 
-from livereduce.adara.packets.codec import (
-    DECODABLE,
-    PACKET_CLASSES,
-    decode,
-    decode_header,
-    decode_payload,
-    encode,
-)
-from livereduce.adara.packets.codes import (
+from livereduce.adara.codes import (
     BankedEventFlag,
     MarkerType,
     PacketType,
     RunStatusCode,
     VariableSeverity,
     VariableStatus,
+)
+from livereduce.adara.packets.codec import (
+    DECODABLE,
+    PACKET_CLASSES,
+    check_length,
+    decodable,
+    decode,
+    decode_header,
+    decode_payload,
+    encode,
 )
 from livereduce.adara.packets.control import (
     START_NOW,
@@ -91,6 +100,7 @@ from livereduce.adara.packets.control import (
     RunStatus,
     StreamAnnotation,
     Sync,
+    describe_start_time,
 )
 from livereduce.adara.packets.events import BankedEvent, BeamMonitorEvent
 from livereduce.adara.packets.metadata import (
@@ -99,8 +109,10 @@ from livereduce.adara.packets.metadata import (
     Geometry,
     RunInfo,
     VariableDouble,
+    VariableDoubleArray,
     VariableString,
     VariableU32,
+    VariableU32Array,
 )
 from livereduce.adara.packets.rtdl import RTDL_FRAME_COUNT, Rtdl
 from livereduce.adara.packets.sections import (
@@ -155,12 +167,17 @@ __all__ = [
     "StreamAnnotation",
     "Sync",
     "VariableDouble",
+    "VariableDoubleArray",
     "VariableSeverity",
     "VariableStatus",
     "VariableString",
     "VariableU32",
+    "VariableU32Array",
+    "check_length",
+    "decodable",
     "decode",
     "decode_header",
     "decode_payload",
+    "describe_start_time",
     "encode",
 ]

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from livereduce.adara.packets.codes import MarkerType, PacketType, RunStatusCode
+from livereduce.adara.codes import MarkerType, PacketType, RunStatusCode
 from livereduce.adara.packets.wire import (
     WORD,
     Packet,
+    Payload,
+    PayloadContext,
     VersionedPacket,
     at_least,
     check_uint,
@@ -32,6 +34,17 @@ START_NOW = 0
 START_OF_RUN = 1
 """Client hello start time: replay the current run from its first pulse (Mantid
 "FromStartOfRun")."""
+
+
+def describe_start_time(start_time_ns: int) -> str:
+    """A client hello's start time in words, for logs: "live data", "the start of the run"
+    or "data from Unix time N s"."""
+    if start_time_ns == START_NOW:
+        return "live data"
+    if start_time_ns == START_OF_RUN:
+        return "the start of the run"
+    return f"data from Unix time {start_time_ns / 1e9:.0f} s"
+
 
 SYNC_SIGNATURE = b"SNSADARAORNL\x00\x00\xf0\x7f"
 """The 16-byte signature that opens a sync packet (protocol §Synchronization)."""
@@ -66,7 +79,9 @@ class ClientHello(VersionedPacket):
         return struct.pack("<II", start, check_uint("client_flags", self.client_flags))
 
     @classmethod
-    def _decode(cls, packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         version = packet_type.version
         exact(ctx, payload, 4 if version == 0 else 8)
         (start,) = WORD.unpack_from(payload)
@@ -121,7 +136,9 @@ class RunStatus(VersionedPacket):
         return struct.pack(f"<{len(words)}I", *words)
 
     @classmethod
-    def _decode(cls, packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         version = packet_type.version
         exact(ctx, payload, 12 if version == 0 else 20)
         words = struct.unpack(f"<{len(payload) // 4}I", payload)
@@ -152,7 +169,9 @@ class _EmptyPacket(Packet):
         return b""
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         exact(ctx, payload, 0)
         return cls(timestamp_ns=timestamp_ns)
 
@@ -193,7 +212,9 @@ class StreamAnnotation(Packet):
         return struct.pack("<II", word, check_uint("scan_index", self.scan_index)) + pad(raw)
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         at_least(ctx, payload, 8)
         word, scan_index = struct.unpack_from("<II", payload)
         return cls(
@@ -224,7 +245,9 @@ class Sync(Packet):
         return self.signature + offset + comment
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         comment = length_prefixed_text(ctx, payload, 24, "the comment")
         return cls(
             timestamp_ns=timestamp_ns,

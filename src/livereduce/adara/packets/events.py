@@ -10,12 +10,14 @@ Layouts: ADARA protocol document §Banked Event and §Beam Monitor Event, ADARA
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 
-from livereduce.adara.packets.codes import PacketType
+from livereduce.adara.codes import PacketType
+from livereduce.adara.errors import BadPayloadLengthError
 from livereduce.adara.packets.sections import (
     EVENT_DTYPE,
     BankSection,
@@ -23,6 +25,7 @@ from livereduce.adara.packets.sections import (
     SourceSection,
 )
 from livereduce.adara.packets.wire import (
+    Payload,
     PayloadContext,
     VersionedPacket,
     at_least,
@@ -51,16 +54,16 @@ class _PulsePacket(VersionedPacket):
 
     _SECTIONS: ClassVar[str] = ""
 
-    def _event_sections(self) -> tuple:
+    def _event_sections(self) -> Sequence[BankSection | MonitorSection]:
         """The sections that hold events, in wire order."""
         raise NotImplementedError
 
-    def _section_payloads(self):
+    def _section_payloads(self) -> Iterator[bytes]:
         """The wire bytes after the preamble, as an iterable of pieces."""
         raise NotImplementedError
 
     @classmethod
-    def _decode_sections(cls, payload: bytes, ctx: PayloadContext) -> tuple:
+    def _decode_sections(cls, payload: Payload, ctx: PayloadContext) -> tuple[object, ...]:
         """The sections after the preamble; BadPayloadLengthError when they overrun."""
         raise NotImplementedError
 
@@ -91,13 +94,15 @@ class _PulsePacket(VersionedPacket):
         )
 
     @classmethod
-    def _decode(cls, packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         at_least(ctx, payload, _PREAMBLE.size)
         charge, energy, cycle, flags = _PREAMBLE.unpack_from(payload)
         veto = 0
         if packet_type.version:
             veto, flags = flags >> 20, flags & 0xFFFFF
-        packet = build(
+        return build(
             cls,
             timestamp_ns=timestamp_ns,
             pulse_charge_10pc=charge,
@@ -106,12 +111,13 @@ class _PulsePacket(VersionedPacket):
             flags=flags,
             veto_flags=veto,
             version=packet_type.version,
+            **{cls._SECTIONS: cls._decode_sections(payload, ctx)},
         )
-        object.__setattr__(packet, cls._SECTIONS, cls._decode_sections(payload, ctx))
-        return packet
 
 
-def _short_header(ctx: PayloadContext, what: str, header: struct.Struct, position: int, left):
+def _short_header(
+    ctx: PayloadContext, what: str, header: struct.Struct, position: int, left: int
+) -> BadPayloadLengthError:
     """The error for a ``what`` section header at payload byte ``position`` with only
     ``left`` bytes after it."""
     return ctx.length(
@@ -120,7 +126,9 @@ def _short_header(ctx: PayloadContext, what: str, header: struct.Struct, positio
     )
 
 
-def _overrun(ctx: PayloadContext, what: str, count: int, size: int, left: int):
+def _overrun(
+    ctx: PayloadContext, what: str, count: int, size: int, left: int
+) -> BadPayloadLengthError:
     """The error for a section that declares ``count`` events of ``size`` bytes each when
     only ``left`` bytes remain."""
     return ctx.length(
@@ -128,7 +136,9 @@ def _overrun(ctx: PayloadContext, what: str, count: int, size: int, left: int):
     )
 
 
-def _flatten(sections, labels: list[int], empty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _flatten(
+    sections: Sequence[BankSection | MonitorSection], labels: list[int], empty: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``(label, events)``: every section's label repeated once per event, and all events
     concatenated in wire order (one vectorised copy per section); ``empty`` when there are
     no sections."""
@@ -160,7 +170,7 @@ class BankedEvent(_PulsePacket):
         """All bank sections of all sources, in wire order."""
         return tuple(bank for source in self.sources for bank in source.banks)
 
-    def _event_sections(self) -> tuple:
+    def _event_sections(self) -> Sequence[BankSection]:
         return self.banks
 
     def event_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,7 +188,7 @@ class BankedEvent(_PulsePacket):
         )
         return bank_id, events[:, 0], events[:, 1]
 
-    def _section_payloads(self):
+    def _section_payloads(self) -> Iterator[bytes]:
         for source in self.sources:
             yield _SOURCE_HEADER.pack(
                 check_uint("source_id", source.source_id),
@@ -191,10 +201,10 @@ class BankedEvent(_PulsePacket):
                 yield bank.events.tobytes()
 
     @classmethod
-    def _decode_sections(cls, payload, ctx):
+    def _decode_sections(cls, payload: Payload, ctx: PayloadContext) -> tuple[SourceSection, ...]:
         end = len(payload)
         position = _PREAMBLE.size
-        sources = []
+        sources: list[SourceSection] = []
         # Every header before an event is 8 or 16 bytes and every event 8, so events always
         # start at a multiple of 8: one (M, 2) view serves all banks by slicing (the hot loop).
         pairs = np.frombuffer(payload, EVENT_DTYPE, (end // 8) * 2).reshape(-1, 2)
@@ -210,7 +220,7 @@ class BankedEvent(_PulsePacket):
                     f"source section {len(sources)} declares {bank_count} banks "
                     f"but only {end - position} bytes remain"
                 )
-            banks = []
+            banks: list[BankSection] = []
             for _ in range(bank_count):
                 if end - position < _BANK_HEADER.size:
                     raise ctx.length(
@@ -238,7 +248,7 @@ class BeamMonitorEvent(_PulsePacket):
     TYPES: ClassVar = (PacketType.BEAM_MONITOR_EVENT_V0, PacketType.BEAM_MONITOR_EVENT_V1)
     _SECTIONS: ClassVar = "monitors"
 
-    def _event_sections(self) -> tuple:
+    def _event_sections(self) -> Sequence[MonitorSection]:
         return self.monitors
 
     def event_arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +257,7 @@ class BeamMonitorEvent(_PulsePacket):
         ids, words = _flatten(monitors, [m.monitor_id for m in monitors], np.empty(0, EVENT_DTYPE))
         return ids, words & np.uint32(0x1FFFFF)
 
-    def _section_payloads(self):
+    def _section_payloads(self) -> Iterator[bytes]:
         for monitor in self.monitors:
             count = check_uint("monitor event count", len(monitor.events), 22)
             yield _MONITOR_HEADER.pack(
@@ -258,10 +268,10 @@ class BeamMonitorEvent(_PulsePacket):
             yield monitor.events.tobytes()
 
     @classmethod
-    def _decode_sections(cls, payload, ctx):
+    def _decode_sections(cls, payload: Payload, ctx: PayloadContext) -> tuple[MonitorSection, ...]:
         end = len(payload)
         position = _PREAMBLE.size
-        monitors = []
+        monitors: list[MonitorSection] = []
         while position < end:
             if end - position < _MONITOR_HEADER.size:
                 raise _short_header(ctx, "monitor", _MONITOR_HEADER, position, end - position)

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
-from livereduce.adara.packets.codes import PacketType, VariableSeverity, VariableStatus
+import numpy as np
+
+from livereduce.adara.codes import PacketType, VariableSeverity, VariableStatus
 from livereduce.adara.packets.wire import (
     WORD,
     Packet,
+    Payload,
     PayloadContext,
     VersionedPacket,
     at_least,
     check_uint,
-    enum_field,
+    enum_or_raw,
     exact,
     length_prefixed,
     length_prefixed_text,
@@ -39,7 +42,9 @@ class _XmlPacket(Packet):
         return length_prefixed(self.xml)
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         return cls(timestamp_ns=timestamp_ns, xml=length_prefixed_text(ctx, payload, 0, "the XML"))
 
 
@@ -83,7 +88,9 @@ class BeamlineInfo(VersionedPacket):
         return WORD.pack(sizes) + pad(b"".join(parts))
 
     @classmethod
-    def _decode(cls, packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         at_least(ctx, payload, 4)
         (sizes,) = WORD.unpack_from(payload)
         id_len, short_len, long_len = (sizes >> 16) & 0xFF, (sizes >> 8) & 0xFF, sizes & 0xFF
@@ -114,7 +121,9 @@ class DeviceDescriptor(Packet):
         return WORD.pack(check_uint("device_id", self.device_id)) + xml
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         xml = length_prefixed_text(ctx, payload, 4, "the descriptor XML")
         return cls(timestamp_ns=timestamp_ns, device_id=WORD.unpack_from(payload)[0], xml=xml)
 
@@ -122,12 +131,13 @@ class DeviceDescriptor(Packet):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _VariableValue(Packet):
     """Common part of variable value packets: word 0 device id, word 1 variable id, word 2
-    status (high 16 bits) and severity (low 16 bits)."""
+    status (high 16 bits) and severity (low 16 bits). A status or severity this module does not
+    know (a newer EPICS alarm code) is kept as its raw int."""
 
     device_id: int
     variable_id: int
-    status: VariableStatus = VariableStatus.OK
-    severity: VariableSeverity = VariableSeverity.OK
+    status: VariableStatus | int = VariableStatus.OK
+    severity: VariableSeverity | int = VariableSeverity.OK
 
     def _prefix(self) -> bytes:
         return struct.pack(
@@ -138,15 +148,25 @@ class _VariableValue(Packet):
             | check_uint("severity", self.severity, 16),
         )
 
-    @staticmethod
-    def _decode_prefix(payload: bytes, ctx: PayloadContext) -> dict:
+    @classmethod
+    def _decode(
+        cls, _packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
+        value = cls._decode_value(payload, ctx)  # checks the payload's size first
         device_id, variable_id, alarm = struct.unpack_from("<III", payload)
-        return {
-            "device_id": device_id,
-            "variable_id": variable_id,
-            "status": enum_field(ctx, VariableStatus, alarm >> 16, "variable status"),
-            "severity": enum_field(ctx, VariableSeverity, alarm & 0xFFFF, "variable severity"),
-        }
+        return cls(
+            timestamp_ns=timestamp_ns,
+            device_id=device_id,
+            variable_id=variable_id,
+            status=enum_or_raw(VariableStatus, alarm >> 16),
+            severity=enum_or_raw(VariableSeverity, alarm & 0xFFFF),
+            value=value,  # type: ignore[call-arg]  # each subclass declares its value field
+        )
+
+    @classmethod
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> Any:
+        """The value after the three prefix words; BadPayloadLengthError when it does not fit."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,10 +182,9 @@ class VariableU32(_VariableValue):
         return self._prefix() + WORD.pack(check_uint("value", self.value))
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> int:
         exact(ctx, payload, 16)
-        prefix = cls._decode_prefix(payload, ctx)
-        return cls(timestamp_ns=timestamp_ns, value=WORD.unpack_from(payload, 12)[0], **prefix)
+        return WORD.unpack_from(payload, 12)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,11 +199,9 @@ class VariableDouble(_VariableValue):
         return self._prefix() + struct.pack("<d", self.value)
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> float:
         exact(ctx, payload, 20)
-        prefix = cls._decode_prefix(payload, ctx)
-        (value,) = struct.unpack_from("<d", payload, 12)
-        return cls(timestamp_ns=timestamp_ns, value=value, **prefix)
+        return struct.unpack_from("<d", payload, 12)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,8 +216,65 @@ class VariableString(_VariableValue):
         return self._prefix() + length_prefixed(self.value)
 
     @classmethod
-    def _decode(cls, _packet_type, timestamp_ns, payload, ctx):
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> str:
         at_least(ctx, payload, 16)
-        prefix = cls._decode_prefix(payload, ctx)
-        value = length_prefixed_text(ctx, payload, 12, "the string value")
-        return cls(timestamp_ns=timestamp_ns, value=value, **prefix)
+        return length_prefixed_text(ctx, payload, 12, "the string value")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class _VariableArray(_VariableValue):
+    """Common part of array variable values: word 3 the element count, then the elements
+    (ADARAPackets.h ``VariableU32ArrayPkt`` / ``VariableDoubleArrayPkt``). ``value`` is a
+    read-only (N,) numpy array. Compared by value."""
+
+    value: np.ndarray = field(default_factory=lambda: np.empty(0))
+
+    _DTYPE: ClassVar[np.dtype] = np.dtype("<u4")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", np.asarray(self.value, dtype=self._DTYPE))
+
+    def _payload(self) -> bytes:
+        count = WORD.pack(check_uint("len(value)", len(self.value)))
+        return self._prefix() + count + self.value.astype(self._DTYPE).tobytes()
+
+    @classmethod
+    def _decode_value(cls, payload: Payload, ctx: PayloadContext) -> np.ndarray:
+        at_least(ctx, payload, 16)
+        (count,) = WORD.unpack_from(payload, 12)
+        size = cls._DTYPE.itemsize
+        if count * size > len(payload) - 16:
+            raise ctx.length(
+                f"the array declares {count} elements ({count * size} bytes) but the payload "
+                f"holds {len(payload) - 16}"
+            )
+        return np.frombuffer(payload, cls._DTYPE, count, 16)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, _VariableArray)
+        return (
+            self.timestamp_ns == other.timestamp_ns
+            and (self.device_id, self.variable_id) == (other.device_id, other.variable_id)
+            and (self.status, self.severity) == (other.status, other.severity)
+            and np.array_equal(self.value, other.value)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # holds arrays: compared by value, not hashed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class VariableU32Array(_VariableArray):
+    """Variable value, u32 array (0x8004.0): ``value`` is an (N,) uint32 array."""
+
+    TYPES: ClassVar = (PacketType.VARIABLE_U32_ARRAY_V0,)
+    _DTYPE: ClassVar[np.dtype] = np.dtype("<u4")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class VariableDoubleArray(_VariableArray):
+    """Variable value, double array (0x8005.0): ``value`` is an (N,) float64 array."""
+
+    TYPES: ClassVar = (PacketType.VARIABLE_DOUBLE_ARRAY_V0,)
+    _DTYPE: ClassVar[np.dtype] = np.dtype("<f8")

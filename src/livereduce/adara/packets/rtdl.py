@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
-from livereduce.adara.packets.codes import PacketType
+from livereduce.adara.codes import PacketType
 from livereduce.adara.packets.wire import (
     COR_OFFSET_MASK,
+    Payload,
+    PayloadContext,
     VersionedPacket,
     check_uint,
     cor_word,
@@ -19,7 +22,10 @@ from livereduce.adara.packets.wire import (
 
 RTDL_FRAME_COUNT = 25
 """Number of (FNA, frame data) words at the end of an RTDL packet (payload is 120 bytes)."""
-_RTDL_RING_PERIOD_FNA = 4  # ADARAPackets.cc: word 4's top byte must be 4, "Missing ring period"
+_RTDL_RING_PERIOD_FNA = 4  # ADARAPackets.cc: word 4's top byte is 4, else "Missing ring period"
+
+log = logging.getLogger("livereduce.adara.packets")
+_warned_missing_ring_period = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,11 +82,22 @@ class Rtdl(VersionedPacket):
         return struct.pack("<30I", *words)
 
     @classmethod
-    def _decode(cls, packet_type, timestamp_ns, payload, ctx):
+    def _decode(
+        cls, packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         exact(ctx, payload, 120)
         w = struct.unpack("<30I", payload)
         if w[4] >> 24 != _RTDL_RING_PERIOD_FNA:
-            raise ctx.field(f"word 4 FNA is {w[4] >> 24}, not 4: missing ring period")
+            # ADARA logs a missing ring period and keeps the packet: so do we, once
+            global _warned_missing_ring_period
+            if not _warned_missing_ring_period:
+                _warned_missing_ring_period = True
+                log.warning(
+                    "RTDL packet at stream offset %s: word 4 FNA is %d, not 4 (missing ring "
+                    "period); kept, ring_period_ps read from its low 24 bits",
+                    ctx.offset,
+                    w[4] >> 24,
+                )
         data_flags = (w[0] >> 27) if packet_type.version else 0
         return cls(
             timestamp_ns=timestamp_ns,

@@ -9,10 +9,11 @@ Layouts: ADARA protocol document §Banked Event Section and §Beam Monitor Event
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from livereduce.adara.packets.wire import COR_OFFSET_MASK, U32_MAX
+from livereduce.adara.packets.wire import COR_OFFSET_MASK, U32_MAX, check_trusted
 
 UNMAPPED_BANK_ID = 0xFFFF_FFFF
 """Bank ID of pixels that were not in the pixel mapping table (protocol §Banked Event Section)."""
@@ -26,7 +27,7 @@ _new = object.__new__
 _setattr = object.__setattr__
 
 
-def _as_words(values, what: str) -> np.ndarray:
+def _as_words(values: Any, what: str) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype != EVENT_DTYPE:
         if array.size and (
@@ -48,7 +49,7 @@ class BankSection:
     bank_id: int
     events: np.ndarray = field(repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         events = _as_words(self.events, "events")
         if events.ndim != 2 or events.shape[1] != 2:
             raise ValueError(f"events must have shape (N, 2), not {events.shape}")
@@ -63,7 +64,7 @@ class BankSection:
         return section
 
     @classmethod
-    def from_arrays(cls, bank_id: int, tof_100ns, pixel_id) -> BankSection:
+    def from_arrays(cls, bank_id: int, tof_100ns: Any, pixel_id: Any) -> BankSection:
         """Build from two equal-length 1-D arrays (time of flight in 100 ns, pixel ID)."""
         return cls(bank_id=bank_id, events=np.stack([tof_100ns, pixel_id], axis=1))
 
@@ -77,12 +78,12 @@ class BankSection:
         """(N,) logical pixel ID of each event (strided view)."""
         return self.events[:, 1]
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, BankSection):
             return NotImplemented
         return self.bank_id == other.bank_id and np.array_equal(self.events, other.events)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # holds arrays: compared by value, not hashed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,7 +99,9 @@ class SourceSection:
     banks: tuple[BankSection, ...] = ()
 
     @classmethod
-    def _trusted(cls, source_id: int, intra: int, cor: int, banks: tuple) -> SourceSection:
+    def _trusted(
+        cls, source_id: int, intra: int, cor: int, banks: tuple[BankSection, ...]
+    ) -> SourceSection:
         """Build from decoded header words (``cor``: the COR | TOF offset word) and banks,
         without checks (the hot path: skipping ``__init__`` and keyword arguments makes small
         banked event packets decode about 10% faster)."""
@@ -126,14 +129,16 @@ class MonitorSection:
     tof_corrected: bool = True
     events: np.ndarray = field(repr=False, default_factory=lambda: np.empty(0, EVENT_DTYPE))
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         events = _as_words(self.events, "events")
         if events.ndim != 1:
             raise ValueError(f"monitor events must be 1-D, not {events.shape}")
         _setattr(self, "events", events)
 
     @classmethod
-    def _trusted(cls, monitor_id: int, source_id: int, cor: int, events) -> MonitorSection:
+    def _trusted(
+        cls, monitor_id: int, source_id: int, cor: int, events: np.ndarray
+    ) -> MonitorSection:
         """Build from decoded header fields (``cor``: the COR | TOF offset word) and a (N,)
         uint32 view, without checks (the hot path)."""
         section = _new(cls)
@@ -148,10 +153,10 @@ class MonitorSection:
     def from_arrays(
         cls,
         monitor_id: int,
-        tof_100ns,
+        tof_100ns: Any,
         *,
-        cycle=0,
-        rising_edge=False,
+        cycle: Any = 0,
+        rising_edge: Any = False,
         source_id: int = 0,
         tof_offset_100ns: int = 0,
         tof_corrected: bool = True,
@@ -189,7 +194,7 @@ class MonitorSection:
         """(N,) bool: the event is from the discriminator's rising edge."""
         return (self.events >> 31).astype(bool)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, MonitorSection):
             return NotImplemented
         return (
@@ -200,4 +205,15 @@ class MonitorSection:
             and np.array_equal(self.events, other.events)
         )
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # holds arrays: compared by value, not hashed
+
+
+# The fast constructors set every field by hand: they must name exactly the dataclass fields.
+check_trusted(BankSection, ("bank_id", "events"))
+check_trusted(
+    SourceSection,
+    ("source_id", "intra_pulse_time_100ns", "tof_offset_100ns", "tof_corrected", "banks"),
+)
+check_trusted(
+    MonitorSection, ("monitor_id", "source_id", "tof_offset_100ns", "tof_corrected", "events")
+)

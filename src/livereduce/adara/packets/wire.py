@@ -33,13 +33,14 @@ bytes that are not UTF-8 survive a decode/encode round trip (``surrogateescape``
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self, TypeVar
 
+from livereduce.adara.codes import PacketType
 from livereduce.adara.errors import BadFieldError, BadPayloadLengthError
-from livereduce.adara.packets.codes import PacketType
 
 HEADER_FORMAT = "<IIII"
 """payload length, format word, EPICS seconds, nanoseconds (ADARA.h ``struct Header``)."""
@@ -54,6 +55,12 @@ EPICS_EPOCH_NS = EPICS_EPOCH_OFFSET_S * NS_PER_S
 """The EPICS epoch in Unix nanoseconds."""
 U32_MAX = 0xFFFF_FFFF
 
+T = TypeVar("T")
+E = TypeVar("E", bound=IntEnum)
+
+Payload = bytes | memoryview
+"""What decoders read: the payload's bytes, or a memoryview on them (read-only)."""
+
 WORD = struct.Struct("<I")
 """One little-endian u32 word, the unit of every ADARA field."""
 
@@ -66,7 +73,7 @@ class PayloadContext:
 
     __slots__ = ("offset", "packet_type")
 
-    def __init__(self, packet_type: int, offset: int | None):
+    def __init__(self, packet_type: int, offset: int | None) -> None:
         self.packet_type = packet_type
         self.offset = offset
 
@@ -135,19 +142,19 @@ def unix_ns_to_epics(name: str, unix_ns: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------- decoding fields
 
 
-def exact(ctx: PayloadContext, payload: bytes, expected: int) -> None:
+def exact(ctx: PayloadContext, payload: Payload, expected: int) -> None:
     """BadPayloadLengthError unless ``payload`` is exactly ``expected`` bytes."""
     if len(payload) != expected:
         raise ctx.length(f"payload is {len(payload)} bytes, this type has exactly {expected}")
 
 
-def at_least(ctx: PayloadContext, payload: bytes, minimum: int) -> None:
+def at_least(ctx: PayloadContext, payload: Payload, minimum: int) -> None:
     """BadPayloadLengthError when ``payload`` is shorter than ``minimum`` bytes."""
     if len(payload) < minimum:
         raise ctx.length(f"payload is {len(payload)} bytes, this type needs at least {minimum}")
 
 
-def sized_text(ctx: PayloadContext, payload: bytes, start: int, size: int, what: str) -> str:
+def sized_text(ctx: PayloadContext, payload: Payload, start: int, size: int, what: str) -> str:
     """The ``size`` bytes of text at ``start``; BadPayloadLengthError naming ``what`` when the
     payload ends before them."""
     available = len(payload) - start
@@ -156,7 +163,7 @@ def sized_text(ctx: PayloadContext, payload: bytes, start: int, size: int, what:
     return text(bytes(payload[start : start + size]))
 
 
-def length_prefixed_text(ctx: PayloadContext, payload: bytes, start: int, what: str) -> str:
+def length_prefixed_text(ctx: PayloadContext, payload: Payload, start: int, what: str) -> str:
     """Decode :func:`length_prefixed` text whose length word is at byte ``start``;
     BadPayloadLengthError when the word or the text runs past the payload."""
     at_least(ctx, payload, start + 4)
@@ -164,7 +171,7 @@ def length_prefixed_text(ctx: PayloadContext, payload: bytes, start: int, what: 
     return sized_text(ctx, payload, start + 4, size, what)
 
 
-def enum_field(ctx: PayloadContext, enum: type[IntEnum], value: int, what: str):
+def enum_field(ctx: PayloadContext, enum: type[E], value: int, what: str) -> E:
     """``enum(value)``; BadFieldError naming ``what`` when ``value`` is not one of its codes."""
     try:
         return enum(value)
@@ -172,14 +179,55 @@ def enum_field(ctx: PayloadContext, enum: type[IntEnum], value: int, what: str):
         raise ctx.field(f"{what} {value} is not a defined {enum.__name__}") from None
 
 
-def build(cls, **fields):
+def enum_or_raw(enum: type[E], value: int) -> E | int:
+    """``enum(value)``, or ``value`` itself when it is not one of the codes: a value a newer
+    ADARA defines is kept as its raw number rather than costing the packet."""
+    try:
+        return enum(value)
+    except ValueError:
+        return value
+
+
+def build(cls: type[T], **fields: object) -> T:
     """An instance of the frozen dataclass ``cls`` from already-validated decoded ``fields``,
     without running ``__init__`` / ``__post_init__``: about twice as fast, which matters for
-    the per-pulse packets (the decode hot path). Every field must be given."""
+    the per-pulse packets (the decode hot path).
+
+    Checked: every field of ``cls`` must be given (TypeError naming the missing ones
+    otherwise), so a field added to a packet class without its decoder fails the first
+    decode instead of leaving an unset slot; an unknown name fails on its slot."""
+    if len(fields) != _field_count(cls):
+        missing = sorted(set(field_names(cls)) - set(fields))
+        raise TypeError(f"{cls.__name__} decoded without its fields {missing}")
     instance = object.__new__(cls)
     for name, value in fields.items():
         _setattr(instance, name, value)
     return instance
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass fields of ``cls``, in definition order."""
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def check_trusted(cls: type, names: tuple[str, ...]) -> None:
+    """TypeError unless ``names`` are exactly the dataclass fields of ``cls``: called at import
+    for the hand-written fast constructors (``_trusted``) so that they cannot miss a field."""
+    if set(names) != set(field_names(cls)):
+        raise TypeError(
+            f"{cls.__name__}._trusted sets {sorted(names)}, the class has "
+            f"{sorted(field_names(cls))}"
+        )
+
+
+_FIELD_COUNTS: dict[type, int] = {}
+
+
+def _field_count(cls: type) -> int:
+    count = _FIELD_COUNTS.get(cls)
+    if count is None:
+        count = _FIELD_COUNTS[cls] = len(dataclasses.fields(cls))
+    return count
 
 
 _setattr = object.__setattr__
@@ -223,8 +271,8 @@ class Packet:
 
     @classmethod
     def _decode(
-        cls, packet_type: PacketType, timestamp_ns: int, payload: bytes, ctx: PayloadContext
-    ):
+        cls, packet_type: PacketType, timestamp_ns: int, payload: Payload, ctx: PayloadContext
+    ) -> Self:
         raise NotImplementedError
 
 
@@ -233,6 +281,9 @@ class VersionedPacket(Packet):
     """A packet with more than one layout: ``TYPES`` lists its format words and the subclass
     declares ``version: int`` as its last field (last, so that ``repr`` shows it last), which
     picks the format word. ValueError from ``packet_type`` for a version it does not have."""
+
+    if TYPE_CHECKING:
+        version: int
 
     @property
     def packet_type(self) -> PacketType:

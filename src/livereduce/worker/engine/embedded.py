@@ -16,14 +16,26 @@ runs LoadLiveData's steps (§2.3):
 
 Run transitions (``run_transition``): at the chunk that ends a run, Restart makes the next chunk
 replace the accumulation; Rename does the same and keeps the finished run's output as
-``<output_workspace>_<run>.h5``; Stop writes the output and ends the loop (state run_ended). A
-chunk that begins a new run when the previous one never reported its end counts as that end.
-A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+``<output_workspace>_<run>.h5`` (``<output_workspace>_<run>_partial.h5`` when the listener
+joined the run after its start: a partial result never replaces a complete one); Stop writes
+the output and ends the loop (state run_ended). A chunk that begins a new run when the previous
+one never reported its end counts as that end. After a chunk that ends a run the next chunk is
+taken at once, whatever ``update_every`` is, so runs finished in a burst are all handed on
+without lag. A data reset (the stream replays the run) replaces the run's events, monitors and
+logs together. A script failure loses its chunk only; the loop goes on (STYLE.md §10).
+
+What the listener left out or could not read (``Chunk.input_counts``) is summed in the report's
+``input_counts`` and in the result file's ``livereduce_input_counts`` attribute (JSON, for the
+current run); stream faults (:data:`~livereduce.worker.listeners.base.STREAM_FAULTS`) also count
+as ``errors``. Every report names the oldest run seen whose end was not yet handled
+(``unfinished_run``, ``unfinished_run_start_ns``) so that a worker taking over (``resume``)
+completes it first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -33,7 +45,7 @@ from typing import Any
 import scipp as sc
 
 from livereduce.config import Config, RunTransitionBehavior
-from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
+from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, Resume, WorkerExit, WorkerState
 from livereduce.worker.engine.accumulation import (
     SCIPP_ERRORS,
     Accumulation,
@@ -41,7 +53,14 @@ from livereduce.worker.engine.accumulation import (
     sum_bins,
 )
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
-from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
+from livereduce.worker.listeners.base import (
+    STREAM_FAULTS,
+    Chunk,
+    Listener,
+    ListenerError,
+    NotYet,
+    RunInfo,
+)
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopToken
@@ -57,11 +76,13 @@ class StepOutcome:
 
     ``processed``: the chunk went through processing and accumulation; ``waiting``: the
     listener had nothing (NotYet) or the chunk was empty; ``failed``: the chunk was lost to a
-    script or accumulation error; ``wrote``: the output file was written; ``finished``: the run
-    ended with run_transition Stop, the loop must end.
+    script or accumulation error; ``wrote``: the output file was written; ``ended_run``: a run
+    ended with this chunk (the next chunk is taken at once); ``finished``: the run ended with
+    run_transition Stop, the loop must end.
     """
 
     events: int = 0
+    ended_run: bool = False
     processed: bool = False
     waiting: bool = False
     failed: bool = False
@@ -101,7 +122,9 @@ def _has_data(chunk: Chunk) -> bool:
 class EmbeddedEngine:
     """The live-data loop for ``config``. ``listener``: the source of chunks (None: made from
     the configuration by :func:`livereduce.worker.listeners.create_listener` when :meth:`run`
-    starts; tests pass one, already started or not). ``clock``: monotonic seconds."""
+    starts; tests pass one, already started or not). ``clock``: monotonic seconds.
+    ``resume``: the run a previous worker left unfinished (reported as unfinished until this
+    engine handles its end)."""
 
     def __init__(
         self,
@@ -109,6 +132,7 @@ class EmbeddedEngine:
         listener: Listener | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        resume: Resume | None = None,
     ) -> None:
         self.config = config
         self.listener = listener
@@ -131,12 +155,20 @@ class EmbeddedEngine:
         self._replace_next = True
         self._received_data = False
         self._run_events = 0
+        self._run_input_counts: dict[str, int] = {}
+        self._unfinished: dict[int, int] = {}
+        """Run number -> start (Unix ns) of every run seen whose end was not handled yet."""
+        self._resumed = resume.run_number if resume is not None else None
+        """The run handed over by the previous worker, until this engine meets it."""
+        if resume is not None:
+            self._unfinished[resume.run_number] = resume.start_ns
         self.progress = Progress(
             state=WorkerState.STARTING,
             engine="embedded",
             instrument=config.instrument.name,
             results_written=0,
         )
+        self._report_unfinished()
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -180,6 +212,8 @@ class EmbeddedEngine:
                 last_report = self._clock()
                 if outcome.finished:
                     return WorkerExit.STOPPED
+                if outcome.ended_run:
+                    next_chunk = last_report  # a finished run waits for nothing: take the next
             elif now - last_report >= HEARTBEAT_INTERVAL_S:
                 report(self.progress)
                 last_report = now
@@ -224,6 +258,8 @@ class EmbeddedEngine:
         extracted = self._clock()
         self._received_data = True
         self._count_events(chunk)
+        self._count_input(chunk)
+        self._see_run(chunk.run)
         if not _has_data(chunk):
             run = self._run
             if (
@@ -241,7 +277,7 @@ class EmbeddedEngine:
                 return StepOutcome(finished=True, extract_s=extracted - began)
         if chunk.begins_run or chunk.data_reset:
             self._replace_next = True
-        if chunk.begins_run or (chunk.run is not None and self._run is None):
+        if chunk.begins_run or chunk.data_reset or (chunk.run is not None and self._run is None):
             self._run_logs = {}
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
@@ -249,7 +285,7 @@ class EmbeddedEngine:
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
-            outcome = dataclasses.replace(outcome, finished=finished)
+            outcome = dataclasses.replace(outcome, finished=finished, ended_run=True)
         return outcome
 
     def _keep_logs(self, chunk: Chunk) -> None:
@@ -265,6 +301,51 @@ class EmbeddedEngine:
             self._run_events = 0
         self._run_events += chunk.event_count
         self.progress = self.progress.with_(events=events + chunk.event_count)
+
+    def _count_input(self, chunk: Chunk) -> None:
+        """Sum what the listener left out or could not read; stream faults are errors too."""
+        if chunk.begins_run:
+            self._run_input_counts = {}
+        if not chunk.input_counts:
+            return
+        total = dict(self.progress.input_counts)
+        for kind, count in chunk.input_counts.items():
+            total[kind] = total.get(kind, 0) + count
+            self._run_input_counts[kind] = self._run_input_counts.get(kind, 0) + count
+        faults = sum(chunk.input_counts.get(kind, 0) for kind in STREAM_FAULTS)
+        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(chunk.input_counts.items()))
+        last_error = f"bad input from the stream: {summary}" if faults else None
+        self.progress = self.progress.with_(
+            input_counts=total,
+            errors=self.progress.errors + faults,
+            last_error=last_error or self.progress.last_error,
+        )
+
+    def _see_run(self, run: RunInfo | None) -> None:
+        if run is not None and self._resumed is not None and run.number != self._resumed:
+            # the stream began after the handed-over run: it cannot be completed any more
+            log.warning(
+                "resume_abandoned: run %d was handed over unfinished, but the stream gave "
+                "run %d first; run %d stays incomplete",
+                self._resumed,
+                run.number,
+                self._resumed,
+            )
+            self._unfinished.pop(self._resumed, None)
+            self._report_unfinished()
+        if run is not None:
+            self._resumed = None
+        if run is not None and run.number and run.number not in self._unfinished:
+            start_ns = run.start_ns
+            self._unfinished[run.number] = start_ns if start_ns is not None else 0
+            self._report_unfinished()
+
+    def _report_unfinished(self) -> None:
+        oldest = min(self._unfinished, key=self._unfinished.__getitem__, default=None)
+        self.progress = self.progress.with_(
+            unfinished_run=oldest,
+            unfinished_run_start_ns=None if oldest is None else self._unfinished[oldest],
+        )
 
     def _report_idle(self, chunk: Chunk) -> None:
         if not self._run_open:
@@ -329,7 +410,12 @@ class EmbeddedEngine:
             if publish is not None:
                 # The Kafka listener in a consumer group publishes this as its partial result.
                 publish(output, chunk)
-            wrote = self.writer.write(output, self._output_version, force=chunk.ends_run)
+            wrote = self.writer.write(
+                output,
+                self._output_version,
+                force=chunk.ends_run,
+                metadata=self._file_metadata(),
+            )
             self._count_write(wrote)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
@@ -415,17 +501,32 @@ class EmbeddedEngine:
 
     # -- run transitions -----------------------------------------------------------------
 
+    def _file_metadata(self) -> dict[str, str]:
+        """Attributes written into the result file: what the stream left out of this run."""
+        return {"livereduce_input_counts": json.dumps(self._run_input_counts, sort_keys=True)}
+
     def _end_run(self, run: RunInfo) -> bool:
         """Apply run_transition at the end of ``run``; True when the loop must stop."""
         behavior = self.config.run_transition
-        log.info("run_ended: run %d ended; run_transition %s", run.number, behavior)
+        log.info(
+            "run_ended: run %d ended%s; run_transition %s",
+            run.number,
+            " (partial: joined after its start)" if run.partial else "",
+            behavior,
+        )
         self._run_open = False
         self._replace_next = True
-        self._count_write(self.writer.write(self._output, self._output_version, force=True))
+        self._count_write(
+            self.writer.write(
+                self._output, self._output_version, force=True, metadata=self._file_metadata()
+            )
+        )
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
-            kept = self.writer.keep_run(run.number)
+            kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
+        self._unfinished.pop(run.number, None)
+        self._report_unfinished()
         if behavior is RunTransitionBehavior.STOP:
             self._set(
                 WorkerState.RUN_ENDED,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -46,7 +46,9 @@ class ListenerError(Exception):
 class RunInfo:
     """What is known of a run: ``number`` (0 = not in a run), ``title``, ``start_time``
     (timezone-aware UTC), ``instrument`` (name as the stream gives it), ``experiment``
-    (proposal / experiment identifier) and ``geometry_xml`` (the Mantid IDF, may be empty)."""
+    (proposal / experiment identifier), ``geometry_xml`` (the Mantid IDF, may be empty) and
+    ``partial``: the listener joined the run after its start, so its data are incomplete (the
+    engine keeps such a run's output under a ``_partial`` name, never over a complete one)."""
 
     number: int
     title: str = ""
@@ -54,6 +56,22 @@ class RunInfo:
     instrument: str = ""
     experiment: str = ""
     geometry_xml: str = field(default="", repr=False)
+    partial: bool = False
+
+    @property
+    def start_ns(self) -> int | None:
+        """``start_time`` as Unix nanoseconds, None when unknown."""
+        if self.start_time is None:
+            return None
+        return (self.start_time - _UNIX_EPOCH) // timedelta(microseconds=1) * 1000
+
+
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+STREAM_FAULTS = frozenset({"malformed_packets", "framing_failures", "malformed_messages"})
+"""Kinds of :attr:`Chunk.input_counts` that are faults of the stream (counted as errors in the
+status, besides their own count); the other kinds are data the listener left out by rule
+(error or unmapped pixels, paused pulses, ...)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +88,10 @@ class Chunk:
     ``data_reset``: the listener started the current run over (it reconnected and the stream
     replays the run from its first pulse), so this chunk replaces what was accumulated for the
     run instead of adding to it: Mantid's ``dataReset()``, which forces Replace (§2.3 step 8).
+    ``input_counts``: what the listener received since the previous chunk but left out or could
+    not read, by kind (e.g. ``error_events``, ``out_of_range_events``, ``paused_events``,
+    ``malformed_packets``, ``skipped_bytes``; docs/adara.md lists them); kinds in
+    :data:`STREAM_FAULTS` are faults.
     ``connected`` / ``activity``: whether the listener's source was connected when the chunk was
     handed over, and what the listener was doing, in words (taken with the chunk, under the
     listener's lock); the engine reports them while a run's data stop coming.
@@ -82,6 +104,7 @@ class Chunk:
     begins_run: bool = False
     ends_run: bool = False
     data_reset: bool = False
+    input_counts: Mapping[str, int] = field(default_factory=dict)
     connected: bool = True
     activity: str = ""
 
@@ -93,8 +116,9 @@ class Chunk:
 
 @runtime_checkable
 class Listener(Protocol):
-    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``fake``, ``nexus``; each
-    module ``livereduce.worker.listeners.<kind>`` has ``from_config(config) -> Listener``."""
+    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``kafka``, ``fake``,
+    ``nexus``; each module ``livereduce.worker.listeners.<kind>`` has ``from_config(config) ->
+    Listener``."""
 
     name: str
     """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'. What a listener that talks

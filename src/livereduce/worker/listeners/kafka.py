@@ -94,6 +94,18 @@ when they send it, which can be later than the pulse."""
 MAX_AHEAD_NS = 3600 * 10**9
 """Pulses this far ahead of the wall clock are insane (a corrupt time, not clock skew): their
 message is dropped and counted as malformed, so it can neither end a run nor sit in the buffer."""
+RESUMABLE = True
+"""This listener honours a :class:`~livereduce.protocol.Resume` (``from_config(resume=...)``):
+it reaches back to that run's start and completes it first."""
+
+INPUT_KINDS = {
+    "malformed": "malformed_messages",
+    "ignored": "ignored_messages",
+    "outside_runs": "events_outside_runs",
+    "revoked": "events_handed_over",
+}
+"""``counts`` -> the kinds of ``Chunk.input_counts`` (malformed_messages is a stream fault)."""
+
 MALFORMED_LOG_FIRST = 10
 MALFORMED_LOG_EVERY = 1000
 """Bad messages logged: the first ten, then every thousandth (each line gives the count)."""
@@ -131,6 +143,7 @@ class KafkaListener:
         max_pending_events: int = 20_000_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ns: Callable[[], int] = time.time_ns,
+        resume: Resume | None = None,
     ) -> None:
         self.name = f"kafka {bootstrap}"
         self._bootstrap = bootstrap
@@ -162,7 +175,8 @@ class KafkaListener:
         self._events: Consumer | None = None
         self._producer: Producer | None = None
         self._start_from = StartFrom.START_OF_RUN
-        self._resume: Resume | None = None
+        self._resume = resume
+        self._reported: dict[str, int] = {}
         self._attempts = 0
         self._next_attempt = 0.0
         self._run_partitions: list[TopicPartition] = []
@@ -191,18 +205,11 @@ class KafkaListener:
         self._rate_since = clock()
         self._partial_sequence = 0
 
-    @property
-    def waiting_for_run(self) -> bool:
-        """Connected and no run to give yet (the engine reports waiting_for_run)."""
-        return self.lstate is ListenerState.WAITING_FOR_RUN
-
     # -- start -------------------------------------------------------------------------
 
-    def start(self, start_from: StartFrom, resume: Resume | None = None) -> None:
-        """Create the consumers; connecting happens in :meth:`extract_data` (never blocks).
-        ``resume``: complete that run first, from its start (protocol.Resume)."""
+    def start(self, start_from: StartFrom) -> None:
+        """Create the consumers; connecting happens in :meth:`extract_data` (never blocks)."""
         self._start_from = start_from
-        self._resume = resume
         base = client.settings(self._bootstrap, self._options, role="consumer")
         control = dict(base, **{"group.id": f"livereduce-control-{self.instance}"})
         control["error_cb"] = self._on_error
@@ -561,7 +568,7 @@ class KafkaListener:
                 self.lstate = ListenerState.WAITING_FOR_RUN
                 self.state = f"waiting for a run start (pl72) on {self._run_topic}"
                 self._keep_last_log_values()
-                return Chunk(events=empty_events())
+                return Chunk(events=empty_events(), **self._chunk_status())
             self._current, self._begins = run, True
             self.lstate = ListenerState.IN_RUN
         run = self.runs.get(run.start.run_name) or run
@@ -588,6 +595,7 @@ class KafkaListener:
             run=_run_info(run),
             begins_run=begins,
             ends_run=ends,
+            **self._chunk_status(),
         )
         self._begins = self._begins and not begins
         if ends:
@@ -603,6 +611,17 @@ class KafkaListener:
                 self.lstate = ListenerState.WAITING_FOR_RUN
         self.state = f"in run {run.number}" if not ends else f"run {run.number} ended"
         return chunk
+
+    def _chunk_status(self) -> dict[str, Any]:
+        """A chunk's ``connected``, ``activity`` and ``input_counts`` (what was left out or
+        unreadable since the previous chunk, under the kinds of :data:`INPUT_KINDS`)."""
+        counts = {}
+        for name, kind in INPUT_KINDS.items():
+            new = self.counts[name] - self._reported.get(name, 0)
+            if new:
+                counts[kind] = new
+            self._reported[name] = self.counts[name]
+        return {"connected": self.connected, "activity": self.state, "input_counts": counts}
 
     def _next_run(self) -> KafkaRun | None:
         """The run after the one given last. Before any: the first announced run, or from now
@@ -808,9 +827,10 @@ def _strings(config: Config, key: str, value: object) -> list[str]:
     return value
 
 
-def from_config(config: Config) -> KafkaListener:
-    """The Kafka listener for ``config`` (address: bootstrap servers). Raises ConfigError for
-    a missing run topic or event topics, or scale-out without run_transition Rename."""
+def from_config(config: Config, resume: Resume | None = None) -> KafkaListener:
+    """The Kafka listener for ``config`` (address: bootstrap servers), completing ``resume``
+    first when given. Raises ConfigError for a missing run topic or event topics, or scale-out
+    without run_transition Rename."""
     options = config.listener_options
     if not config.address:
         raise ConfigError(config.path, "address", "the kafka listener needs bootstrap servers")
@@ -843,4 +863,5 @@ def from_config(config: Config) -> KafkaListener:
         output_workspace=config.output_workspace,
         run_end_grace_s=float(options.get("run_end_grace_sec", 2.0)),
         max_pending_events=int(options.get("max_pending_events", 20_000_000)),
+        resume=resume,
     )

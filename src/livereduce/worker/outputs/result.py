@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import h5py
 
 from livereduce.atomic import link_atomically, remove_stale_temporaries, write_atomically
 from livereduce.worker.engine.accumulation import SCIPP_ERRORS
@@ -39,6 +41,7 @@ class OutputWriter:
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
+        self._metadata: dict[str, str] = {}
         self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
@@ -48,11 +51,21 @@ class OutputWriter:
         the disk."""
         remove_stale_temporaries(self.path.parent, f".{self._name}*.h5.*.tmp")
 
-    def write(self, workspace: Any, version: object, *, force: bool = False) -> bool:
+    def write(
+        self,
+        workspace: Any,
+        version: object,
+        *,
+        force: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
-        the file was written. A failed write is logged and described in ``failure`` (empty
-        after any call that did not fail); the previous file stays."""
+        the file was written. ``metadata``: attributes set on the file's root group (the
+        latest given is kept for later writes). A failed write is logged and described in
+        ``failure`` (empty after any call that did not fail); the previous file stays."""
+        if metadata is not None:
+            self._metadata = dict(metadata)
         self.failure = ""
         if workspace is None or version == self._written_version:
             self.pending = False
@@ -71,18 +84,32 @@ class OutputWriter:
 
     def _save(self, workspace: Any, target: Path) -> bool:
         try:
-            write_atomically(target, workspace.save_hdf5)
+            write_atomically(target, self._save_with_metadata(workspace))
         except (OSError, *SCIPP_ERRORS) as error:
             self.failure = f"cannot write {target}: {error}"
             log.error("output_write_failed: %s", self.failure)
             return False
         return True
 
-    def keep_run(self, run_number: int) -> Path | None:
-        """Keep the file as it is now as ``<name>_<run_number>.h5`` (Mantid's Rename clone).
-        A hard link: the next write renames a new file over ``<name>.h5`` and leaves this one
-        alone. Returns the kept path, None when there is no file or it could not be kept."""
-        kept = self.path.with_name(f"{self._name}_{run_number}.h5")
+    def _save_with_metadata(self, workspace: Any) -> Callable[[Path], None]:
+        """Writes ``workspace`` with scipp's HDF5 writer, then the metadata as root attributes."""
+
+        def save(path: Path) -> None:
+            workspace.save_hdf5(path)
+            if self._metadata:
+                with h5py.File(path, "r+") as h5:
+                    h5.attrs.update(self._metadata)
+
+        return save
+
+    def keep_run(self, run_number: int, *, partial: bool = False) -> Path | None:
+        """Keep the file as it is now as ``<name>_<run_number>.h5`` (Mantid's Rename clone), or
+        ``<name>_<run_number>_partial.h5`` for a ``partial`` run (its start was missed), so
+        that a partial result never replaces a complete one. A hard link: the next write
+        renames a new file over ``<name>.h5`` and leaves this one alone. Returns the kept path,
+        None when there is no file or it could not be kept."""
+        suffix = "_partial" if partial else ""
+        kept = self.path.with_name(f"{self._name}_{run_number}{suffix}.h5")
         if not self.path.is_file():
             return None
         try:
