@@ -103,21 +103,6 @@ def run_engine(
     return ended
 
 
-def test_replay_run_holds_exactly_the_file_events(tmp_path, shared_data, broker):
-    path = shared_data / "HYS_178921.nxs.h5"
-    names = topics(broker)
-    published = publish_runs(broker.bootstrap, [path], topics=names)
-    assert published[0].events == HYS_EVENTS[178921]
-    config = make_config(tmp_path, broker, names, "output = input\n", preserve_events=True)
-    engine = EmbeddedEngine(config, from_config(config))
-    assert run_engine(engine, 1) == [178921]
-    result = sc.io.load_hdf5(tmp_path / "out" / "result.h5")
-    assert result.bins.size().sum().value == HYS_EVENTS[178921]
-    assert np.array_equal(triples(result), triples(offline_events(path)))
-    assert engine.progress.events == HYS_EVENTS[178921]
-    assert engine.progress.errors == 0
-
-
 def file_messages(path: Path) -> tuple[int, int, int, list[bytes]]:
     """The detector events of an SNS file as ev44 messages, one per pulse, written here with
     ess-streaming-data-types directly (not livereduce's replay): (run number, start ms, stop
@@ -201,18 +186,22 @@ def test_own_producer_runs_back_to_back_rename_in_hostile_order(tmp_path, shared
     assert listener.counts["ignored"] == 1  # no schema at all
 
 
-def test_resume_completes_the_named_run_first_and_streams_show_rates(tmp_path, shared_data, broker):
-    """Both runs finished on the topics; a worker resuming run 178921 (protocol.Resume) gets
-    that run from its start, then 178922, although start_of_run alone would pick 178922."""
+def test_replayed_runs_exact_and_resume_completes_the_named_run_first(
+    tmp_path, shared_data, broker
+):
+    """Two runs published by livereduce's replay and finished; a worker resuming run 178921
+    (protocol.Resume, through create_listener as the worker does) gets that run from its start,
+    then 178922 (start_of_run alone would pick 178922); each kept result holds exactly its
+    file's events, and the streams report rates and lag."""
     names = topics(broker)
     paths = [shared_data / "HYS_178921.nxs.h5", shared_data / "HYS_178922.nxs.h5"]
     published = publish_runs(broker.bootstrap, paths, topics=names)
+    assert published[0].events == HYS_EVENTS[178921]
     config = make_config(
-        tmp_path, broker, names, HISTOGRAM, logs=False, preserve_events=False,
-        run_transition="Rename",
-    )  # fmt: skip
+        tmp_path, broker, names, "output = input\n", preserve_events=True, run_transition="Rename"
+    )
     resume = Resume(run_number=178921, start_ns=published[0].start_ns)
-    listener = create_listener(config, resume)  # as the worker makes it
+    listener = create_listener(config, resume)
     listener.start(config.start_from)
     engine = EmbeddedEngine(config, listener, resume=resume)
     rates = []
@@ -227,7 +216,14 @@ def test_resume_completes_the_named_run_first_and_streams_show_rates(tmp_path, s
     assert run_engine(engine, 2, start=False) == [178921, 178922]
     for path, run in zip(paths, published, strict=True):
         kept = sc.io.load_hdf5(tmp_path / "out" / f"result_{run.run_number}.h5")
-        offline = offline_events(path).bins.concat().hist(event_time_offset=EDGES)
-        assert np.array_equal(kept.values, offline.values), run.run_number
+        offline = offline_events(path)
+        assert kept.bins.size().sum().value == run.events
+        assert np.array_equal(triples(kept), triples(offline)), run.run_number
+        assert np.array_equal(
+            kept.bins.concat().hist(event_time_offset=EDGES).values,
+            offline.bins.concat().hist(event_time_offset=EDGES).values,
+        )
+    assert engine.progress.events == sum(run.events for run in published)
+    assert engine.progress.errors == 0
     assert max(rates) > 0
     assert engine.progress.streams[names.events]["lag"] == 0
