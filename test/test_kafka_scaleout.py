@@ -92,7 +92,7 @@ def group(tmp_path, shared_data):
             "group_id": unique("group"),
             "results_topic": results,
             "run_end_grace_sec": 0.5,
-            "kafka": {"session.timeout.ms": 3000},
+            "kafka": {"session.timeout.ms": 1500, "heartbeat.interval.ms": 500},
         },
     }
     instances = [Instance(tmp_path / name, raw) for name in ("a", "b")]
@@ -154,9 +154,9 @@ def test_instance_killed_mid_run_the_other_takes_over(tmp_path, shared_data, gro
     broker, names, results, instances = group
     path = shared_data / "HYS_178921.nxs.h5"
     wait(lambda: all("kafka_partitions_assigned" in i.text() for i in instances), instances)
-    # 232 s of beam at 30x: ~8 s, longer than the group takes to notice a dead member (3 s).
+    # 232 s of beam at 60x: ~4 s, longer than the group takes to notice a dead member (1.5 s).
     publisher = threading.Thread(
-        target=publish_runs, args=(broker.bootstrap, [path]), kwargs={"topics": names, "speed": 30}
+        target=publish_runs, args=(broker.bootstrap, [path]), kwargs={"topics": names, "speed": 60}
     )
     publisher.start()
     try:
