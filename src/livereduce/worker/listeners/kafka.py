@@ -21,8 +21,10 @@ the run it names, ``now`` with the current run from the live position. Event and
 are positioned with ``offsets_for_times`` where the broker honours it (probed once: a lookup far
 in the future must answer "no such offset"), else at their earliest retained offset, and events
 are filtered by time either way. The high watermark is never taken as the end of a run: a run
-ends when its stop is known and every assigned partition has passed it (or stayed silent for
-``run_end_grace_sec``).
+ends when its stop is known and every assigned partition has passed it, or has been read to
+its end and stayed there for ``run_end_grace_sec`` (in a consumer group, not before the session
+timeout has passed too, so that a dead member's partitions have been handed over). Chunks
+carry what was left out or unreadable in ``input_counts`` (kinds: :data:`INPUT_KINDS`).
 
 A broker down at start or later is retried by librdkafka with backoff (200 ms to 5 s); the
 listener logs ``kafka_broker_down`` / ``kafka_reconnected`` and raises NotYet while it has not
