@@ -129,15 +129,23 @@ class Run:
 
 
 def serve_run(
-    run: Run, sock: socket.socket, hello: packets.ClientHello, *, end: bool = True
+    run: Run,
+    sock: socket.socket,
+    hello: packets.ClientHello,
+    *,
+    prologue: bytes = b"",
+    after: dict[int, bytes] | None = None,
 ) -> None:
     """Send the run to one client from its hello's start time: status (NEW_RUN from the start,
-    STATE mid-run), the descriptor, the items, END_RUN."""
-    whole, items = run.from_time(hello.start_time_ns)
+    STATE mid-run), the descriptor and ``prologue``, the items (each followed by the bytes
+    ``after`` holds for its time: the hostile part), END_RUN."""
+    whole, _ = run.from_time(hello.start_time_ns)
     code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
-    sock.sendall(b"".join([status(code), descriptor(), *items]))
-    if end:
-        sock.sendall(status(packets.RunStatusCode.END_RUN))
+    sock.sendall(status(code) + descriptor() + prologue)
+    for t, data in run.items:
+        if t >= hello.start_time_ns or whole:
+            sock.sendall(data + (after or {}).get(t, b""))
+    sock.sendall(status(packets.RunStatusCode.END_RUN))
 
 
 @pytest.fixture
@@ -462,22 +470,9 @@ def test_a_framing_breaking_packet_in_a_replayed_run_is_skipped_past_after_two_f
 ):
     caplog.set_level(logging.INFO, logger="livereduce.listener.adara")
     run = Run(values=0)
-    bad_after = T0 + 3 * S  # every connection that passes pulse 3 meets a 2**31-byte header
-
-    def script(connection, sock, hello):
-        whole, _ = run.from_time(hello.start_time_ns)
-        code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
-        sock.sendall(status(code) + descriptor())
-        for t, data in run.items:
-            if t < hello.start_time_ns:
-                continue
-            sock.sendall(data)
-            if t == bad_after:
-                sock.sendall(oversize_header() + b"\0" * 64)
-                return
-        sock.sendall(status(packets.RunStatusCode.END_RUN))
-
-    sms = sms_factory(script)
+    # every connection that passes pulse 3 meets a 2**31-byte header
+    bad = {T0 + 3 * S: oversize_header() + b"\0" * 64}
+    sms = sms_factory(lambda connection, sock, hello: serve_run(run, sock, hello, after=bad))
     chunks = collect(listen(sms, reconnect_max_s=30))
     counts = assert_run_complete(run, chunks)
     assert [h.start_time_ns for h in sms.hellos] == [packets.START_OF_RUN, T0, T0 + 4 * S]
@@ -574,16 +569,8 @@ def test_a_hostile_run_completes_in_the_engine_with_the_faults_in_the_status(sms
     odd = struct.pack("<IIII", 6, packets.PacketType.BANKED_EVENT_V1, 0, 0) + b"\0" * 6
 
     def script(connection, sock, hello):
-        whole, _ = run.from_time(hello.start_time_ns)
-        code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
-        sock.sendall(status(code) + descriptor() + latin1 + odd)
-        for t, data in run.items:
-            if t >= hello.start_time_ns:
-                sock.sendall(data)
-                if t == T0 + 3 * S:
-                    sock.sendall(oversize_header())
-                    return
-        sock.sendall(status(packets.RunStatusCode.END_RUN))
+        after = {T0 + 3 * S: oversize_header()}
+        serve_run(run, sock, hello, prologue=latin1 + odd, after=after)
 
     sms = sms_factory(script)
     listener = adara.AdaraListener("127.0.0.1", sms.port, reconnect_max_s=0.5)
@@ -683,21 +670,8 @@ def test_a_reconnect_answered_from_inside_the_run_keeps_what_came_and_drops_the_
 
 def test_bad_bytes_at_two_points_are_each_skipped_past_and_never_met_again(sms_factory):
     run = Run(values=0)
-    bad_after = {T0 + 3 * S, T0 + 4 * S}
-
-    def script(connection, sock, hello):
-        whole, _ = run.from_time(hello.start_time_ns)
-        code = packets.RunStatusCode.NEW_RUN if whole else packets.RunStatusCode.STATE
-        sock.sendall(status(code) + descriptor())
-        for t, data in run.items:
-            if t >= hello.start_time_ns:
-                sock.sendall(data)
-                if t in bad_after:
-                    sock.sendall(oversize_header())
-                    return
-        sock.sendall(status(packets.RunStatusCode.END_RUN))
-
-    sms = sms_factory(script)
+    bad = {T0 + 3 * S: oversize_header(), T0 + 4 * S: oversize_header()}
+    sms = sms_factory(lambda connection, sock, hello: serve_run(run, sock, hello, after=bad))
     chunks = collect(listen(sms, reconnect_max_s=0.5))
     counts = assert_run_complete(run, chunks)
     assert counts["framing_failures"] == 2
@@ -752,3 +726,24 @@ def test_a_reconnect_that_ends_before_its_first_pulse_loses_nothing(sms_factory)
     chunks = collect(listener)
     assert len(sms.hellos) == 3
     assert_run_complete(run, chunks)
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["raw", "in-a-banked-event-header"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_bytes_inside_a_run_never_loop_and_the_run_completes(sms_factory, seed, framed):
+    run = Run(values=0)
+    garbage = np.random.default_rng(seed).integers(0, 256, 36, dtype=np.uint8).tobytes()
+    if framed:  # a plausible header, a payload of noise: malformed, skipped by its length
+        garbage = struct.pack("<IIII", 36, packets.PacketType.BANKED_EVENT_V1, 0, 0) + garbage
+
+    bad = {T0 + 2 * S: garbage}
+    sms = sms_factory(lambda connection, sock, hello: serve_run(run, sock, hello, after=bad))
+    chunks = collect(listen(sms, reconnect_max_s=0.5))
+    events, _, counts = accumulated(chunks)
+    assert chunks[-1].ends_run
+    assert len(sms.hellos) <= 3  # at most two failures at the same point, then past it
+    assert counts["framing_failures"] + counts["malformed_packets"] >= 1
+    assert events >= run.events - 2 * 100  # at most the pulses around the bad bytes are lost
+    if framed:
+        assert len(sms.hellos) == 1
+        assert events == run.events
