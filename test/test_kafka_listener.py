@@ -227,3 +227,20 @@ def test_replayed_runs_exact_and_resume_completes_the_named_run_first(
     assert engine.progress.errors == 0
     assert max(rates) > 0
     assert engine.progress.streams[names.events]["lag"] == 0
+
+
+def test_a_run_without_events_ends_and_is_kept_empty(tmp_path, broker):
+    names = topics(broker, partitions=2)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    start_ms = 1_700_000_000_000
+    producer.produce(names.runs, serialise_pl72("j", "f", start_time=start_ms, run_name="5"))
+    producer.produce(names.runs, serialise_6s4t("j", run_name="5", stop_time=start_ms + 1000))
+    assert producer.flush(10) == 0
+    config = make_config(
+        tmp_path, broker, names, "output = input\n", preserve_events=True, run_transition="Rename"
+    )
+    engine = EmbeddedEngine(config, from_config(config))
+    assert run_engine(engine, 1) == [5]
+    kept = sc.io.load_hdf5(tmp_path / "out" / "result_5.h5")
+    assert kept.bins.size().sum().value == 0
+    assert engine.progress.errors == 0
