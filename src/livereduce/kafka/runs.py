@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 
 from livereduce.kafka.wire import RunStart, RunStop
 
+MAX_EARLY_STOPS = 100
+"""6s4t messages kept while their pl72 has not come."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KafkaRun:
@@ -41,10 +44,12 @@ class KafkaRun:
 
 class RunTable:
     """Every run run control announced, sorted by start time. ``ignored`` counts run-control
-    messages that said nothing new (a repeated pl72, a 6s4t of an unknown run)."""
+    messages that said nothing new (a repeated pl72); a 6s4t that comes before its run's pl72
+    is kept and applied when the pl72 arrives."""
 
     def __init__(self) -> None:
         self._runs: list[KafkaRun] = []
+        self._early_stops: dict[str, RunStop] = {}
         self.ignored = 0
 
     def __len__(self) -> int:
@@ -77,7 +82,8 @@ class RunTable:
             ):
                 # A missing stop ends the run at the next start; so does a stop past it.
                 self._runs[at - 1] = replace(before, stop_ns=start.start_ns)
-        return run
+        early = self._early_stops.pop(start.run_name, None)
+        return self._add_stop(early) if early is not None else run
 
     def _add_stop(self, stop: RunStop) -> KafkaRun | None:
         for index, run in enumerate(self._runs):
@@ -87,7 +93,12 @@ class RunTable:
                 changed = replace(run, stop_ns=stop_ns, stop_explicit=True)
                 self._runs[index] = changed
                 return changed
-        self.ignored += 1
+        # A 6s4t ahead of its pl72 (run control over several partitions): kept until it comes,
+        # the oldest forgotten beyond a bound (stops of runs that never started).
+        self._early_stops[stop.run_name] = stop
+        while len(self._early_stops) > MAX_EARLY_STOPS:
+            del self._early_stops[next(iter(self._early_stops))]
+            self.ignored += 1
         return None
 
     def get(self, run_name: str) -> KafkaRun | None:
