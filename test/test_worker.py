@@ -195,6 +195,27 @@ def test_exit_descriptions_name_signals_and_statuses():
     assert describe_exit(77) == "exit status 77"
 
 
+def test_keyboard_interrupt_and_sys_exit_in_a_script_lose_one_chunk_each(tmp_path, start_worker):
+    raw = fake_config(tmp_path)
+    (tmp_path / "reduce_FAKE_live_proc.py").write_text(
+        "import sys\n"
+        "workspaces['n'] = workspaces.get('n', 0) + 1\n"
+        "if workspaces['n'] == 2:\n"
+        "    raise KeyboardInterrupt\n"
+        "if workspaces['n'] == 3:\n"
+        "    sys.exit(3)\n"
+        "output = input\n"
+    )
+    worker = start_worker(raw)
+    report = worker.wait_for(lambda r: r.chunks >= 3)
+    assert worker.process.poll() is None
+    assert report.errors == 2
+    assert report.last_error.endswith("reduce_FAKE_live_proc.py:6: SystemExit: 3")
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(10) == WorkerExit.STOPPED
+    assert "reduce_FAKE_live_proc.py:4: KeyboardInterrupt" in worker.log()
+
+
 def test_the_resume_in_the_configuration_message_is_read():
     raw = {"instrument": "FAKE", "listener": "fake", "engine": "embedded"}
     message = {"path": None, "raw": raw, "resume": {"run_number": 7, "start_ns": 5 * 10**9}}

@@ -31,6 +31,10 @@ MANTID_PROPERTIES = (
 MIN_WATCHDOG_THRESHOLD_S = 20
 """The predecessor's lower bound for ``watchdog.threshold``: below it, ordinary log gaps trip it."""
 
+MANTID_CHUNK = "LoadLiveData"
+"""A report's ``in_script`` while the Mantid engine runs a chunk (Mantid's LoadLiveData runs the
+processing script, the accumulation and the post-processing script in one go)."""
+
 
 class ConfigError(Exception):
     """A configuration that cannot be used. ``str()`` names the file, the key and what is allowed.
@@ -177,9 +181,14 @@ class Config:
         return max(600.0, 2 * self.update_every)
 
     def script_timeout(self, script: str) -> float:
-        """The time limit of the script file named ``script`` (a report's ``in_script``)."""
+        """The time limit of the script file named ``script`` (a report's ``in_script``);
+        for :data:`MANTID_CHUNK` (a whole chunk of the Mantid engine, both scripts included)
+        the processing limit plus, with ``post_process``, the post-processing limit."""
         if script == self.post_proc_script.name:
             return self.post_proc_script_timeout
+        if script == MANTID_CHUNK:
+            post = self.post_proc_script_timeout if self.post_process else 0.0
+            return self.proc_script_timeout + post
         return self.proc_script_timeout
 
     def existing_scripts(self) -> tuple[Path | None, Path | None]:

@@ -101,7 +101,10 @@ class Progress:
     user script running now (e.g. ``reduce_HYS_live_post_proc.py``, empty between scripts) and
     ``in_script_since`` is when it started (wall time, Unix seconds): a report with ``in_script``
     set is sent just before the script starts, and the supervisor then allows that script's
-    ``script_timeout_sec`` before it counts the worker as hung.
+    ``script_timeout_sec`` before it counts the worker as hung (``Config.script_timeout``). The
+    Mantid engine names a whole chunk ``LoadLiveData`` (``config.MANTID_CHUNK``: both scripts in
+    one go); at each listener "not ready" retry it sends one with ``in_script`` empty (that
+    attempt ended), then one naming ``LoadLiveData`` again with a new ``in_script_since``.
 
     ``input_counts``: what the listener received but left out or could not read since the
     worker started, by kind (``error_events``, ``unmapped_events``, ``out_of_range_events``,

@@ -1,5 +1,4 @@
-import sys
-
 from livereduce.worker.main import main
+from livereduce.worker.stop import exit_now
 
-sys.exit(main())
+exit_now(main())

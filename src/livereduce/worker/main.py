@@ -8,6 +8,11 @@ run ended with run_transition Stop, BOOT_FAILURE when it cannot start (bad confi
 engine unavailable, unusable listener settings), ENGINE_FAILURE when the listener fails while
 running, CRASHED on an unexpected exception (its traceback is logged). A supervisor that went
 away (BrokenPipeError on the report pipe) counts as a stop request.
+
+A stop takes seconds whatever the worker does (issue 15.3, :mod:`livereduce.worker.stop`): the
+engine abandons the work in hand, and the process ends with :func:`~livereduce.worker.stop.
+exit_now` (never the interpreter's shutdown, which Mantid's exit hook can hang); at the latest
+``STOP_EXIT_AFTER_S`` after the stop request it ends itself with status 0.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from livereduce.protocol import (
 )
 from livereduce.worker.engine import Engine, EngineUnavailable, choose_engine
 from livereduce.worker.listeners.base import ListenerError
-from livereduce.worker.stop import StopToken
+from livereduce.worker.stop import StopRequested, StopToken
 
 log = logging.getLogger("livereduce.worker")
 
@@ -122,6 +127,9 @@ def run_worker(config: Config, report_fd: int, resume: Resume | None = None) -> 
         return WorkerExit.BOOT_FAILURE
     try:
         return engine.run(stop, reporter)
+    except StopRequested as stopped:
+        log.info("engine_stopping: %s", stopped.reason)
+        return WorkerExit.STOPPED
     except ListenerError as error:
         log.error("listener_failed: %s", error)
         _final(reporter, f"listener failed: {error}")

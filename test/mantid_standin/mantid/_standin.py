@@ -33,6 +33,12 @@ def env_float(name: str) -> float | None:
     return None if value in (None, "") else float(value)
 
 
+def seconds(standin_s: float) -> float:
+    """Real seconds for ``standin_s`` seconds of the stand-in's time: divided by
+    $MANTID_STANDIN_TIME_SCALE (default 1), so that a test can run a 200 s chunk in 2 s."""
+    return standin_s / (env_float("TIME_SCALE") or 1.0)
+
+
 def env_str(name: str) -> str | None:
     """The value of $MANTID_STANDIN_<name>, or None when unset or empty."""
     return os.environ.get(f"MANTID_STANDIN_{name}") or None

@@ -111,15 +111,35 @@ class _Property:
         self.value = value
 
 
+def _cancel_later(cancelled: threading.Event) -> None:
+    """What ``cancel()`` does: at once, never ($MANTID_STANDIN_CANCEL=block) or after
+    $MANTID_STANDIN_CANCEL_S (a cancel that takes effect only at a late interruption point)."""
+    if _standin.env_str("CANCEL") == "block":
+        threading.Event().wait()
+    delay = _standin.env_float("CANCEL_S")
+    if not delay:
+        cancelled.set()
+        return
+    timer = threading.Timer(_standin.seconds(delay), cancelled.set)
+    timer.daemon = True
+    timer.start()
+
+
 class MonitorLiveData:
-    """The background loop: replaces the output workspace every chunk, as scripted."""
+    """The background loop: replaces the output workspace every chunk, as scripted. Chunks
+    start ``UpdateEvery`` apart, start to start, as in Mantid (mantid-live-data.md §2.4)."""
 
     def __init__(self, properties: dict[str, Any]) -> None:
         self._properties = properties
         self._cancelled = threading.Event()
-        self._state = "running"  # running | executed | failed
+        self._start_s = _standin.env_float("START_S") or 0.0
+        # starting (not yet isRunning: the start-up window) | running | executed | failed
+        self._state = "starting" if self._start_s else "running"
         interval = _standin.env_float("CHUNK_EVERY_S")
-        self._interval_s = interval if interval is not None else float(properties["UpdateEvery"])
+        self._interval_s = _standin.seconds(
+            interval if interval is not None else float(properties["UpdateEvery"])
+        )
+        self._chunk_s = _standin.seconds(_standin.env_float("CHUNK_S") or 0.0)
         self._thread = threading.Thread(target=self._loop, name="MonitorLiveData", daemon=True)
 
     def start(self) -> None:
@@ -135,21 +155,26 @@ class MonitorLiveData:
 
     def cancel(self) -> None:
         _standin.record("MonitorLiveData.cancel")
-        if _standin.env_str("CANCEL") == "block":
-            threading.Event().wait()
-        self._cancelled.set()
+        _cancel_later(self._cancelled)
 
     def _loop(self) -> None:
+        if self._start_s:
+            time.sleep(_standin.seconds(self._start_s))
+            self._state = "running"
         limit = _standin.env_float("UPDATES")
         fail_after = _standin.env_float("FAIL_AFTER")
         end_run_after = _standin.env_float("END_RUN_AFTER")
         output = self._properties["OutputWorkspace"]
         updates = 0  # chunks loaded by this loop; StartLiveData loaded the one before
-        while not self._cancelled.wait(self._interval_s):
+        last = time.monotonic()
+        while not self._cancelled.wait(max(last + self._interval_s - time.monotonic(), 0.0)):
+            last = time.monotonic()
             if limit is not None and updates >= limit:
                 continue  # stalled: alive, but no chunk ever completes
             updates += 1
             _standin.log("notice", "MonitorLiveData", f"Loading live data chunk {updates}")
+            if self._chunk_s:
+                time.sleep(self._chunk_s)  # a slow chunk: a script is no interruption point
             if fail_after is not None and updates >= fail_after:
                 message = _standin.env_str("FAIL_MESSAGE") or (
                     "ValueError: stand-in processing script raised on chunk "
@@ -253,9 +278,7 @@ class StartLiveData:
 
     def cancel(self) -> None:
         _standin.record("StartLiveData.cancel")
-        if _standin.env_str("CANCEL") == "block":
-            threading.Event().wait()
-        self._cancelled.set()
+        _cancel_later(self._cancelled)
 
     def execute(self) -> bool:
         _standin.record("StartLiveData.execute", properties=self._set)
@@ -282,7 +305,8 @@ class StartLiveData:
         failure = _standin.env_str("START_FAIL")
         if failure:
             raise RuntimeError(failure)
-        wait_s = _standin.env_float("NOT_READY_S") or 0.0
+        wait_s = _standin.seconds(_standin.env_float("NOT_READY_S") or 0.0)
+        every_s = _standin.seconds(_standin.env_float("NOT_READY_EVERY_S") or 1.0)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             _standin.log(
@@ -290,8 +314,11 @@ class StartLiveData:
                 "LoadLiveData",
                 f"The {self._listener()} is not ready to return data: Waiting for a run to start.",
             )
-            if self._cancelled.wait(min(1.0, max(deadline - time.monotonic(), 0.0))):
+            if self._cancelled.wait(min(every_s, max(deadline - time.monotonic(), 0.0))):
                 raise RuntimeError("Algorithm terminated")
+        first_chunk_s = _standin.seconds(_standin.env_float("FIRST_CHUNK_S") or 0.0)
+        if first_chunk_s and self._cancelled.wait(first_chunk_s):
+            raise RuntimeError("Algorithm terminated")
         output = values["OutputWorkspace"]
         if values["PostProcessingScriptFilename"]:
             AnalysisDataService.add_or_replace(

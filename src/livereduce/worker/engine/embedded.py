@@ -30,10 +30,25 @@ current run); stream faults (:data:`~livereduce.worker.listeners.base.STREAM_FAU
 as ``errors``. Every report names the oldest run seen whose end was not yet handled
 (``unfinished_run``, ``unfinished_run_start_ns``) so that a worker taking over (``resume``)
 completes it first.
+
+Each user script is announced: just before it runs the engine reports ``in_script`` (the
+script's file name) and ``in_script_since`` (wall time), and just after it one with
+``in_script`` empty, so the supervisor allows the script its ``script_timeout_sec`` instead of the
+heartbeat timeout.
+
+A stop (issue 15.3) is checked between the phases of a step (after the extract, the processing
+script, the accumulation and the post-processing script); a stop signal that arrives inside a
+script, the accumulation or an output write abandons that work at once
+(:meth:`~livereduce.worker.stop.StopToken.abandonable`): the step is dropped and the output file
+on disk stays the last one completely written. Before the process ends, an output still waiting
+for its write (writes are rate-limited) is written, unless the last write took more than
+``STOP_FLUSH_MAX_S`` or the stop abandoned the accumulation (which may be half updated) or a
+write (the same write again would hold the stop up).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -63,9 +78,19 @@ from livereduce.worker.listeners.base import (
 )
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.outputs.savable import unsavable
-from livereduce.worker.stop import StopToken
+from livereduce.worker.stop import StopRequested, StopToken
 
 log = logging.getLogger(__name__)
+
+STOP_FLUSH_MAX_S = 1.0
+"""At a stop between steps, a pending output is written only when the last write took at most
+this long (seconds): a stop must take seconds (issue 15.3), and a longer write is the kind that
+the rate limit defers anyway."""
+
+ACCUMULATION_PHASE = "the accumulation"
+WRITE_PHASE = "the output write"
+NO_FLUSH_AFTER = (ACCUMULATION_PHASE, WRITE_PHASE)
+"""Abandoned work after which a pending output is not written at a stop."""
 
 _SCIPP_OBJECTS = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
@@ -155,6 +180,8 @@ class EmbeddedEngine:
         self._replace_next = True
         self._received_data = False
         self._run_events = 0
+        self._stop: StopToken | None = None
+        self._report: Callable[[Progress], None] = _no_report
         self._run_input_counts: dict[str, int] = {}
         self._unfinished: dict[int, int] = {}
         """Run number -> start (Unix ns) of every run seen whose end was not handled yet."""
@@ -175,7 +202,10 @@ class EmbeddedEngine:
     def run(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
         """Start the listener and run chunks every ``update_every`` seconds until ``stop`` or,
         with run_transition Stop, the end of the run. Reports after every chunk and at least
-        every HEARTBEAT_INTERVAL_S while waiting. ListenerError: ENGINE_FAILURE."""
+        every HEARTBEAT_INTERVAL_S while waiting, and around every user script. ListenerError:
+        ENGINE_FAILURE. A stop abandons the step in hand (module docstring)."""
+        self._stop, self._report = stop, report
+        abandoned = ""
         if self.listener is None:
             from livereduce.worker.listeners import create_listener  # noqa: PLC0415 - lazy: picks a module by kind
 
@@ -191,14 +221,45 @@ class EmbeddedEngine:
         try:
             self.listener.start(self.config.start_from)
             return self._loop(stop, report)
+        except StopRequested as stopped:
+            abandoned = stopped.phase
+            log.info("engine_stopping: %s: %s abandoned", stopped.reason, abandoned or "a step")
+            return WorkerExit.STOPPED
         except ListenerError as error:
             log.error("listener_failed: %s", error)
             self._set(WorkerState.ERROR, f"listener failed: {error}", last_error=str(error))
             report(self.progress)
             return WorkerExit.ENGINE_FAILURE
         finally:
-            self.flush()
-            self.listener.close()
+            self._finish(stop, abandoned)
+
+    def _finish(self, stop: StopToken, abandoned: str) -> None:
+        """Close the listener; write a pending output unless the stop made it unsafe or slow."""
+        try:
+            if self.writer.pending:
+                why_not = self._why_not_flush(stop, abandoned)
+                if why_not:
+                    log.warning(
+                        "output_not_flushed: %s; %s stays as last written",
+                        why_not, self.writer.path,
+                    )  # fmt: skip
+                else:
+                    with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
+                        self.flush()
+        finally:
+            if self.listener is not None:
+                self.listener.close()
+
+    def _why_not_flush(self, stop: StopToken, abandoned: str) -> str:
+        """Why a pending output must not be written as the engine ends (empty: write it)."""
+        if abandoned in NO_FLUSH_AFTER:
+            return f"the stop abandoned {abandoned}"
+        if stop.requested and self.writer.last_write_s > STOP_FLUSH_MAX_S:
+            return (
+                f"the last write took {self.writer.last_write_s:.1f} s "
+                f"(more than {STOP_FLUSH_MAX_S:g} s at a stop)"
+            )
+        return ""
 
     def _loop(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
         next_chunk = self._clock()
@@ -232,7 +293,17 @@ class EmbeddedEngine:
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
         if self.writer.pending:
-            self._count_write(self.writer.write(self._output, self._output_version, force=True))
+            self._write(force=True)
+
+    def _write(self, *, force: bool) -> bool:
+        """Write the current output and count it (abandoned by a stop signal: the rename never
+        happens, so the file on disk stays whole); returns whether it was written."""
+        with self._abandonable(WRITE_PHASE):
+            wrote = self.writer.write(
+                self._output, self._output_version, force=force, metadata=self._file_metadata()
+            )
+        self._count_write(wrote)
+        return wrote
 
     def _count_write(self, wrote: bool) -> None:
         """Count a result file written (``results_written``: the supervisor's ``failing``)."""
@@ -240,11 +311,20 @@ class EmbeddedEngine:
             written = (self.progress.results_written or 0) + 1
             self.progress = self.progress.with_(results_written=written)
 
+    def _abandonable(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        return self._stop.abandonable(phase) if self._stop is not None else contextlib.nullcontext()
+
+    def _phase_done(self) -> None:
+        """Between two phases of a step: raise StopRequested if a stop was asked for."""
+        if self._stop is not None:
+            self._stop.check()
+
     # -- one chunk -----------------------------------------------------------------------
 
     def step(self) -> StepOutcome:
         """Extract and process one chunk (LoadLiveData). Never raises for a script fault;
-        raises ListenerError when the listener cannot go on."""
+        raises ListenerError when the listener cannot go on, StopRequested when a stop (of the
+        token :meth:`run` was given) abandons the step."""
         began = self._clock()
         if self.listener is None:
             raise ListenerError("the engine has no listener: run() makes one, tests pass one")
@@ -256,6 +336,7 @@ class EmbeddedEngine:
             self._set(state, str(not_yet))
             return StepOutcome(waiting=True, extract_s=self._clock() - began)
         extracted = self._clock()
+        self._phase_done()
         self._received_data = True
         self._count_events(chunk)
         self._count_input(chunk)
@@ -368,6 +449,7 @@ class EmbeddedEngine:
         run = self._run_context()
         result = self._script("processing", chunk.events, run, chunk.monitors)
         processed = self._clock()
+        self._phase_done()
         if isinstance(result, ScriptFailure):
             return self._lost(
                 chunk,
@@ -386,7 +468,8 @@ class EmbeddedEngine:
             )
         method, replace = self.config.accum_method, self._replace_next
         try:
-            self.accumulation.accumulate(method, result, replace=replace)
+            with self._abandonable(ACCUMULATION_PHASE):
+                self.accumulation.accumulate(method, result, replace=replace)
         except AccumulationError as error:
             return self._lost(
                 chunk, str(error), "", began=began, extracted=extracted, processed=processed
@@ -400,8 +483,10 @@ class EmbeddedEngine:
             log.info("accumulation_replaced: %s replaces the accumulation", self._describe(chunk))
         self._replace_next = False
         accumulated = self._clock()
+        self._phase_done()
         output = self._post_process(run)
         post_processed = self._clock()
+        self._phase_done()
         wrote = False
         if output is not None:
             self._output = output
@@ -410,13 +495,7 @@ class EmbeddedEngine:
             if publish is not None:
                 # The Kafka listener in a consumer group publishes this as its partial result.
                 publish(output, chunk)
-            wrote = self.writer.write(
-                output,
-                self._output_version,
-                force=chunk.ends_run,
-                metadata=self._file_metadata(),
-            )
-            self._count_write(wrote)
+            wrote = self._write(force=chunk.ends_run)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
         written = self._clock()
@@ -466,10 +545,19 @@ class EmbeddedEngine:
         return result
 
     def _script(self, role: str, data: Any, run: RunContext, monitors: Any) -> Any:
+        """The script's output or its ScriptFailure, announced to the supervisor before and
+        after (``in_script``); a stop signal abandons it."""
         runner = self._runners.get(role)
         if runner is None:
             return data
-        outcome = runner.run(data, run, monitors)
+        self.progress = self.progress.with_(in_script=runner.path.name, in_script_since=time.time())
+        self._report(self.progress)
+        try:
+            with self._abandonable(f"the {role} script {runner.path.name}"):
+                outcome = runner.run(data, run, monitors)
+        finally:
+            self.progress = self.progress.with_(in_script="", in_script_since=None)
+        self._report(self.progress)
         return outcome.failure if outcome.failure is not None else outcome.output
 
     def _lost(
@@ -516,11 +604,7 @@ class EmbeddedEngine:
         )
         self._run_open = False
         self._replace_next = True
-        self._count_write(
-            self.writer.write(
-                self._output, self._output_version, force=True, metadata=self._file_metadata()
-            )
-        )
+        self._write(force=True)
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
@@ -572,3 +656,7 @@ class EmbeddedEngine:
             streams=dict(getattr(self.listener, "streams", None) or {}),
             **changes,
         )
+
+
+def _no_report(_progress: Progress) -> None:
+    """The reporter of an engine stepped outside :meth:`EmbeddedEngine.run` (tests)."""

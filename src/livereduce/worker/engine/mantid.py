@@ -9,15 +9,28 @@ a workspace name; mantid-live-data.md §2.5). The call sequence is the predecess
   have; a property the chosen listener does not declare is an error at start here);
 * StartLiveData runs in a helper thread, so the worker's loop stays responsive to a stop while
   the first chunk loads;
-* the loop watches MonitorLiveData: the analysis data service (ADS) says when the output
-  workspace was stored (a chunk went through), Mantid's log says when the listener is waiting
-  for data. The loop reports progress only while one of them moves, so a stalled
-  MonitorLiveData stops the heartbeats and the supervisor restarts the worker. A
+* the script paths come from the configuration (``Config.existing_scripts``), as for the
+  embedded engine and the supervisor's watch: one source of truth (issue 14.3);
+* the loop watches MonitorLiveData and reports only progress; the supervisor alone decides
+  when the worker is hung (issue 15.8). Mantid stores the output workspace in the analysis data
+  service (ADS) only after a whole chunk (LoadLiveData: extract, processing script, accumulation,
+  post-processing script) has finished, so a chunk is reported like a script: when it starts
+  (StartLiveData's synchronous first chunk at once; later ones at Mantid's "Loading live data
+  chunk" log line, or when it is due, ``update_every`` after the last, start to start) the
+  worker sends one report with ``in_script`` = ``LoadLiveData`` and then stays silent until the
+  chunk is stored; the supervisor allows it ``Config.script_timeout("LoadLiveData")`` (both
+  scripts' limits). Between chunks the loop beats every HEARTBEAT_INTERVAL_S until the next one
+  is due. Each "not ready" warning of the listener is progress too (state ``waiting_for_run``,
+  held until a chunk is stored: real Mantid repeats the warning only every ~20 s): that attempt
+  of LoadLiveData ended and the next begins, so the worker sends a report with ``in_script``
+  empty and one naming ``LoadLiveData`` again (the supervisor times a script from the report
+  that first names it, so waiting hours for a run is never a script past its limit). A
   MonitorLiveData that ended in error ends the worker with ENGINE_FAILURE;
-* a stop cancels MonitorLiveData from the loop (never from a signal handler), waits a bounded
-  time and returns. It never calls ``AlgorithmManager.shutdown()``, whose wait with the GIL held
-  can hang forever (upstream-livereduce.md §2.5); if Mantid does not let go, the supervisor
-  kills the worker after ``stop_timeout``.
+* a stop cancels MonitorLiveData from the loop (never from a signal handler), waits at most
+  ``CANCEL_WAIT_MAX_S`` and returns. It never calls ``AlgorithmManager.shutdown()``, whose wait
+  with the GIL held can hang forever (upstream-livereduce.md §2.5), and the worker ends with
+  ``os._exit`` (:func:`livereduce.worker.stop.exit_now`), so Mantid's own exit hook, which
+  calls it, never runs either.
 
 The worker builds the engine with :func:`from_config`. Mantid is imported in :meth:`run`, so
 this module imports without Mantid.
@@ -29,12 +42,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from livereduce.config import Config, ListenerKind, RunTransitionBehavior, StartFrom
+from livereduce.config import MANTID_CHUNK, Config, ListenerKind, RunTransitionBehavior, StartFrom
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
 from livereduce.worker.stop import StopToken
 
@@ -67,8 +80,12 @@ MANTID_LOG_PATTERN = "%s: %t"
 NOT_READY_TEXT = "is not ready to return data"
 """LoadLiveData's warning each time the listener raises NotYet (mantid-live-data.md §2.3)."""
 
-NOT_YET_RETRY_S = 10.0
-"""LoadLiveData retries a listener that is not ready every 10 s (mantid-live-data.md §2.3)."""
+CHUNK_START_TEXT = "Loading live data chunk"
+"""MonitorLiveData's notice as each chunk starts (mantid-live-data.md §2.4)."""
+
+CHUNK_START_SLACK_S = HEARTBEAT_INTERVAL_S
+"""How long after its due time a chunk whose start Mantid did not log counts as started:
+MonitorLiveData looks at the clock every 50 ms (mantid-live-data.md §2.4)."""
 
 TICK_S = 0.25
 """How often the loop looks at MonitorLiveData and the stop token: cheap, and well inside
@@ -78,8 +95,9 @@ MONITOR_START_GRACE_S = 5.0
 """MonitorLiveData starts asynchronously; until it says it is running it is given this long
 (Mantid's own StartLiveData test allows 2 s)."""
 
-CANCEL_WAIT_MAX_S = 5.0
-"""Upper bound on waiting for a cancelled algorithm to end before returning anyway."""
+CANCEL_WAIT_MAX_S = 2.0
+"""Upper bound on waiting for a cancelled algorithm to end before returning anyway: inside the
+worker's own stop deadline (``STOP_EXIT_AFTER_S``), so that the log says what held it."""
 
 _routing = threading.Lock()
 _routed_with: list[Callable[..., None]] = []
@@ -127,29 +145,28 @@ def resolve_instrument(config_service: Any, name: str) -> MantidInstrument:
     return MantidInstrument(name=info.name(), short_name=info.shortName(), facility=facility)
 
 
-def existing_scripts(config: Config, short_name: str) -> tuple[Path | None, Path | None]:
-    """(processing, post-processing) script paths that exist and are not empty, named from
-    Mantid's short name (``reduce_<SHORT>_live_proc.py``) in ``script_dir`` (default
-    ``/SNS/<SHORT>/shared/livereduce``). The post-processing script is left out when
-    ``post_process`` is false.
+def existing_scripts(config: Config, mantid_short_name: str) -> tuple[Path | None, Path | None]:
+    """(processing, post-processing) script paths that exist and are not empty: the
+    configuration's (``Config.existing_scripts``: ``reduce_<SHORT>_live_proc.py`` in
+    ``script_dir``, with livereduce's short name), the ones the supervisor watches. A short name
+    of Mantid's Facilities.xml that differs is logged, never used.
 
     Raises MantidBootError when neither exists.
     """
-    folder = (
-        config.script_dir
-        if "script_dir" in config.given
-        else Path(f"/SNS/{short_name}/shared/livereduce")
-    )
-    named = replace(
-        config, instrument=replace(config.instrument, short_name=short_name), script_dir=folder
-    )
-    found = named.existing_scripts()
+    if mantid_short_name != config.instrument.short_name:
+        log.warning(
+            "instrument_short_name_differs: Mantid calls %s '%s', livereduce '%s': the scripts "
+            "are %s",
+            config.instrument.name, mantid_short_name, config.instrument.short_name,
+            config.proc_script.name,
+        )  # fmt: skip
+    found = config.existing_scripts()
     if found == (None, None):
-        wanted = f"'{named.proc_script.name}'"
+        wanted = f"'{config.proc_script.name}'"
         if config.post_process:
-            wanted += f" or '{named.post_proc_script.name}'"
+            wanted += f" or '{config.post_proc_script.name}'"
         raise MantidBootError(
-            f"no processing script in {folder}: need at least one non-empty {wanted}"
+            f"no processing script in {config.script_dir}: need at least one non-empty {wanted}"
         )
     return found
 
@@ -254,32 +271,39 @@ def route_mantid_log(log_to_python: Callable[..., None]) -> None:
             _routed_with.append(log_to_python)
 
 
-class _MantidLogTap(logging.Handler):
-    """Remembers, from Mantid's log, the last error and the last listener-not-ready warning
-    (monotonic time and text); Mantid's threads call it, the loop reads it."""
+class MantidLogTap(logging.Handler):
+    """Remembers, from Mantid's log, the last error, the last listener-not-ready warning and
+    the last chunk start (each with its time on ``clock``, monotonic seconds, and its text);
+    Mantid's threads call it, the loop reads it."""
 
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(level=logging.INFO)
+        self._clock = clock
         self.last_error = ""
         self.error_at: float | None = None
         self.not_ready_at: float | None = None
         self.not_ready_text = ""
+        self.chunk_start_at: float | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         text = " ".join(record.getMessage().split())
         if record.levelno >= logging.ERROR:
             self.last_error = text
-            self.error_at = time.monotonic()
+            self.error_at = self._clock()
         elif NOT_READY_TEXT in text:
             self.not_ready_text = text
-            self.not_ready_at = time.monotonic()
+            self.not_ready_at = self._clock()
+        elif CHUNK_START_TEXT in text:
+            self.chunk_start_at = self._clock()
 
 
-class _OutputUpdates:
+class OutputUpdates:
     """Counts stores of the output workspace in the ADS (one per chunk: LoadLiveData stores
-    its result there after every chunk). Mantid calls :meth:`seen` from its own threads."""
+    its result there after every chunk). Mantid calls :meth:`seen` from its own threads;
+    ``clock`` gives monotonic seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self.count = 0
         self.at: float | None = None
@@ -288,7 +312,7 @@ class _OutputUpdates:
     def seen(self) -> None:
         with self._lock:
             self.count += 1
-            self.at = time.monotonic()
+            self.at = self._clock()
             self.wall = time.time()
 
     def snapshot(self) -> tuple[int, float | None, float | None]:
@@ -297,7 +321,7 @@ class _OutputUpdates:
             return self.count, self.at, self.wall
 
 
-def _observe_output(api: Any, name: str, updates: _OutputUpdates) -> Any:
+def _observe_output(api: Any, name: str, updates: OutputUpdates) -> Any:
     """An ADS observer calling ``updates.seen()`` when workspace ``name`` is added or replaced."""
 
     class OutputObserver(api.AnalysisDataServiceObserver):
@@ -338,14 +362,19 @@ def _cancel(algorithm: Any, label: str, finished: Callable[[], bool], wait_s: fl
 
 class MantidEngine:
     """Live data on Mantid for ``config``; see the module docstring. ``tick_s`` is how often the
-    loop polls (seconds)."""
+    loop polls (seconds); ``clock`` (monotonic seconds) times chunks and heartbeats (tests run
+    it faster, with the stand-in's MANTID_STANDIN_TIME_SCALE)."""
 
-    def __init__(self, config: Config, *, tick_s: float = TICK_S) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        tick_s: float = TICK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.tick_s = tick_s
-        self.stall_after_s = 2 * config.update_every + HEARTBEAT_INTERVAL_S
-        """Beat while the last chunk (or the start) is younger than this: chunks come every
-        ``update_every`` start to start, a slow one may take one more period."""
+        self.clock = clock
 
     def run(self, stop: StopToken, report: Callable[[Progress], None]) -> WorkerExit:
         """Start live data and watch it until stopped, the run ends (``run_transition`` Stop)
@@ -363,8 +392,10 @@ class MantidEngine:
                 report, progress, WorkerExit.BOOT_FAILURE, f"cannot import Mantid: {error}"
             )
         route_mantid_log(log_to_python)
-        tap = _MantidLogTap()
+        tap = MantidLogTap(self.clock)
         mantid_logger = logging.getLogger("Mantid")
+        if mantid_logger.getEffectiveLevel() > logging.INFO:
+            mantid_logger.setLevel(logging.INFO)  # the tap needs the chunk-start notices
         mantid_logger.addHandler(tap)
         try:
             return self._run(
@@ -378,7 +409,7 @@ class MantidEngine:
         *,
         api: ModuleType,
         kernel: ModuleType,
-        tap: _MantidLogTap,
+        tap: MantidLogTap,
         stop: StopToken,
         report: Callable[[Progress], None],
         progress: Progress,
@@ -401,9 +432,9 @@ class MantidEngine:
             "start_live_data: StartLiveData(%s)",
             ", ".join(f"{k}={v!r}" for k, v in properties.items()),
         )
-        updates = _OutputUpdates()
+        updates = OutputUpdates(self.clock)
         observer = _observe_output(api, config.output_workspace, updates)
-        watch = _Watch(
+        watch = MonitorWatch(
             engine=self, start=start, updates=updates, tap=tap, report=report, progress=progress
         )
         result = watch.loop(stop)
@@ -425,20 +456,25 @@ def _failed(
     return code
 
 
-class _Watch:
-    """The worker's loop while Mantid runs live data: one tick every ``tick_s``."""
+class MonitorWatch:
+    """The worker's loop while Mantid runs live data: one :meth:`tick` every ``tick_s``.
+
+    ``chunk_since`` is the (monotonic) start of the chunk Mantid is loading, None between
+    chunks; ``due`` is when the next chunk starts (MonitorLiveData: ``update_every`` start to
+    start, at once after a chunk that took longer)."""
 
     def __init__(
         self,
         *,
         engine: MantidEngine,
         start: Any,
-        updates: _OutputUpdates,
-        tap: _MantidLogTap,
+        updates: OutputUpdates,
+        tap: MantidLogTap,
         report: Callable[[Progress], None],
         progress: Progress,
     ) -> None:
         self.engine = engine
+        self.clock = engine.clock
         self.start = start
         self.updates = updates
         self.tap = tap
@@ -451,26 +487,83 @@ class _Watch:
         self.monitor: Any = None
         self.monitor_since = 0.0
         self.monitor_seen_running = False
-        self.started_at = 0.0
         self.reported_at = 0.0
         self.reported_chunks = 0
-        self.stalled = False
+        self.chunk_since: float | None = None
+        self.due = 0.0
+        self.not_ready_seen: float | None = None
+        self.chunk_start_seen: float | None = None
 
     def loop(self, stop: StopToken) -> WorkerExit:
-        config = self.engine.config
-        self.started_at = time.monotonic()
+        """:meth:`begin`, then :meth:`tick` every ``tick_s`` until Mantid ended or ``stop``."""
+        self.begin()
+        while not stop.wait(self.engine.tick_s):
+            ended = self.tick(self.clock())
+            if ended is not None:
+                return ended
+        return self._stop(stop.reason)
+
+    def begin(self) -> None:
+        """Run StartLiveData in its thread; its synchronous first chunk starts now."""
         self.thread.start()
-        self._send(
+        self._chunk_started(
+            self.clock(),
             WorkerState.CONNECTING,
             "StartLiveData: connecting the listener and loading the first chunk",
         )
-        while not stop.wait(self.engine.tick_s):
-            now = time.monotonic()
-            ended = self._ended(now)
-            if ended is not None:
-                return ended
-            self._beat(now, config.update_every)
-        return self._stop(stop.reason)
+
+    def tick(self, now: float) -> WorkerExit | None:
+        """Look at Mantid once at monotonic ``now``: report what moved; the exit status once
+        StartLiveData or MonitorLiveData has ended, else None."""
+        ended = self._ended(now)
+        if ended is None:
+            self._follow(now)
+        return ended
+
+    def _follow(self, now: float) -> None:
+        """Report a stored chunk, a not-ready warning, a chunk start, or (between chunks) a
+        heartbeat; nothing while Mantid is in a chunk."""
+        chunks, chunk_at, chunk_wall = self.updates.snapshot()
+        not_ready_at, start_at = self.tap.not_ready_at, self.tap.chunk_start_at
+        new_start = start_at is not None and start_at != self.chunk_start_seen
+        self.chunk_start_seen = start_at
+        if chunks != self.reported_chunks:
+            update_every = self.engine.config.update_every
+            began = self.chunk_since if self.chunk_since is not None else now
+            self.due = max(began + update_every, now) if chunks > 1 else now + update_every
+            self.chunk_since = None
+            self.reported_chunks = chunks
+            self.progress = self.progress.with_(chunks=chunks, last_chunk_time=chunk_wall)
+            self._send(now, WorkerState.RUNNING, f"chunk {chunks} processed")
+            if new_start and start_at is not None and chunk_at is not None and start_at >= chunk_at:
+                # A chunk longer than update_every: the next one started as this one was stored.
+                self._chunk_started(start_at, WorkerState.RUNNING, f"loading chunk {chunks + 1}")
+        elif not_ready_at is not None and not_ready_at != self.not_ready_seen:
+            # That attempt of LoadLiveData ended (the listener answered "not ready") and the
+            # next one starts: two reports, so that the supervisor times the new attempt.
+            self.not_ready_seen = not_ready_at
+            self.chunk_since = None
+            self._send(now, WorkerState.WAITING_FOR_RUN, self.tap.not_ready_text)
+            self._chunk_started(not_ready_at, WorkerState.WAITING_FOR_RUN, self.tap.not_ready_text)
+        elif self.chunk_since is not None:
+            pass  # Mantid is in a chunk: silent until it is stored (module docstring)
+        elif new_start and start_at is not None:
+            self._chunk_started(start_at, self.progress.state, f"loading chunk {chunks + 1}")
+        elif now >= self.due + CHUNK_START_SLACK_S:
+            detail = f"chunk {chunks + 1} due: MonitorLiveData loads it"
+            self._chunk_started(self.due, self.progress.state, detail)
+        elif now - self.reported_at >= HEARTBEAT_INTERVAL_S / 2:
+            since = now - (chunk_at if chunk_at is not None else now)
+            detail = f"waiting for chunk {chunks + 1} ({since:.0f} s since the last)"
+            self._send(now, self.progress.state, detail)
+
+    def _chunk_started(self, at: float, state: WorkerState, detail: str) -> None:
+        """Mantid started a chunk (or retries one) at monotonic ``at``: one report naming
+        LoadLiveData, then silence until it is stored."""
+        self.chunk_since = at
+        since_wall = time.time() - (self.clock() - at)
+        self.progress = self.progress.with_(in_script=MANTID_CHUNK, in_script_since=since_wall)
+        self._send(self.clock(), state, detail)
 
     def _ended(self, now: float) -> WorkerExit | None:
         """The exit status once StartLiveData or MonitorLiveData has ended, else None."""
@@ -483,7 +576,8 @@ class _Watch:
             if self.engine.config.run_transition is RunTransitionBehavior.STOP:
                 message = "the run ended and run_transition is Stop: live data monitoring stopped"
                 log.info("run_ended: %s", message)
-                self._send(WorkerState.RUN_ENDED, message)
+                self.progress = self.progress.with_(in_script="", in_script_since=None)
+                self._send(now, WorkerState.RUN_ENDED, message)
                 return WorkerExit.STOPPED
             return self._fail("MonitorLiveData ended although run_transition is not Stop")
         error_at = self.tap.error_at
@@ -507,55 +601,15 @@ class _Watch:
             return self._fail("StartLiveData returned no MonitorLiveData (is update_every > 0?)")
         return None
 
-    def _beat(self, now: float, update_every: float) -> None:
-        chunks, chunk_at, chunk_wall = self.updates.snapshot()
-        if chunks != self.reported_chunks:
-            if self.stalled:
-                log.info("heartbeats_resumed: chunks arrive again (%d so far)", chunks)
-            self.stalled = False
-            self.progress = self.progress.with_(chunks=chunks, last_chunk_time=chunk_wall)
-            self.reported_chunks = chunks
-            self._send(WorkerState.RUNNING, f"chunk {chunks} processed")
-            return
-        not_ready_at = self.tap.not_ready_at
-        if (
-            not_ready_at is not None
-            and now - not_ready_at <= NOT_YET_RETRY_S + HEARTBEAT_INTERVAL_S
-        ):
-            detail = self.tap.not_ready_text
-            self._send_due(now, WorkerState.WAITING_FOR_RUN, detail)
-            return
-        since = now - (chunk_at if chunk_at is not None else self.started_at)
-        if since <= self.engine.stall_after_s:
-            if self.monitor is None:
-                self._send_due(now, WorkerState.CONNECTING, self.progress.detail)
-            else:
-                self._send_due(
-                    now,
-                    WorkerState.RUNNING,
-                    f"waiting for chunk {chunks + 1} ({since:.0f} s since the last)",
-                )
-            return
-        if not self.stalled:
-            self.stalled = True
-            log.warning(
-                "heartbeats_stopped: no chunk for %.0f s (update_every %g s) and Mantid is not "
-                "waiting for data: "
-                "heartbeats stop so that the supervisor restarts the worker",
-                since,
-                update_every,
-            )
-
-    def _send_due(self, now: float, state: WorkerState, detail: str) -> None:
-        if now - self.reported_at >= HEARTBEAT_INTERVAL_S / 2:
-            self._send(state, detail)
-
-    def _send(self, state: WorkerState, detail: str) -> None:
+    def _send(self, now: float, state: WorkerState, detail: str) -> None:
+        if self.chunk_since is None:
+            self.progress = self.progress.with_(in_script="", in_script_since=None)
         self.progress = self.progress.with_(state=state, detail=detail)
-        self.reported_at = time.monotonic()
+        self.reported_at = now
         self.report(self.progress)
 
     def _fail(self, message: str) -> WorkerExit:
+        self.progress = self.progress.with_(in_script="", in_script_since=None)
         return _failed(self.report, self.progress, WorkerExit.ENGINE_FAILURE, message)
 
     def _stop(self, reason: str) -> WorkerExit:
@@ -584,8 +638,7 @@ class _Watch:
             else:
                 log.warning(
                     "monitor_still_running: MonitorLiveData still runs %.1f s after cancel; "
-                    "leaving it to the process exit (the supervisor kills the worker after "
-                    "stop_timeout)",
+                    "leaving it to the process exit (the worker ends without Mantid's exit hook)",
                     wait_s,
                 )
         return WorkerExit.STOPPED

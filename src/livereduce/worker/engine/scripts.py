@@ -7,9 +7,12 @@ that survives between chunks of one worker: Mantid's ADS), ``run`` (:class:`RunC
 ``monitors`` (monitor name -> events) and ``logger``. Mantid's RunPythonScript gives the same
 names (mantid-live-data.md §2.5).
 
-A script's failure is a value, not an exception (STYLE.md §10): a SyntaxError, an exception
-raised by the script or an ``output`` of the wrong type gives a :class:`ScriptFailure` naming the
-script file and line, and the caller loses that chunk only.
+A script's failure is a value, not an exception (STYLE.md §10): a SyntaxError, anything the
+script raises (any BaseException: KeyboardInterrupt, SystemExit with any code, GeneratorExit as
+well as every Exception) or an ``output`` of the wrong type gives a :class:`ScriptFailure` naming
+the script file and line, and the caller loses that chunk only. The one exception that passes
+through is :class:`~livereduce.worker.stop.StopRequested`: the worker's own stop, raised into a
+running script so that a stop does not wait for it (issue 15.3).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 import scipp as sc
 
 from livereduce.scriptfile import ScriptCompileError, compile_script
+from livereduce.worker.stop import StopRequested
 
 SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 """What a script may assign to ``output``: anything the accumulation and the HDF5 writer take."""
@@ -106,7 +110,8 @@ class ScriptRunner:
 
     def run(self, data: Any, run: RunContext, monitors: Mapping[str, sc.DataArray]) -> ScriptResult:
         """Execute the script on ``data`` (the ``input`` global). Never raises for a fault of
-        the script; returns its ``output`` or the failure."""
+        the script, whatever it raises; returns its ``output`` or the failure. Raises
+        StopRequested when the worker's stop interrupted the script."""
         if self._code is None:  # not compiled: _load_failure says why
             return ScriptResult(failure=self._load_failure)
         namespace: dict[str, Any] = {
@@ -122,7 +127,9 @@ class ScriptRunner:
         }
         try:
             exec(self._code, namespace)  # noqa: S102 - running the user's script is the job
-        except (Exception, SystemExit) as error:  # noqa: BLE001 - any script fault loses one chunk
+        except StopRequested:
+            raise
+        except BaseException as error:  # noqa: BLE001 - whatever a script raises loses one chunk
             return ScriptResult(failure=self._failure_from(error))
         output = namespace.get("output")
         if not isinstance(output, SCIPP_OUTPUT_TYPES):
