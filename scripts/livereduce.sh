@@ -4,6 +4,7 @@
 # systemd's signals reach the daemon directly and its sd_notify messages come from the main PID.
 #
 #   livereduce.sh [CONFIG [more daemon arguments]]     CONFIG defaults to /etc/livereduce.conf
+#   livereduce.sh --version | --help                   in the environment of the default CONFIG
 #
 # Environment, first match wins (keys of the configuration file; docs/systemd.md):
 #   PIXI_ENV   a pixi workspace (a folder holding pixi.toml/pyproject.toml, or the manifest file
@@ -43,7 +44,7 @@ reader_python=${LIVEREDUCE_PYTHON:-$INSTALLED_PYTHON}
 command -v "$reader_python" >/dev/null 2>&1 ||
     die "Python '$reader_python' not found (set LIVEREDUCE_PYTHON to the interpreter to use)"
 
-if [ $# -ge 1 ]; then
+if [ $# -ge 1 ] && [[ $1 != -* ]]; then
     config=$1
     [ -f "$config" ] || die "configuration file $config not found"
 elif [ -f "$DEFAULT_CONFIG" ]; then
@@ -54,35 +55,9 @@ fi
 
 pixi_env="" conda_env="" venv=""
 if [ -n "$config" ]; then
-    # Prints KEY=VALUE lines for the environment keys; relative paths are taken from the
-    # configuration file's folder, as the daemon does.
-    keys=$("$reader_python" -I - "$config" <<'PYTHON'
-import json
-import os
-import sys
-
-path = sys.argv[1]
-try:
-    with open(path, encoding="utf-8") as stream:
-        raw = json.load(stream)
-except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-    sys.exit(f"livereduce.sh: configuration file {path}: {error}")
-if not isinstance(raw, dict):
-    sys.exit(f"livereduce.sh: configuration file {path}: must hold a JSON object")
-for key in ("PIXI_ENV", "CONDA_ENV", "VENV"):
-    value = raw.get(key)
-    if value is None:
-        continue
-    if not isinstance(value, str) or not value.strip() or "\n" in value:
-        sys.exit(f"livereduce.sh: configuration file {path}: key '{key}': "
-                 f"expected a non-empty one-line string, got {value!r}")
-    value = value.strip()
-    looks_like_path = key == "VENV" or "/" in value
-    if looks_like_path and not os.path.isabs(value):
-        value = os.path.join(os.path.dirname(os.path.abspath(path)), value)
-    print(f"{key}={value}")
-PYTHON
-    ) || exit 2
+    # The package checks the whole file as the daemon will and prints the environment to
+    # activate, one KEY=VALUE line (relative paths taken from the configuration file's folder).
+    keys=$("$reader_python" -P -m livereduce.config --launcher-env "$config") || exit 2
     while IFS='=' read -r key value; do
         case $key in
             PIXI_ENV) pixi_env=$value ;;
@@ -112,7 +87,11 @@ activate_pixi() {
     fi
     [ -f "$manifest" ] || die "PIXI_ENV '$pixi_env' (from $config): pixi manifest" \
         "$(readlink -m "$manifest") not found (give the workspace folder, or set LIVEREDUCE_PIXI_MANIFEST)"
-    hook=$("$pixi" shell-hook --shell bash --frozen --manifest-path "$manifest" \
+    # --frozen: a start never re-solves or rewrites the lock file, but only a lock file can
+    # be frozen; without one pixi solves the manifest (once, then it writes pixi.lock).
+    local frozen=()
+    [ -f "$(dirname "$manifest")/pixi.lock" ] && frozen=(--frozen)
+    hook=$("$pixi" shell-hook --shell bash "${frozen[@]}" --manifest-path "$manifest" \
         --environment "$environment") ||
         die "PIXI_ENV '$pixi_env' (from $config): pixi could not activate environment '$environment' of $manifest"
     # Activation scripts of conda packages are not written for `set -eu`.

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import h5py
 import scipp as sc
 
-from livereduce.protocol import Progress, Resume, WorkerExit
+from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, Resume, WorkerExit, WorkerState
 from livereduce.worker.engine.embedded import EmbeddedEngine
-from livereduce.worker.listeners.base import Chunk, RunInfo
+from livereduce.worker.listeners.base import Chunk, NotYet, RunInfo
 from livereduce.worker.stop import StopToken
 from test_engine_embedded import ChunkList, drive, events, make_config, run_chunks
 
@@ -148,3 +148,21 @@ def test_a_run_whose_first_chunk_has_no_events_accumulates_without_error(tmp_pat
     engine = drive(make_config(tmp_path), chunks)
     assert engine.progress.errors == 0
     assert engine.accumulation.value().bins.size().sum().value == 140
+
+
+def test_a_worker_that_connects_says_running_within_heartbeats_not_one_update_every(tmp_path):
+    """READY=1 follows the first report of a receiving worker: at update_every 30 that report
+    must not wait 30 s for the second step (issue 10: systemctl start under 10 s)."""
+    config = make_config(tmp_path, update_every=30.0)
+    connecting = [NotYet("connecting to the SMS"), NotYet("connecting to the SMS")]
+    reports: list[tuple[float, Progress]] = []
+    stop = SteppedStop(lambda: any(p.chunks for _, p in reports), limit_s=120.0)
+    listener = ChunkList([*connecting, *run_chunks(1, 3)])
+    engine = EmbeddedEngine(config, listener, clock=stop.clock)
+    assert engine.run(stop, lambda p: reports.append((stop.now, p))) is WorkerExit.STOPPED
+    running_at = next(t for t, p in reports if p.state is WorkerState.RUNNING)
+    assert running_at == 2 * HEARTBEAT_INTERVAL_S  # two looks while connecting, then data
+    before = {p.state for t, p in reports if t < running_at}
+    assert before == {WorkerState.CONNECTING}
+    # Once data flow, chunks come every update_every again.
+    assert len(listener.chunks) == 2

@@ -1,5 +1,6 @@
-"""scripts/livereduce.sh: environment selection (PIXI_ENV > CONDA_ENV > VENV > installed Python),
-exec, and one-line errors with exit status 2.
+"""scripts/livereduce.sh: environment selection (PIXI_ENV > CONDA_ENV > VENV > installed Python)
+as the package decides it (``python -m livereduce.config --launcher-env``), exec, and one-line
+errors with exit status 2; ``--version`` on every command.
 
 The launcher is copied next to a stand-in daemon (``livereduce.py`` that reports which Python
 runs it, its pid and environment) so each case shows what the real daemon would get. The
@@ -19,6 +20,8 @@ import venv
 from pathlib import Path
 
 import pytest
+
+from livereduce import __version__
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "scripts" / "livereduce.sh"
@@ -99,9 +102,9 @@ class Site:
         self.bin.mkdir(parents=True)
         shutil.copy2(LAUNCHER, self.launcher)
         (self.bin / "livereduce.py").write_text(STAND_IN_DAEMON)
-        package = root / "app" / "src" / "livereduce"
-        package.mkdir(parents=True)
-        (package / "__init__.py").write_text("")
+        # the real package: the launcher asks it which environment to activate
+        (root / "app" / "src").mkdir(parents=True)
+        (root / "app" / "src" / "livereduce").symlink_to(REPO / "src" / "livereduce")
         self.tools = root / "tools"
         self.tools.mkdir()
         for tool in ("bash", "dirname", "readlink", "basename", "cat"):
@@ -117,7 +120,9 @@ class Site:
     def config(self, content: dict | str) -> Path:
         path = self.root / "etc" / "livereduce.conf"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        if not isinstance(content, str):
+            content = json.dumps({"instrument": "NOMAD", **content})
+        path.write_text(content)
         return path
 
     def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -142,7 +147,7 @@ def site(tmp_path: Path) -> Site:
 
 
 def test_no_environment_key_execs_the_installed_python_with_the_arguments(site: Site) -> None:
-    config = site.config({"instrument": "NOMAD"})
+    config = site.config({})
     process = subprocess.Popen(
         [str(site.launcher), str(config), "--extra"],
         env=site.env,
@@ -197,8 +202,12 @@ def test_pixi_env_folder_wins_over_conda_and_venv(site: Site) -> None:
     assert report["env"]["PIXI_ENVIRONMENT_NAME"] == "default"
     call = Path(site.env["PIXI_CALLS"]).read_text().split()
     assert call[:3] == ["shell-hook", "--shell", "bash"]
-    assert "--frozen" in call
+    assert "--frozen" not in call  # no pixi.lock to freeze: pixi solves the manifest
     assert call[call.index("--manifest-path") + 1] == str(workspace / "pixi.toml")
+    (workspace / "pixi.lock").write_text("version: 6\n")
+    site.report(str(config))
+    call = Path(site.env["PIXI_CALLS"]).read_text().splitlines()[-1].split()
+    assert "--frozen" in call  # a start never re-solves or rewrites a lock file
 
 
 def test_pixi_env_name_selects_an_environment_of_the_named_manifest(site: Site) -> None:
@@ -226,9 +235,11 @@ def _one_error_line(done: subprocess.CompletedProcess[str], *fragments: str) -> 
 @pytest.mark.parametrize(
     ("content", "fragments"),
     [
-        ('{"VENV": ', ("livereduce.sh:", "livereduce.conf", "line 1 column 10")),
+        ('{"VENV": ', ("configuration file", "livereduce.conf", "line 1 column 10")),
         ("[1, 2]", ("must hold a JSON object",)),
         ({"CONDA_ENV": 5}, ("key 'CONDA_ENV'", "non-empty")),
+        ({"VENV": "two\nlines"}, ("key 'VENV'", "expected one line")),
+        ({"update_every": -1}, ("key 'update_every'",)),  # checked as the daemon checks it
         ({"VENV": "missing-venv"}, ("VENV", "missing-venv", "has no bin/python")),
         ({"CONDA_ENV": "mantid"}, ("CONDA_ENV 'mantid'", "none of conda, micromamba, mamba")),
         ({"PIXI_ENV": "/opt/lr"}, ("PIXI_ENV '/opt/lr'", "pixi command was not found")),
@@ -283,3 +294,50 @@ def test_real_launcher_runs_the_real_daemon_which_rejects_a_bad_value(tmp_path: 
     )
     assert done.returncode == 2, done.stderr
     assert "update_every" in done.stderr
+
+
+def _launcher_env(path: Path, raw: dict) -> subprocess.CompletedProcess[str]:
+    path.write_text(json.dumps({"instrument": "NOMAD", **raw}))
+    return subprocess.run(
+        [sys.executable, "-m", "livereduce.config", "--launcher-env", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        ({}, ""),
+        ({"VENV": "envs/lr", "CONDA_ENV": "mantid", "PIXI_ENV": "ws"}, "PIXI_ENV=ws\n"),
+        ({"VENV": "envs/lr", "CONDA_ENV": "mantid"}, "CONDA_ENV=mantid\n"),
+        ({"VENV": "envs/lr"}, "VENV={folder}/envs/lr\n"),
+        ({"VENV": "/opt/venv"}, "VENV=/opt/venv\n"),
+        ({"PIXI_ENV": "../ws"}, "PIXI_ENV={folder}/../ws\n"),
+        ({"CONDA_ENV": " with space "}, "CONDA_ENV=with space\n"),
+    ],
+)
+def test_the_package_tells_the_launcher_what_to_activate(
+    tmp_path: Path, raw: dict, line: str
+) -> None:
+    done = _launcher_env(tmp_path / "lr.conf", raw)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == line.format(folder=tmp_path)
+
+
+def test_the_launcher_parses_no_json_itself() -> None:
+    text = LAUNCHER.read_text()
+    assert "-m livereduce.config --launcher-env" in text
+    assert "json" not in text.lower()
+
+
+@pytest.mark.parametrize(
+    "command", ["livereduce", "livereduce-replay", "livereduce-status", "livereduce-watchdog"]
+)
+def test_every_command_prints_its_version(command: str) -> None:
+    program = Path(sys.executable).parent / command
+    if not program.exists():
+        pytest.skip(f"{command} is not installed beside {sys.executable} (pip install -e .)")
+    done = subprocess.run(
+        [str(program), "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, f"{command} {__version__}\n")

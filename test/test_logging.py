@@ -7,6 +7,7 @@ behaviour is exercised in a child Python process; the log file and stderr are re
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,9 @@ from livereduce.config import config_from_mapping
 from livereduce.logsetup import configure_logging
 
 raw = json.loads(sys.argv[1])
+if os.environ.get("AS_JOURNAL"):  # what systemd sets when stderr is its journal stream
+    info = os.fstat(2)
+    os.environ["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}"
 config = config_from_mapping(raw, None, check_scripts=False)
 print(configure_logging(config, process=sys.argv[2]), file=sys.stdout, flush=True)
 log = logging.getLogger("livereduce.test")
@@ -48,10 +52,13 @@ thread.join()
 """
 
 
-def run_child(tmp_path: Path, *extra: str, process: str = "supervisor"):
+def run_child(
+    tmp_path: Path, *extra: str, process: str = "supervisor", env: dict[str, str] | None = None
+):
     raw = {"instrument": "HYSPEC", "listener": "fake", "log_file": str(tmp_path / "lr.log")}
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(raw), process, *extra],
+        env={**os.environ, "AS_JOURNAL": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -108,6 +115,21 @@ def test_stderr_lines_carry_syslog_priority_on_every_traceback_line(tmp_path):
     assert sum("ZeroDivisionError: division by zero" in line for line in errors) == 2
     assert all(HEADER.match(line[3:]) for line in errors)
     assert all(" worker[" in line for line in stderr)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AS_JOURNAL": ""},  # a pipe (`| tee`), no JOURNAL_STREAM
+        {"AS_JOURNAL": "", "JOURNAL_STREAM": "8:12345"},  # inherited, but stderr is elsewhere
+    ],
+)
+def test_no_priority_prefix_when_stderr_is_not_the_journal(tmp_path, env):
+    stderr = run_child(tmp_path, env=env).stderr.splitlines()
+    assert stderr
+    assert not any(re.match(r"^<\d>", line) for line in stderr), stderr
+    assert all(HEADER.match(line) for line in stderr if " Traceback" not in line)
+    assert stderr[0].endswith("hello info")
 
 
 def test_rotated_file_is_reopened(tmp_path):

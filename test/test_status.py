@@ -256,3 +256,12 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
         stderr = process.stderr.read().decode()
         assert process.wait(timeout=60) == 0
     assert stderr == ""
+
+
+def test_format_shows_publishing_only_when_there_is_some():
+    assert "plots:" not in format_status(sample(), now=1012.5)
+    text = format_status(
+        sample(plots_published=3, publish_errors=2, last_publish_error="answered 401"),
+        now=1012.5,
+    )
+    assert "plots:        3 published, 2 failed (last: answered 401)" in text

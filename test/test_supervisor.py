@@ -465,6 +465,30 @@ def test_hung_script_is_replaced_and_sigterm_still_ends_in_time(daemon):
     assert f"worker_ended: pid {second} ended with exit status 0 (STOPPED)" in lr.log()
 
 
+def test_a_slow_post_processing_within_its_limit_is_waited_for(daemon, tmp_path):
+    """4 s of post-processing with heartbeat_timeout_sec 2: the worker reports the script it is
+    in, so that is progress (its limit is the default 600 s), not a hang."""
+    slow = tmp_path / "slow-done"
+    lr = daemon(heartbeat_timeout_sec=2.0)
+    lr.post.write_text(
+        "import pathlib, time\n"
+        f"done = pathlib.Path({str(slow)!r})\n"
+        "if not done.exists():\n"
+        "    time.sleep(4)\n"
+        "    done.touch()\n"
+        "output = input\n"
+    )
+    lr.start()
+    pid = lr.wait_for(lambda _: slow.exists() and lr.seen() and lr.seen()[0][0], "the slow one")
+    chunks = len(lr.seen())
+    lr.wait_for(lambda _: len(lr.seen()) >= chunks + 3, "chunks after it")
+    status = lr.status()
+    assert status["restarts"] == 0
+    assert status["worker_pid"] == pid
+    assert "heartbeat_timeout: " not in lr.log()
+    assert "script_timeout: " not in lr.log()
+
+
 def test_programs_a_script_started_go_with_its_worker(daemon, tmp_path):
     children = tmp_path / "children.txt"
     start_child = (

@@ -1,9 +1,9 @@
-"""livereduce-watchdog: judged by the status file, leaves a stopped unit alone, throttles its
-restarts, logs every decision, validates its settings.
+"""livereduce-watchdog: judged by the status file, leaves a stopped unit alone, starts a failed
+one again, throttles its restarts, logs every decision, validates its settings.
 
 The decision tests drive :class:`Watchdog` with a fixed clock and a stand-in for systemctl
-(an object answering ``show``/``restart`` as systemctl would). The process tests run the real
-``python -m livereduce.watchdog`` with a stand-in ``systemctl`` program written here.
+(an object answering ``show``/``restart``/``recover`` as systemctl would). The process tests
+run the real ``python -m livereduce.watchdog`` with a stand-in ``systemctl`` program written here.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from livereduce import __version__
 from livereduce.config import config_from_mapping
 from livereduce.watchdog import SYSTEMD_STATUS_FILE, Action, Settings, Watchdog
 
@@ -28,7 +29,8 @@ PID = "4242"
 
 
 class StandInSystemctl:
-    """Answers ``show`` from ``props`` and records ``restart`` calls, as systemctl would."""
+    """Answers ``show`` from ``props`` and records ``restart`` and ``recover`` calls, as
+    systemctl would."""
 
     def __init__(self, **props: str) -> None:
         self.props = {
@@ -40,12 +42,17 @@ class StandInSystemctl:
             **props,
         }
         self.restarts: list[str] = []
+        self.recoveries: list[str] = []
 
     def show(self, unit: str) -> dict[str, str]:
         return dict(self.props)
 
     def restart(self, unit: str) -> str:
         self.restarts.append(unit)
+        return ""
+
+    def recover(self, unit: str) -> str:
+        self.recoveries.append(unit)
         return ""
 
 
@@ -75,8 +82,7 @@ def _watchdog(status_file: Path, systemctl: StandInSystemctl, clock: Clock) -> W
 @pytest.mark.parametrize(
     ("active", "sub", "result", "words"),
     [
-        ("inactive", "dead", "success", "left alone"),
-        ("failed", "failed", "start-limit-hit", "reset-failed"),
+        ("inactive", "dead", "success", "stopped on purpose, left alone"),
         ("activating", "auto-restart", "exit-code", "systemd is handling it"),
         ("deactivating", "stop-sigterm", "success", "systemd is handling it"),
     ],
@@ -89,6 +95,27 @@ def test_a_unit_that_is_not_active_is_left_alone_even_when_stale(
     decision = _watchdog(status_file, systemctl, Clock()).check()
     assert decision.action is Action.NOTHING
     assert words in decision.reason
+    assert (systemctl.restarts, systemctl.recoveries) == ([], [])
+
+
+@pytest.mark.parametrize("result", ["start-limit-hit", "exit-code", "timeout"])
+def test_a_failed_unit_is_started_again_and_throttled_like_a_restart(
+    status_file: Path, result: str
+) -> None:
+    systemctl, clock = (
+        StandInSystemctl(ActiveState="failed", SubState="failed", Result=result),
+        Clock(),
+    )
+    watchdog = _watchdog(status_file, systemctl, clock)
+    recovered_at = []
+    for offset in range(0, 1000, 50):  # still failed at every check
+        clock.offset = offset
+        decision = watchdog.check()
+        if decision.action is Action.RECOVER:
+            recovered_at.append(offset)
+            assert decision.reason == f"livereduce.service is failed (failed, result {result})"
+    assert recovered_at == [0, 300, 900]  # the same spacing as restarts
+    assert systemctl.recoveries == ["livereduce.service"] * 3
     assert systemctl.restarts == []
 
 
@@ -185,7 +212,7 @@ echo "$*" >> "$CALLS"
 case $1 in
     show) [ -f "$SHOW_FILE" ] || { echo "Failed to connect to bus" >&2; exit 1; }
           cat "$SHOW_FILE" ;;
-    restart) exit 0 ;;
+    restart | reset-failed | start) exit 0 ;;
 esac
 """
 
@@ -259,6 +286,41 @@ def test_process_leaves_a_stopped_unit_alone_and_says_so(proc: Process) -> None:
     assert "INFO livereduce.watchdog: livereduce.service is inactive (dead, result success)" in (
         done.stderr
     )
+
+
+def test_process_starts_a_failed_unit_after_reset_failed(proc: Process) -> None:
+    proc.unit("failed", "failed")
+    done = proc.once()
+    assert done.returncode == 0, done.stderr
+    assert proc.calls.read_text().splitlines()[1:] == [
+        "reset-failed livereduce.service",
+        "start --no-block livereduce.service",
+    ]
+    assert "WARNING livereduce.watchdog: livereduce.service is failed (failed, result " in (
+        done.stderr
+    )
+    assert "start of livereduce.service queued" in done.stderr
+
+
+def test_process_prints_its_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "livereduce.watchdog", "--version"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, f"livereduce-watchdog {__version__}\n")
+
+
+def test_the_watchdog_needs_only_the_standard_library() -> None:
+    """The RPM runs it on the system's python3.11, without numpy, scipp or psutil: with -S
+    (no site-packages) only the standard library and the package itself can be imported."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    done = subprocess.run(
+        [sys.executable, "-S", "-m", "livereduce.watchdog", "--version"],
+        env={**os.environ, "PYTHONPATH": str(src)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == f"livereduce-watchdog {__version__}\n"
 
 
 def test_process_survives_a_failing_systemctl(proc: Process) -> None:
@@ -344,14 +406,21 @@ console.log(JSON.stringify(rules.map((rule) => rule(action, {user: user}))));
             "yes",
         ),
         ("snsdata", "livereduce.service", "start", "org.freedesktop.systemd1.manage-units", "yes"),
-        ("snsdata", "livereduce.service", "stop", "org.freedesktop.systemd1.manage-units", "yes"),
+        (
+            "snsdata",
+            "livereduce.service",
+            "reset-failed",
+            "org.freedesktop.systemd1.manage-units",
+            "yes",
+        ),
+        ("snsdata", "livereduce.service", "stop", "org.freedesktop.systemd1.manage-units", None),
         ("snsdata", "livereduce.service", "enable", "org.freedesktop.systemd1.manage-units", None),
         ("snsdata", "sshd.service", "restart", "org.freedesktop.systemd1.manage-units", None),
         ("alice", "livereduce.service", "restart", "org.freedesktop.systemd1.manage-units", None),
         ("snsdata", "livereduce.service", "restart", "org.freedesktop.login1.reboot", None),
     ],
 )
-def test_polkit_rule_lets_snsdata_start_stop_restart_livereduce_only(
+def test_polkit_rule_lets_snsdata_start_restart_reset_failed_livereduce_only(
     tmp_path: Path, user: str, unit: str, verb: str, action_id: str, answer: str | None
 ) -> None:
     node = shutil.which("node")

@@ -4,6 +4,10 @@
 that does not exist either, as the predecessor did). A configuration that cannot be used gives
 one message on stderr naming the file, the key and what is allowed, and exit status 2; the
 other exit statuses are :class:`livereduce.supervisor.daemon.DaemonExit`.
+
+``livereduce plot RESULT.h5 -o OUT.png`` draws a result file (:mod:`livereduce.commands.plot`);
+``livereduce try CONFIG RUN.nxs.h5`` runs the scripts on a recorded run
+(:mod:`livereduce.commands.trial`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import getpass
+import importlib
 import json
 import logging
 import sys
@@ -18,8 +23,10 @@ from collections.abc import Sequence
 
 from livereduce import __version__
 from livereduce.config import Config, ConfigError, load_config
-from livereduce.logsetup import configure_logging
+from livereduce.logsetup import configure_logging, default_log_path
 from livereduce.supervisor.daemon import DaemonExit, run_daemon
+from livereduce.view.files import figures_path
+from livereduce.view.server import ViewServer
 from livereduce.worker.engine import EngineUnavailable, choose_engine
 
 log = logging.getLogger("livereduce")
@@ -30,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="livereduce",
         description="Keep the live reduction of a neutron instrument's data stream running.",
         epilog="Signals: SIGTERM/SIGINT stop, SIGHUP reloads the processing scripts, SIGQUIT "
-        "logs the state and quits. See docs/operations.md.",
+        "logs the state and quits. See docs/operations.md. Also: 'livereduce plot RESULT.h5 "
+        "-o OUT.png' draws a result file; 'livereduce try CONFIG RUN.nxs.h5' runs the "
+        "scripts on a recorded run.",
     )
     parser.add_argument(
         "config", nargs="?", help="configuration file (JSON); default /etc/livereduce.conf"
@@ -65,8 +74,15 @@ def _user() -> str:
         return "?"
 
 
+SUBCOMMANDS = {"plot": "livereduce.commands.plot", "try": "livereduce.commands.trial"}
+"""``livereduce plot RESULT`` and ``livereduce try CONFIG RUN``; anything else is a CONFIG."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run livereduce with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     args = _parser().parse_args(argv)
     warnings: list[str] = []
     try:
@@ -81,4 +97,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_startup(config)
     for warning in warnings:
         log.warning("config_unknown_keys: %s", warning)
-    return run_daemon(config)
+    view = start_view(config)
+    try:
+        return run_daemon(config)
+    finally:
+        if view is not None:
+            view.close()
+
+
+def start_view(config: Config) -> ViewServer | None:
+    """The live view page for ``config`` (``view_address``), serving from a thread; None when
+    it is off or cannot bind (logged: the page is optional, the reduction is not)."""
+    if not config.view_address:
+        return None
+    try:
+        return ViewServer(
+            config.view_address,
+            status_file=config.status_file,
+            figures_file=figures_path(config.output_dir, config.output_workspace),
+            log_file=default_log_path(config),
+        ).start()
+    except OSError as error:
+        log.error("view_failed: cannot serve the live view on %s: %s", config.view_address, error)
+        return None

@@ -9,9 +9,11 @@ the command line turns into one message and exit status 2; unknown keys give a w
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -145,6 +147,10 @@ class Config:
     progress_every_sec: float = 60.0
     proc_script_timeout_sec: float | None = None
     post_proc_script_timeout_sec: float | None = None
+    publish_config: Path | None = None
+    publish_every_sec: float | None = None
+    publish_timeout_sec: float = 10.0
+    view_address: str = ""
 
     @property
     def proc_script(self) -> Path:
@@ -235,6 +241,7 @@ KNOWN_KEYS = frozenset(
         "listener", "address", "listener_options", "start_from", "run_transition",
         "output_workspace", "output_dir", "status_file", "log_file", "poll_interval_sec",
         "heartbeat_timeout_sec", "stop_timeout", "script_timeout_sec", "progress_every_sec",
+        "publish_config", "publish", "view_address",
     }
 )  # fmt: skip
 
@@ -391,6 +398,7 @@ def config_from_mapping(
         Path(runtime_dir) / "status.json" if runtime_dir else output_dir / "status.json"
     )
     log_file = reader.path("log_file", None)
+    publish_every, publish_timeout = _publish(reader)
 
     config = Config(
         path=path,
@@ -431,6 +439,10 @@ def config_from_mapping(
         stop_timeout=reader.number("stop_timeout", 20.0, minimum=0.0, inclusive=False),
         progress_every_sec=reader.number("progress_every_sec", 60.0, minimum=0.0, inclusive=False),
         **_script_timeouts(reader),
+        publish_config=reader.path("publish_config", None),
+        publish_every_sec=publish_every,
+        publish_timeout_sec=publish_timeout,
+        view_address=_view_address(reader),
     )
     if check_scripts and config.existing_scripts() == (None, None):
         names = [config.proc_script.name]
@@ -486,6 +498,46 @@ def _script_timeouts(reader: _Reader) -> dict[str, float | None]:
         }
     both = reader.optional_number("script_timeout_sec", minimum=0.0)
     return {"proc_script_timeout_sec": both, "post_proc_script_timeout_sec": both}
+
+
+def _publish(reader: _Reader) -> tuple[float | None, float]:
+    """``publish``: false/absent (scripts publish, if they do), or an object with ``every_sec``
+    (publish the default figure at most this often, > 0) and ``timeout_sec`` (of one upload)."""
+    value = reader.raw.get("publish")
+    if value is None or value is False:
+        return None, 10.0
+    if not isinstance(value, Mapping):
+        reader.fail("publish", f"expected false or an object with 'every_sec', got {value!r}")
+    unknown = sorted(set(value) - {"every_sec", "timeout_sec"})
+    if unknown:
+        reader.fail(
+            "publish", f"unknown key(s) {', '.join(unknown)}; allowed: every_sec, timeout_sec"
+        )
+    sub = _Reader(value, reader.path_, prefix="publish.")
+    return (
+        sub.number("every_sec", 30.0, minimum=0.0, inclusive=False),
+        sub.number("timeout_sec", 10.0, minimum=0.0, inclusive=False),
+    )
+
+
+def _view_address(reader: _Reader) -> str:
+    """``view_address``: ``""`` (off), ``PORT`` (loopback; a JSON number too) or ``HOST:PORT``;
+    a port of 0 takes any free one. Returns ``HOST:PORT``."""
+    raw = reader.raw.get("view_address")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)  # "view_address": 8080 means the port, as "8080" does
+    value = _Reader({"view_address": raw}, reader.path_).string("view_address", "")
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        reader.fail(
+            "view_address",
+            f"expected 'PORT' or 'HOST:PORT' with a port from 0 to 65535, got {value!r}",
+        )
+    return f"{host.strip('[]')}:{int(port)}"
 
 
 def _watchdog(reader: _Reader) -> WatchdogSettings:
@@ -681,3 +733,60 @@ class _Reader:
         if not isinstance(value, str) or not value:
             self.fail(key, f"expected a path string, got {value!r}")
         return self.resolve(value)
+
+
+LAUNCHER_ENV_KEYS = ("PIXI_ENV", "CONDA_ENV", "VENV")
+"""The keys naming the Python environment scripts/livereduce.sh activates; the first given wins."""
+
+
+def launcher_environment(config: Config) -> tuple[str, str] | None:
+    """The environment the launcher activates: ``(key, value)`` for the first of
+    LAUNCHER_ENV_KEYS that ``config`` gives, or None (the launcher's own Python).
+
+    A value that names a path (``VENV`` always, the others when they contain ``/``) is made
+    absolute against the configuration file's folder, as the daemon does for its paths.
+    Raises ConfigError when the value spans lines (the launcher reads one line).
+    """
+    values = {"PIXI_ENV": config.pixi_env, "CONDA_ENV": config.conda_env, "VENV": config.venv}
+    for key in LAUNCHER_ENV_KEYS:
+        value = values[key]
+        if value is None:
+            continue
+        if "\n" in value or "\r" in value:
+            raise ConfigError(config.path, key, f"expected one line, got {value!r}")
+        if key == "VENV" or "/" in value:
+            path = Path(value).expanduser()
+            if not path.is_absolute() and config.path is not None:
+                path = config.path.parent / path
+            value = str(path)
+        return key, value
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m livereduce.config --launcher-env CONFIG``: what scripts/livereduce.sh
+    activates, as one ``KEY=VALUE`` line on stdout (nothing when no environment is named).
+
+    The whole file is checked as the daemon checks it (scripts excepted), so the launcher
+    stops at the same errors. Exit status 0, or 2 with the ConfigError on stderr. Unknown
+    keys are left to the daemon to warn about.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m livereduce.config",
+        description="Print the Python environment livereduce.sh activates for CONFIG.",
+    )
+    parser.add_argument("--launcher-env", metavar="CONFIG", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.launcher_env, check_scripts=False, warn=lambda _: None)
+        chosen = launcher_environment(config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if chosen is not None:
+        print(f"{chosen[0]}={chosen[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

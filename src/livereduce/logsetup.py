@@ -7,10 +7,10 @@ name on every line tells them apart.
 
 Every line, in the file and on stderr, reads ``time level component[pid] logger: message``;
 a multi-line record (a traceback) repeats that header on each line, so a grep for a level or
-a component finds the whole traceback. On stderr (the journal under systemd) each line also
-starts with its syslog priority, ``<3>`` for errors (sd-daemon(3)), so that
-``journalctl -p err -u livereduce`` shows errors and their tracebacks and nothing else. The
-priority prefix never reaches the file.
+a component finds the whole traceback. When stderr is the journal (``JOURNAL_STREAM`` names
+its device and inode, systemd.exec(5)) each line also starts with its syslog priority, ``<3>``
+for errors (sd-daemon(3)), so that ``journalctl -p err -u livereduce`` shows errors and their
+tracebacks and nothing else. The priority prefix never reaches the file, a terminal or a pipe.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import logging.handlers
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -54,6 +55,20 @@ def default_log_path(config: Config, *, user: str | None = None, cwd: Path | Non
     if user == SNS_USER:
         return SNS_LOG_FILE
     return (cwd or Path.cwd()) / "livereduce.log"
+
+
+def stream_is_journal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is connected to the journal: its file's ``device:inode`` equals
+    ``$JOURNAL_STREAM``, which systemd sets for a service's stdout/stderr (systemd.exec(5)).
+    A child that inherited the variable but writes to another file (``| tee``) gets False."""
+    expected = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # no file behind it (StringIO), or closed
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
 
 
 def syslog_priority(levelno: int) -> int:
@@ -123,8 +138,8 @@ def configure_logging(
     config: Config, *, process: str, stream: TextIO | None = None, level: int = logging.INFO
 ) -> Path | None:
     """Configure the root logger once, in the entry point of ``process`` ('supervisor' or
-    'worker'): the log file of :func:`default_log_path` plus ``stream`` (default stderr) with
-    syslog priority prefixes (left out when ``stream`` is a terminal).
+    'worker'): the log file of :func:`default_log_path` plus ``stream`` (default stderr), with
+    syslog priority prefixes when ``stream`` is the journal (:func:`stream_is_journal`).
 
     Returns the log file in use, or None when it could not be opened (a message on stderr
     says why; logging then goes to ``stream`` only). Uncaught exceptions in threads and
@@ -139,11 +154,7 @@ def configure_logging(
     component = _ComponentFilter(process)
 
     console = logging.StreamHandler(stream)
-    try:
-        interactive = stream.isatty()
-    except (AttributeError, ValueError):
-        interactive = False
-    console.setFormatter(LineFormatter(priority_prefix=not interactive))
+    console.setFormatter(LineFormatter(priority_prefix=stream_is_journal(stream)))
     console.addFilter(component)
     root.addHandler(console)
 

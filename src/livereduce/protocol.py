@@ -106,6 +106,10 @@ class Progress:
     one go); at each listener "not ready" retry it sends one with ``in_script`` empty (that
     attempt ended), then one naming ``LoadLiveData`` again with a new ``in_script_since``.
 
+    ``plots_published`` / ``publish_errors`` count uploads to the live data server that
+    succeeded / failed (timeouts, refused connections, answers other than 200);
+    ``last_publish_error`` says the last failure in words. Publishing never stops the loop.
+
     ``input_counts``: what the listener received but left out or could not read since the
     worker started, by kind (``error_events``, ``unmapped_events``, ``out_of_range_events``,
     ``duplicate_pulses``, ``paused_events``, ``malformed_packets``, ``skipped_bytes``,
@@ -134,6 +138,9 @@ class Progress:
     unfinished_run_start_ns: int | None = None
     in_script: str = ""
     in_script_since: float | None = None
+    plots_published: int = 0
+    publish_errors: int = 0
+    last_publish_error: str = ""
     input_counts: dict[str, int] = field(default_factory=dict)
     streams: dict[str, dict[str, float]] = field(default_factory=dict)
 

@@ -4,10 +4,11 @@ It restarts ``livereduce.service`` through ``systemctl`` when the daemon's statu
 progress for ``watchdog.threshold`` seconds, checking every ``watchdog.interval`` seconds (keys
 of the predecessor, reference: upstream-livereduce.md §3a; validated by config.py). Unlike the
 predecessor it judges by the status file (``last_chunk_time``, or ``updated`` while the daemon
-says it waits for a run), not by the log file's age; it leaves alone a unit that is not
-``active`` (stopped by an admin, failed at its start limit, or being restarted by systemd);
-it spaces its restarts (at least one threshold apart, doubling while restarts do not help);
-and it logs every decision. It only needs the standard library, so the system Python runs it.
+says it waits for a run), not by the log file's age; it leaves alone a unit stopped by an
+admin (``inactive``) or being restarted by systemd, and starts a ``failed`` one again (after
+``reset-failed``, which clears a start limit a drop-in may have set); it spaces its restarts
+(at least one threshold apart, doubling while restarts do not help); and it logs every
+decision. It only needs the standard library, so the system Python runs it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from livereduce import __version__
 from livereduce.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from livereduce.delays import doubling_delay_s
 from livereduce.supervisor.status import StatusError
@@ -55,6 +57,8 @@ class Action(enum.Enum):
 
     NOTHING = "nothing"
     RESTART = "restart"
+    RECOVER = "recover"
+    """``reset-failed`` and ``start`` a failed unit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ class Settings:
 
 
 class Systemctl(Protocol):
-    """The two systemctl operations the watchdog uses."""
+    """The systemctl operations the watchdog uses."""
 
     def show(self, unit: str) -> Mapping[str, str]:
         """The unit's properties (SHOW_PROPERTIES). Raises OSError when systemctl fails."""
@@ -99,6 +103,11 @@ class Systemctl(Protocol):
 
     def restart(self, unit: str) -> str:
         """Queue a restart of ``unit``. Raises OSError naming systemctl's error."""
+        ...
+
+    def recover(self, unit: str) -> str:
+        """Clear the failed state of ``unit`` and queue its start. Raises OSError naming
+        systemctl's error."""
         ...
 
 
@@ -136,6 +145,11 @@ class SystemctlCommand:
     def restart(self, unit: str) -> str:
         """``systemctl restart --no-block``: the job is queued, the next check sees its effect."""
         return self._run("restart", "--no-block", unit).strip()
+
+    def recover(self, unit: str) -> str:
+        """``systemctl reset-failed`` then ``systemctl start --no-block``."""
+        self._run("reset-failed", unit)
+        return self._run("start", "--no-block", unit).strip()
 
 
 def read_status(path: Path) -> dict[str, Any] | None:
@@ -192,12 +206,15 @@ class Watchdog:
         except OSError as error:
             return Decision(Action.NOTHING, f"cannot query {self.unit}: {error}")
         active, sub = props.get("ActiveState", "?"), props.get("SubState", "?")
-        if active in {"inactive", "failed"}:
-            hint = "" if active == "inactive" else "; fix the cause, then systemctl reset-failed"
+        result = props.get("Result", "?")
+        if active == "inactive":
             return Decision(
                 Action.NOTHING,
-                f"{self.unit} is {active} ({sub}, result {props.get('Result', '?')}): stopped on "
-                f"purpose or by its start limit, left alone{hint}",
+                f"{self.unit} is inactive ({sub}, result {result}): stopped on purpose, left alone",
+            )
+        if active == "failed":
+            return self._throttled(
+                Decision(Action.RECOVER, f"{self.unit} is failed ({sub}, result {result})")
             )
         if active != "active":
             return Decision(
@@ -231,17 +248,22 @@ class Watchdog:
             return Decision(
                 Action.NOTHING, f"{self.unit} healthy: {what} (threshold {threshold:.0f} s)"
             )
+        return self._throttled(
+            Decision(Action.RESTART, f"{self.unit} stalled: {what} (threshold {threshold:.0f} s)")
+        )
+
+    def _throttled(self, decision: Decision) -> Decision:
+        """``decision``, or NOTHING while the last restart or recovery is more recent than
+        :meth:`restart_gap`."""
         if self._last_restart_mono is not None:
-            since = now_mono - self._last_restart_mono
+            since = self._clock()[1] - self._last_restart_mono
             if since < self.restart_gap():
                 return Decision(
                     Action.NOTHING,
-                    f"{self.unit} stalled: {what}, but the last restart was {since:.0f} s ago; "
+                    f"{decision.reason}, but the last restart was {since:.0f} s ago; "
                     f"next one allowed after {self.restart_gap():.0f} s",
                 )
-        return Decision(
-            Action.RESTART, f"{self.unit} stalled: {what} (threshold {threshold:.0f} s)"
-        )
+        return decision
 
     def check(self) -> Decision:
         """One check: decide, log the decision, restart when it says so."""
@@ -249,16 +271,20 @@ class Watchdog:
         if decision.action is Action.NOTHING:
             log.info("%s", decision.reason)
             return decision
-        log.warning("%s: restarting %s", decision.reason, self.unit)
+        verb = "restart" if decision.action is Action.RESTART else "start"
+        log.warning("%s: %sing %s", decision.reason, verb, self.unit)
         if self._last_restart_mono is not None:
             self._useless_restarts += 1
         self._last_restart_mono = self._clock()[1]
         try:
-            self._systemctl.restart(self.unit)
+            if decision.action is Action.RESTART:
+                self._systemctl.restart(self.unit)
+            else:
+                self._systemctl.recover(self.unit)
         except OSError as error:
-            log.error("restart of %s failed: %s", self.unit, error)
+            log.error("%s of %s failed: %s", verb, self.unit, error)
         else:
-            log.info("restart of %s queued", self.unit)
+            log.info("%s of %s queued", verb, self.unit)
         return decision
 
 
@@ -271,7 +297,7 @@ def _micro(value: str | None) -> float | None:
     return micro / 1e6 if micro > 0 else None
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livereduce-watchdog",
         description="Restart livereduce.service when its status file shows no progress for "
@@ -290,7 +316,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--systemctl", default="systemctl", help="systemctl program")
     parser.add_argument("--log-file", type=Path, help="also log to this file")
     parser.add_argument("--once", action="store_true", help="check once and exit")
-    return parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"livereduce-watchdog {__version__}")
+    return parser
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
 
 
 def _configure_logging(log_file: Path | None) -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from livereduce import __version__
 from livereduce.adara import packets
 from livereduce.adara.errors import AdaraProtocolError
 from livereduce.adara.parser import StreamParser
@@ -418,7 +419,7 @@ class ReplayServer:
         self.stop()
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livereduce-replay",
         description="Stream NeXus event files as an SNS SMS does (ADARA on TCP).",
@@ -446,8 +447,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="1 real time, 100 a hundred times faster, 0 as fast as possible",
     )
     parser.add_argument("--loop", action="store_true", help="start over after the last file")
+    parser.add_argument("--version", action="version", version=f"livereduce-replay {__version__}")
     kafka_replay.add_arguments(parser)
-    return parser.parse_args(argv)
+    return parser
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return _parser().parse_args(argv)
 
 
 def _port(text: str) -> int:

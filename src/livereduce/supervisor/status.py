@@ -18,8 +18,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from livereduce import __version__
 from livereduce.atomic import write_atomically
 from livereduce.config import ConfigError, load_config
 
@@ -51,6 +50,9 @@ FIELDS = {
     "errors": "since the supervisor started: chunks lost to script errors and stream faults, "
     "plus workers lost to hangs, script time limits, memory kills and crashes",
     "last_error": "the last error, in words",
+    "plots_published": "plots uploaded to the live data server (current worker)",
+    "publish_errors": "plot uploads that failed: timeout, no server, an answer other than 200",
+    "last_publish_error": "the last failed upload, in words",
     "input_counts": "what the listener left out or could not read, by kind (current worker; "
     "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
     "streams": "Kafka listener: per event topic {lag (messages), events_per_s, malformed}",
@@ -140,6 +142,10 @@ def _overdue(status: Mapping[str, Any], now: float) -> bool:
 
 
 def _supervisor_gone(status: Mapping[str, Any]) -> bool:
+    # psutil only here: livereduce-watchdog imports this module on the system Python, which
+    # has the standard library only (the RPM's python3.11)
+    import psutil  # noqa: PLC0415
+
     pid = status.get("supervisor_pid")
     return isinstance(pid, int) and status.get("state") != "stopped" and not psutil.pid_exists(pid)
 
@@ -154,6 +160,16 @@ def health(status: Mapping[str, Any], *, now: float | None = None) -> Health:
     if status.get("state") in UNHEALTHY_STATES:
         return Health.FAILING
     return Health.HEALTHY
+
+
+def _stream_lines(streams: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line per Kafka event topic: lag, rate and malformed messages."""
+    return [
+        f"kafka:        {topic}: lag {stream.get('lag', 0):,.0f} messages, "
+        f"{stream.get('events_per_s', 0):,.0f} events/s"
+        + (f", {stream['malformed']:,.0f} malformed" if stream.get("malformed") else "")
+        for topic, stream in sorted(streams.items())
+    ]
 
 
 def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str:
@@ -210,11 +226,12 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
         f"restarts:     {get('restarts', 0)}",
     ]
-    for topic, stream in sorted((get("streams") or {}).items()):
+    lines += _stream_lines(get("streams") or {})
+    if get("plots_published") or get("publish_errors"):
         lines.append(
-            f"kafka:        {topic}: lag {stream.get('lag', 0):,.0f} messages, "
-            f"{stream.get('events_per_s', 0):,.0f} events/s"
-            + (f", {stream['malformed']:,.0f} malformed" if stream.get("malformed") else "")
+            f"plots:        {get('plots_published', 0)} published, "
+            f"{get('publish_errors', 0)} failed"
+            + (f" (last: {get('last_publish_error')})" if get("last_publish_error") else "")
         )
     if get("scripts_problem"):
         lines.append(f"SCRIPTS:      {get('scripts_problem')}")
@@ -242,13 +259,7 @@ def _candidates(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
-
-    Prints the status and returns its :func:`health` (0 healthy, 1 failing or held, 2 stale or
-    supervisor gone); one message on stderr and 3 when there is no status to read (the file is
-    missing or bad, or the configuration file is).
-    """
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livereduce-status",
         description="Show what the livereduce service is doing.",
@@ -261,7 +272,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config", type=Path, help="configuration file (default /etc/livereduce.conf)"
     )
     where.add_argument("--file", type=Path, help="status file to read")
-    args = parser.parse_args(argv)
+    parser.add_argument("--version", action="version", version=f"livereduce-status {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``livereduce-status [--json] [--config CONFIG | --file STATUS]``.
+
+    Prints the status and returns its :func:`health` (0 healthy, 1 failing or held, 2 stale or
+    supervisor gone); one message on stderr and 3 when there is no status to read (the file is
+    missing or bad, or the configuration file is).
+    """
+    args = _parser().parse_args(argv)
     try:
         candidates = _candidates(args)
     except ConfigError as error:

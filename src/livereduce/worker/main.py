@@ -40,6 +40,7 @@ from livereduce.protocol import (
 )
 from livereduce.worker.engine import Engine, EngineUnavailable, choose_engine
 from livereduce.worker.listeners.base import ListenerError
+from livereduce.worker.outputs.compat import install_compat_modules
 from livereduce.worker.stop import StopRequested, StopToken
 
 log = logging.getLogger("livereduce.worker")
@@ -67,6 +68,7 @@ def make_engine(choice: EngineChoice, config: Config, resume: Resume | None = No
     listener settings."""
     if choice is EngineChoice.MANTID:
         from livereduce.worker.engine import mantid  # noqa: PLC0415 - Mantid only when chosen
+        from livereduce.worker.outputs import publishing  # noqa: PLC0415
 
         if resume is not None:
             log.warning(
@@ -75,6 +77,10 @@ def make_engine(choice: EngineChoice, config: Config, resume: Resume | None = No
                 resume.run_number,
             )
 
+        # Mantid scripts' publish_plot must not stall MonitorLiveData either: queue it. (The
+        # embedded engine installs its own publisher, whose counts go into its reports.)
+        publishing.set_default_config(config.publish_config)
+        publishing.install(publishing.Publisher(timeout_s=config.publish_timeout_sec))
         return mantid.from_config(config)
     from livereduce.worker.engine.embedded import EmbeddedEngine  # noqa: PLC0415
     from livereduce.worker.listeners import create_listener  # noqa: PLC0415
@@ -111,6 +117,8 @@ def run_worker(config: Config, report_fd: int, resume: Resume | None = None) -> 
     # sends it to every process of the unit, and its default action would kill us mid-write.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     reporter = _Reporter(ReportWriter(report_fd), stop)
+    # Scripts of both engines import publish_plot from SNS packages that are not on PyPI.
+    install_compat_modules()
     try:
         choice, reason = choose_engine(config)
         log.info("engine_chosen: %s (%s)", choice, reason)
@@ -138,6 +146,18 @@ def run_worker(config: Config, report_fd: int, resume: Resume | None = None) -> 
         log.exception("worker_crashed: unexpected %s", type(error).__name__)
         _final(reporter, f"crashed: {type(error).__name__}: {error}")
         return WorkerExit.CRASHED
+    finally:
+        send_queued_plots(config)
+
+
+def send_queued_plots(config: Config) -> None:
+    """The Mantid engine's scripts queued plots on a publisher (make_engine): send what waits
+    before the process ends, within half the stop timeout (the embedded engine does its own)."""
+    from livereduce.worker.outputs import publishing  # noqa: PLC0415
+
+    publisher = publishing.install(None)
+    if publisher is not None:
+        publisher.close(min(config.publish_timeout_sec + 1.0, config.stop_timeout / 2))
 
 
 def _final(reporter: _Reporter, error: str) -> None:

@@ -76,6 +76,9 @@ from livereduce.worker.listeners.base import (
     NotYet,
     RunInfo,
 )
+from livereduce.worker.outputs.figures import FigureCaption
+from livereduce.worker.outputs.live import STOP_FLUSH_S, LiveOutputs
+from livereduce.worker.outputs.metadata import ResultMetadata, iso_utc
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopRequested, StopToken
@@ -149,7 +152,8 @@ class EmbeddedEngine:
     the configuration by :func:`livereduce.worker.listeners.create_listener` when :meth:`run`
     starts; tests pass one, already started or not). ``clock``: monotonic seconds.
     ``resume``: the run a previous worker left unfinished (reported as unfinished until this
-    engine handles its end)."""
+    engine handles its end). ``outputs``: figures and publishing (default: as the
+    configuration says)."""
 
     def __init__(
         self,
@@ -157,6 +161,7 @@ class EmbeddedEngine:
         listener: Listener | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        outputs: LiveOutputs | None = None,
         resume: Resume | None = None,
     ) -> None:
         self.config = config
@@ -168,6 +173,8 @@ class EmbeddedEngine:
         self.writer = OutputWriter(config.output_dir, config.output_workspace, clock=clock)
         self._output: Any = None
         self._output_version = 0
+        self.outputs = outputs if outputs is not None else LiveOutputs(config)
+        self._last_pulse_ns: int | None = None
         proc, post = config.existing_scripts()
         self._runners = {
             role: ScriptRunner(path, role, self.workspaces)
@@ -218,6 +225,7 @@ class EmbeddedEngine:
             self.listener.name, self.config.start_from, self.config.update_every,
             self.config.accum_method, self.config.preserve_events,
         )  # fmt: skip
+        self.outputs.activate()
         try:
             self.listener.start(self.config.start_from)
             return self._loop(stop, report)
@@ -231,7 +239,10 @@ class EmbeddedEngine:
             report(self.progress)
             return WorkerExit.ENGINE_FAILURE
         finally:
-            self._finish(stop, abandoned)
+            try:
+                self._finish(stop, abandoned)
+            finally:
+                self.outputs.close(STOP_FLUSH_S if stop.requested else None)
 
     def _finish(self, stop: StopToken, abandoned: str) -> None:
         """Close the listener; write a pending output unless the stop made it unsafe or slow."""
@@ -267,8 +278,13 @@ class EmbeddedEngine:
         while not stop.requested:
             now = self._clock()
             if now >= next_chunk:
-                next_chunk = now + self.config.update_every
                 outcome = self.step()
+                # Until the stream has spoken, look again at the heartbeat cadence: a worker
+                # that is connected and receiving says so (systemd's READY=1) within seconds,
+                # not one update_every after start.
+                connecting = self.progress.state is WorkerState.CONNECTING
+                wait_s = HEARTBEAT_INTERVAL_S if connecting else self.config.update_every
+                next_chunk = now + min(wait_s, self.config.update_every)
                 report(self.progress)
                 last_report = self._clock()
                 if outcome.finished:
@@ -295,12 +311,16 @@ class EmbeddedEngine:
         if self.writer.pending:
             self._write(force=True)
 
-    def _write(self, *, force: bool) -> bool:
+    def _write(self, *, force: bool, ended: bool = False) -> bool:
         """Write the current output and count it (abandoned by a stop signal: the rename never
-        happens, so the file on disk stays whole); returns whether it was written."""
+        happens, so the file on disk stays whole); returns whether it was written. ``ended``:
+        the output is the run's last (the file's metadata says so)."""
         with self._abandonable(WRITE_PHASE):
             wrote = self.writer.write(
-                self._output, self._output_version, force=force, metadata=self._file_metadata()
+                self._output,
+                self._output_version,
+                force=force,
+                metadata=self._file_metadata(ended=ended),
             )
         self._count_write(wrote)
         return wrote
@@ -338,9 +358,16 @@ class EmbeddedEngine:
         extracted = self._clock()
         self._phase_done()
         self._received_data = True
+        # A run that never reported its end ends here, before this chunk's events and pulses
+        # count for the next run (its result keeps its own events and end time).
+        finished = (
+            self._run is not None and self._new_run_without_end(chunk) and self._end_run(self._run)
+        )
         self._count_events(chunk)
         self._count_input(chunk)
         self._see_run(chunk.run)
+        if finished:
+            return StepOutcome(finished=True, extract_s=extracted - began)
         if not _has_data(chunk):
             run = self._run
             if (
@@ -352,10 +379,7 @@ class EmbeddedEngine:
                 self._keep_logs(chunk)  # a PV is sent when it changes, beam or no beam
             self._report_idle(chunk)
             return StepOutcome(waiting=True, extract_s=extracted - began)
-        if self._run is not None and self._new_run_without_end(chunk):
-            finished = self._end_run(self._run)
-            if finished:
-                return StepOutcome(finished=True, extract_s=extracted - began)
+        self._note_last_pulse(chunk)
         if chunk.begins_run or chunk.data_reset:
             self._replace_next = True
         if chunk.begins_run or chunk.data_reset or (chunk.run is not None and self._run is None):
@@ -372,6 +396,14 @@ class EmbeddedEngine:
     def _keep_logs(self, chunk: Chunk) -> None:
         for name, series in chunk.logs.items():
             self._run_logs.setdefault(name, []).append(series)
+
+    def _note_last_pulse(self, chunk: Chunk) -> None:
+        if chunk.begins_run:
+            self._last_pulse_ns = None
+        pulses = chunk.events.coords.get("event_time_zero")
+        if pulses is not None and pulses.size:
+            last = int(pulses.values.max().astype("datetime64[ns]").astype("int64"))
+            self._last_pulse_ns = max(last, self._last_pulse_ns or last)
 
     def _count_events(self, chunk: Chunk) -> None:
         events = self.progress.events
@@ -495,9 +527,12 @@ class EmbeddedEngine:
             if publish is not None:
                 # The Kafka listener in a consumer group publishes this as its partial result.
                 publish(output, chunk)
-            wrote = self._write(force=chunk.ends_run)
+            wrote = self._write(force=chunk.ends_run, ended=chunk.ends_run)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
+            self.outputs.after_output(
+                output, self._output_version, self._caption(run), run_ended=chunk.ends_run
+            )
         written = self._clock()
         self.progress = self.progress.with_(
             chunks=self.progress.chunks + 1, last_chunk_time=time.time()
@@ -589,9 +624,15 @@ class EmbeddedEngine:
 
     # -- run transitions -----------------------------------------------------------------
 
-    def _file_metadata(self) -> dict[str, str]:
-        """Attributes written into the result file: what the stream left out of this run."""
-        return {"livereduce_input_counts": json.dumps(self._run_input_counts, sort_keys=True)}
+    def _file_metadata(
+        self, run: RunContext | None = None, *, ended: bool = False
+    ) -> dict[str, object]:
+        """Attributes written into the result file: the run's metadata (``run``: default the
+        current context; :mod:`livereduce.worker.outputs.metadata`) and what the stream left
+        out of this run."""
+        return self._metadata(run, ended=ended).attributes() | {
+            "livereduce_input_counts": json.dumps(self._run_input_counts, sort_keys=True)
+        }
 
     def _end_run(self, run: RunInfo) -> bool:
         """Apply run_transition at the end of ``run``; True when the loop must stop."""
@@ -604,7 +645,11 @@ class EmbeddedEngine:
         )
         self._run_open = False
         self._replace_next = True
-        self._write(force=True)
+        context = self._run_context()
+        self._write(force=True, ended=True)
+        self.outputs.after_output(
+            self._output, self._output_version, self._caption(context), run_ended=True
+        )
         if behavior is RunTransitionBehavior.RENAME and self._output is not None:
             kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
@@ -642,6 +687,33 @@ class EmbeddedEngine:
             logs=logs,
         )
 
+    def _caption(self, run: RunContext) -> FigureCaption:
+        return FigureCaption(
+            instrument=self.config.instrument.name,
+            run_number=run.number,
+            title=run.title,
+            events=self._run_events,
+            proton_charge=run.proton_charge,
+            updated=time.time(),
+        )
+
+    def _metadata(self, run: RunContext | None, *, ended: bool) -> ResultMetadata:
+        run = run if run is not None else self._run_context()
+        charge = run.proton_charge
+        end = self._last_pulse_ns / 1e9 if self._last_pulse_ns is not None else None
+        return ResultMetadata(
+            instrument=run.instrument,
+            run_number=run.number,
+            title=run.title,
+            experiment_identifier=run.experiment,
+            start_time=iso_utc(run.start_time),
+            end_time=iso_utc(end),
+            run_ended=ended or (run.number != 0 and not self._run_open),
+            events=self._run_events,
+            proton_charge=charge if charge is not None else float("nan"),
+            updated=iso_utc(time.time()),
+        )
+
     def _describe(self, chunk: Chunk) -> str:
         run = f"run {chunk.run.number}" if chunk.run is not None else "no run"
         return f"{run}, {chunk.event_count} events"
@@ -654,7 +726,7 @@ class EmbeddedEngine:
             run_number=run.number if run is not None else None,
             run_title=run.title if run is not None else "",
             streams=dict(getattr(self.listener, "streams", None) or {}),
-            **changes,
+            **(self.outputs.counters() | changes),
         )
 
 

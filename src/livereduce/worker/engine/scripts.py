@@ -18,6 +18,7 @@ running script so that a stop does not wait for it (issue 15.3).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import traceback
 from collections.abc import Mapping, MutableMapping
@@ -39,8 +40,14 @@ SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunContext:
     """The ``run`` global: ``number`` (0 outside a run), ``title``, ``start_time`` (UTC),
-    ``instrument``, ``experiment`` and ``logs`` (name -> DataArray over ``time``: every log
-    value received for this run so far, e.g. ``run.logs['proton_charge']``)."""
+    ``instrument``, ``experiment`` (the proposal, e.g. ``IPTS-19996``) and ``logs`` (name ->
+    DataArray over ``time``: every log value received for this run so far, e.g.
+    ``run.logs['proton_charge']``).
+
+    SNS scripts' names for the same (docs/scripts-from-mantid.md): ``run_number``,
+    ``experiment_identifier``, ``proton_charge`` (pC so far), ``sequence_number`` and
+    ``sequence_total`` (REF_L / REF_M "Sequence N of M": the last value of those DAS logs).
+    """
 
     number: int = 0
     title: str = ""
@@ -48,6 +55,53 @@ class RunContext:
     instrument: str = ""
     experiment: str = ""
     logs: Mapping[str, sc.DataArray] = field(default_factory=dict)
+
+    @property
+    def run_number(self) -> int:
+        """The run number, 0 between runs."""
+        return self.number
+
+    @property
+    def experiment_identifier(self) -> str:
+        """The experiment (IPTS) identifier, empty when the stream has not said it."""
+        return self.experiment
+
+    @property
+    def proton_charge(self) -> float | None:
+        """Proton charge of the run so far in pC (the sum of the per-pulse ``proton_charge``
+        log, picoCoulombs at SNS); None when no such log arrived."""
+        log = self.logs.get("proton_charge")
+        if log is None or log.size == 0:
+            return None
+        total = log.data.sum()
+        if total.unit is not None and total.unit != sc.units.dimensionless:
+            with contextlib.suppress(sc.UnitError):
+                return float(total.to(unit="pC").value)
+        return float(total.value)
+
+    @property
+    def sequence_number(self) -> int | None:
+        """This run's place in its sequence (1-based), None when not part of one."""
+        return self._last_int("sequence_number", ":Sequence:Num")
+
+    @property
+    def sequence_total(self) -> int | None:
+        """Runs in the sequence, None when not part of one."""
+        return self._last_int("sequence_total", ":Sequence:Total")
+
+    def _last_int(self, name: str, pv_suffix: str) -> int | None:
+        """The last value of log ``name``, else of the PV ending in ``pv_suffix`` (the stream
+        may carry the PV's own name, e.g. ``BL4B:CS:Autoreduce:Sequence:Num``, where the NeXus
+        file has the alias)."""
+        log = self.logs.get(name)
+        if log is None:
+            log = next((v for k, v in self.logs.items() if k.endswith(pv_suffix)), None)
+        if log is None or log.size == 0:
+            return None
+        try:
+            return int(log.values[-1])
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +169,8 @@ class ScriptRunner:
         if self._code is None:  # not compiled: _load_failure says why
             return ScriptResult(failure=self._load_failure)
         namespace: dict[str, Any] = {
-            "__name__": f"__livereduce_{self.role.replace('-', '_')}__",
+            # SNS scripts guard their body with `if __name__ == "__main__":`, as Mantid runs them.
+            "__name__": "__main__",
             "__file__": str(self.path),
             "__builtins__": builtins,
             "input": data,

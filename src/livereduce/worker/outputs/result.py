@@ -41,7 +41,7 @@ class OutputWriter:
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
-        self._metadata: dict[str, str] = {}
+        self._metadata: dict[str, object] = {}
         self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
@@ -57,7 +57,7 @@ class OutputWriter:
         version: object,
         *,
         force: bool = False,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Mapping[str, object] | None = None,
     ) -> bool:
         """Write ``workspace`` unless ``version`` is already on disk or (unless ``force``) the
         write budget is spent; then ``pending`` says a newer version waits. Returns True when

@@ -1,0 +1,1 @@
+"""Subcommands of ``livereduce`` beside running the daemon: ``plot`` and ``try``."""

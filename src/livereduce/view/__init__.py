@@ -1,0 +1,1 @@
+"""The live view page: status, figures and log lines, read from the files the daemon writes."""
