@@ -129,14 +129,24 @@ def wire_size(packet: pk.BankedEvent) -> int:
     return 32 + 16 * len(packet.sources) + 8 * banks + 8 * packet.event_count
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL when it has not ended within 20 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
-def replay_process(files: list[Path]):
-    """``livereduce-replay FILE... --port 0 --speed 0 --loop`` in its own process; yields the
-    port it listens on and stops it with SIGTERM."""
+def replay_process(files: list[Path], *, loop: bool = True):
+    """``livereduce-replay FILE... --port 0 --speed 0 [--loop]`` in its own process; yields
+    the port it listens on and stops it with SIGTERM."""
     command = shutil.which("livereduce-replay")
     argv = [command] if command else [sys.executable, "-m", "livereduce.adara.replay"]
     process = subprocess.Popen(
-        [*argv, *map(str, files), "--port", "0", "--speed", "0", "--loop"],
+        [*argv, *map(str, files), "--port", "0", "--speed", "0", *(["--loop"] if loop else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -151,12 +161,7 @@ def replay_process(files: list[Path]):
             raise SystemExit(f"livereduce-replay said {line!r}")
         yield int(line.rsplit(":", 1)[1])
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def bench_replay(files: list[Path], runs: int) -> None:

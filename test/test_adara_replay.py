@@ -486,3 +486,20 @@ def test_runfile_reads_a_minimal_file(tmp_path):
     (bank,) = run.banks
     assert bank.tof_100ns.tolist() == [1005, 2000]
     assert bank.pulse_begin.tolist() == [0, 1, 2]
+
+
+def test_hello_with_a_run_start_after_the_last_run_ended_replays_that_run(shared_data):
+    # Found by a worker completing an unfinished run (resume) that connected once the replay of
+    # the last file was over: its hello asked for the run's start, the server answered with
+    # heartbeats only and the run was never kept. An SMS serves an ended run from its start.
+    path = shared_data / SMALL
+    with ReplayServer([path], port=0, speed=0, loop=False) as server:
+        with Capture(server.port) as first:
+            first.until_end_runs(1)
+        run_start_ns = first.of(packets.RunStatus)[0].timestamp_ns // 10**9 * 10**9
+        with Capture(server.port, start_time_ns=run_start_ns) as late:
+            late.until_end_runs(1, timeout_s=20.0)
+    statuses = [(p.status, p.run_number) for p in late.of(packets.RunStatus)]
+    assert statuses == [(packets.RunStatusCode.NEW_RUN, 184978), (END_RUN, 184978)]
+    np.testing.assert_array_equal(late.detector_rows(), first.detector_rows())
+    assert len(late.detector_rows()) == 100_328

@@ -75,6 +75,36 @@ def test_engine_mantid_without_mantid_exits_2(tmp_path):
     )
 
 
+def test_an_output_dir_that_cannot_be_made_exits_2_with_one_error_line(tmp_path):
+    # Found trying it: output_dir naming an existing file (or a folder that cannot be created)
+    # ended in a FileExistsError traceback and exit status 1, the supervisor's internal error.
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "reduce_FAKE_live_proc.py").write_text("output = input\n")
+    (tmp_path / "out").write_text("a file, not a folder\n")
+    conf = tmp_path / "livereduce.conf"
+    conf.write_text(
+        json.dumps(
+            {
+                "instrument": "FAKE",
+                "listener": "fake",
+                "script_dir": "scripts",
+                "output_dir": "out",
+                "status_file": "status.json",
+                "log_file": "livereduce.log",
+            }
+        )
+    )
+    result = run(str(ENTRY), str(conf), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith(
+        f"output_dir_unusable: configuration file {conf}: key 'output_dir': {tmp_path / 'out'} "
+        f"cannot be created or written: [Errno 17] File exists: '{tmp_path / 'out'}'"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_main_returns_2_in_process(tmp_path, capsys):
     assert main([str(tmp_path / "absent.conf")]) == 2
     assert "absent.conf: file not found" in capsys.readouterr().err

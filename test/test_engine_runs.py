@@ -150,6 +150,25 @@ def test_a_run_whose_first_chunk_has_no_events_accumulates_without_error(tmp_pat
     assert engine.accumulation.value().bins.size().sum().value == 140
 
 
+def test_a_run_whose_result_cannot_be_kept_stays_unfinished_and_is_counted(tmp_path, monkeypatch):
+    # Found live: the output folder made read-only (chattr +i) at the end of run 178922 logged
+    # output_keep_failed, then the run was dropped from the unfinished runs: result_178922.h5
+    # was never written, the status showed no error and no later worker completed it.
+    # Now it stays the unfinished run (the next worker's resume) and counts as an error.
+    def refuse(source, target):
+        raise PermissionError(1, "Operation not permitted", str(target))
+
+    monkeypatch.setattr("livereduce.worker.outputs.result.link_atomically", refuse)
+    info = RunInfo(number=9, start_time=START)
+    first = Chunk(events=events(0, 2, 2, 1), run=info, begins_run=True)
+    last = Chunk(events=events(10, 2, 2, 2), run=info, ends_run=True)
+    engine = drive(make_config(tmp_path, run_transition="Rename"), [first, last])
+    assert not (tmp_path / "out" / "result_9.h5").exists()
+    assert engine.progress.errors == 1
+    assert engine.progress.last_error.startswith("run 9 not kept: cannot keep ")
+    assert engine.progress.resume == Resume(run_number=9, start_ns=info.start_ns)
+
+
 def test_a_worker_that_connects_says_running_within_heartbeats_not_one_update_every(tmp_path):
     """READY=1 follows the first report of a receiving worker: at update_every 30 that report
     must not wait 30 s for the second step (issue 10: systemctl start under 10 s)."""

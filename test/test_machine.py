@@ -471,10 +471,18 @@ def test_config_changes(make, caplog):
     h = make()
     pid = running(h)
     h.step(ConfigSaved(change=config_change(), restored=True))
+    assert h.status()["config_problem"] == ""
     h.step(ConfigSaved(change=config_change(), error="livereduce.conf: not JSON"))
     assert h.of(SendSignal) == []
     assert "config_change_rejected: " in caplog.text
     assert "config_restored: " in caplog.text
+    # the status says the file on disk is not the one in force, until it is again
+    assert h.status()["config_problem"] == (
+        "the configuration file on disk cannot be used, the one read at start runs on "
+        "(the next start of the service fails): livereduce.conf: not JSON"
+    )
+    h.step(ConfigSaved(change=config_change(), restored=True))
+    assert h.status()["config_problem"] == ""
     h.step(ConfigSaved(change=config_change()))
     assert h.of(SendSignal) == [SendSignal(pid, signal.SIGTERM)]
     h.exited(0)
@@ -621,12 +629,18 @@ def test_an_engine_that_does_not_count_results_is_not_failing_for_it(make):
     assert h.status()["state"] == "running"
 
 
-def test_events_per_s_is_a_sliding_window_that_decays(make):
+def report_1000_events_per_s(make, seconds: int) -> Harness:
+    """A running worker reporting 1000 more events each second from 0 to ``seconds``."""
     h = make()
     h.tick()
-    for second in range(0, 21):
+    for second in range(0, seconds + 1):
         h.now = float(second)
         h.report(events=1000 * second)
+    return h
+
+
+def test_events_per_s_is_a_sliding_window_that_decays(make):
+    h = report_1000_events_per_s(make, 20)
     assert h.status()["events_per_s"] == pytest.approx(1000.0)
     h.now = 25.0
     h.report(events=20_000)  # the run is over: nothing new
@@ -721,3 +735,16 @@ def test_sighup_or_a_save_ends_a_backoff_at_once(make):
     h.tick()
     assert [t for t, _ in h.starts] == [0.0, 1.0, 2.0]
     assert h.reasons() == ["boot_failure", "sighup", "boot_failure", "scripts_changed"]
+
+
+def test_events_per_s_starts_over_when_a_replay_resets_the_run_never_negative(make):
+    # Found against livereduce-replay: the SMS restarted, the run was replayed from its start
+    # (data_reset), the worker's event count fell from 18,141 to 4,712 and the status said
+    # "-1,338 events/s". A count that falls is a new baseline, not negative events.
+    h = report_1000_events_per_s(make, 5)
+    h.now = 6.0
+    h.report(events=200)  # the replay replaced the run's 5000 events
+    assert h.status()["events_per_s"] == 0.0
+    h.now = 8.0
+    h.report(events=1200)
+    assert h.status()["events_per_s"] == pytest.approx(1000 / 2)

@@ -9,8 +9,10 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
+from livereduce.supervisor import status as status_module
 from livereduce.supervisor.status import (
     FIELDS,
     Health,
@@ -188,11 +190,27 @@ def test_command_missing_or_bad_file_exits_3(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
-def test_command_bad_config_exits_3(tmp_path, capsys):
+def test_command_bad_config_exits_3(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(status_module, "SYSTEMD_STATUS_FILE", tmp_path / "run" / "status.json")
     conf = tmp_path / "lr.conf"
     conf.write_text("{")
     assert main(["--config", str(conf)]) == 3
     assert str(conf) in capsys.readouterr().err
+
+
+def test_command_bad_config_still_shows_the_running_service(tmp_path, capsys, monkeypatch):
+    # Found live: the configuration edited to nonsense while the service ran on with the one
+    # it read at start; livereduce-status answered only "invalid JSON", exit 3.
+    service_status = tmp_path / "run" / "status.json"
+    write_status(service_status, sample(chunks=31, updated=time.time()))
+    monkeypatch.setattr(status_module, "SYSTEMD_STATUS_FILE", service_status)
+    conf = tmp_path / "lr.conf"
+    conf.write_text('{"instrument": "HYS",')
+    assert main(["--config", str(conf), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["chunks"] == 31
+    assert captured.err.startswith(f"livereduce-status: configuration file {conf}: invalid JSON")
+    assert captured.err.endswith(f"looking for the service's status in {service_status}\n")
 
 
 @pytest.mark.parametrize(
@@ -256,6 +274,27 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path):
         stderr = process.stderr.read().decode()
         assert process.wait(timeout=60) == 0
     assert stderr == ""
+
+
+def test_format_shows_a_configuration_file_that_is_not_in_force():
+    problem = "the configuration file on disk cannot be used, the one read at start runs on"
+    assert "CONFIG:" not in format_status(sample(), now=1012.5)
+    text = format_status(sample(config_problem=problem), now=1012.5)
+    assert f"CONFIG:       {problem}" in text
+
+
+def test_a_killed_supervisor_not_yet_reaped_is_gone():
+    # Found live: right after `kill -9` of the supervisor its pid was a zombie (the parent had
+    # not reaped it yet) and livereduce-status said healthy, exit 0, with no warning.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, left unreaped
+        assert psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+        status = sample(supervisor_pid=child.pid, updated=time.time())
+        assert health(status) is Health.STALE
+        assert f"supervisor pid {child.pid} is not running" in format_status(status)
+    finally:
+        child.wait()
 
 
 def test_format_shows_publishing_only_when_there_is_some():

@@ -136,6 +136,18 @@ def test_each_script_is_announced_before_and_cleared_after(tmp_path):
 # --- any BaseException from a script loses one chunk (15.4) --------------------------------
 
 
+def test_a_script_running_on_the_first_chunk_is_reported_in_the_run(tmp_path):
+    # Found live: a processing script stuck on a run's first chunk showed in the status as
+    # "connecting: no run, 0 chunks" for all of its script_timeout_sec.
+    engine = engine_for(tmp_path, "output = input\n", "output = input\n", run_transition="Stop")
+    _code, reports = run_engine(engine, Chunks(1))
+    announced = [(r.in_script, r.state, r.run_number, r.detail) for r in reports if r.in_script]
+    assert announced == [
+        (PROC, WorkerState.RUNNING, 5, "run 5, 70 events: processing chunk 1"),
+        (POST, WorkerState.RUNNING, 5, "run 5, 70 events: processing chunk 1"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("raise_", "message"),
     [

@@ -27,7 +27,7 @@ from livereduce.logsetup import configure_logging, default_log_path
 from livereduce.supervisor.daemon import DaemonExit, run_daemon
 from livereduce.view.files import figures_path
 from livereduce.view.server import ViewServer
-from livereduce.worker.engine import EngineUnavailable, choose_engine
+from livereduce.worker.engine import check_engine
 
 log = logging.getLogger("livereduce")
 
@@ -46,16 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"livereduce {__version__}")
     return parser
-
-
-def check_engine(config: Config) -> None:
-    """Raise ConfigError (key ``engine``) when the configured engine cannot run in this Python:
-    the worker runs with the same interpreter, so ``engine: mantid`` without Mantid could only
-    fail at every start (issue 6). Looks for the module only; nothing is imported."""
-    try:
-        choose_engine(config)
-    except EngineUnavailable as error:
-        raise ConfigError(config.path, "engine", str(error)) from None
 
 
 def log_startup(config: Config) -> None:

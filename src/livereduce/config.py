@@ -247,7 +247,13 @@ KNOWN_KEYS = frozenset(
 
 LISTENER_OPTIONS: Mapping[ListenerKind, frozenset[str]] = {
     ListenerKind.ADARA: frozenset(
-        {"stale_timeout_sec", "reconnect_max_sec", "connect_timeout_sec", "keep_paused_events"}
+        {
+            "stale_timeout_sec",
+            "reconnect_max_sec",
+            "connect_timeout_sec",
+            "keep_paused_events",
+            "buffer_bytes",
+        }
     ),
     ListenerKind.FAKE: frozenset(
         {"event_rate", "pixel_count", "run_length_sec", "run_number", "seed"}

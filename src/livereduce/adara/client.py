@@ -2,10 +2,11 @@
 background.
 
 A reader thread receives bytes, frames and decodes them with
-:class:`~livereduce.adara.parser.StreamParser` and puts packets on a bounded queue (when the
-consumer of this queue falls behind, the thread waits, TCP fills up and the SMS slows down:
-nothing is dropped). The ADARA listener drains the queue at once into its chunk buffer, so
-there the bound is the worker's memory guard, not this queue.
+:class:`~livereduce.adara.parser.StreamParser` and puts packets on a queue bounded in packets
+and in bytes (``queue_packets``, ``queue_bytes``: the wire bytes of the queued packets). When
+the consumer falls behind, the reader stops receiving, the socket's buffers fill up and TCP
+makes the SMS wait: back-pressure, nothing is dropped. The ADARA listener drains the queue into
+its chunk buffer, which has its own bound in bytes and stops draining when full.
 
 Failures travel the same queue, in order, so the consumer sees every packet that came before
 them: :class:`ConnectionLost` when the SMS closes the connection or the network fails (saying
@@ -19,10 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
+from collections import deque
 
 from livereduce.adara import packets
 from livereduce.adara.errors import AdaraProtocolError
@@ -33,6 +34,10 @@ log = logging.getLogger("livereduce.adara.client")
 QUEUE_PACKETS = 4096
 """Packets buffered between the reader thread and the consumer: at 60 Hz and ~4 packets per
 pulse, about 17 s of stream, enough to ride out a slow processing script."""
+QUEUE_BYTES = 64 << 20
+"""Wire bytes of packets buffered between the reader thread and the consumer: a few pulses of a
+10**8 events/s stream (13 MB each), so a busy stream cannot make the queue hold gigabytes.
+One packet larger than this (up to the parser's maximum payload) is still queued, alone."""
 RECV_BYTES = 1 << 20
 """Bytes asked of one recv(); a pulse of a busy instrument is a few MB."""
 _POLL_S = 0.1
@@ -67,6 +72,7 @@ class AdaraClient:
         start_time_ns: int = packets.START_NOW,
         connect_timeout_s: float = 5.0,
         queue_packets: int = QUEUE_PACKETS,
+        queue_bytes: int = QUEUE_BYTES,
     ) -> None:
         self.address = f"{host}:{port}"
         self._host_port = (host, port)
@@ -76,12 +82,17 @@ class AdaraClient:
         """Monotonic time of the latest complete packet from the SMS (heartbeats included):
         bytes that never complete a packet (a drip, a header with a huge length) keep a stream
         stale."""
-        self._queue: queue.Queue[packets.Packet | BaseException] = queue.Queue(queue_packets)
+        self._queue: deque[tuple[packets.Packet | BaseException, int]] = deque()
+        self._queue_packets = queue_packets
+        self._queue_bytes = queue_bytes
+        self._queued_bytes = 0
+        self._queue_changed = threading.Condition()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
         self._ended: BaseException | None = None
         self.parser = StreamParser()
+        self._put_offset = 0  # stream offset up to which bytes were accounted to queued packets
 
     def connect(self) -> None:
         """Connect, send the client hello and start the reader thread.
@@ -112,19 +123,24 @@ class AdaraClient:
         wait forever). Raises ConnectionLost once the connection has ended and every packet
         before the end was returned (and on every later call), AdaraProtocolError for a
         malformed packet."""
-        if self._ended is not None and self._queue.empty():
-            raise self._ended
-        try:
-            item = (
-                self._queue.get(timeout=timeout_s) if timeout_s != 0 else self._queue.get_nowait()
-            )
-        except queue.Empty:
-            return None
+        with self._queue_changed:
+            if self._ended is not None and not self._queue:
+                raise self._ended
+            if not self._queue_changed.wait_for(lambda: self._queue, timeout_s):
+                return None
+            item, size = self._queue.popleft()
+            self._queued_bytes -= size
+            self._queue_changed.notify_all()
         if isinstance(item, ConnectionLost):
             self._ended = item
         if isinstance(item, BaseException):
             raise item
         return item
+
+    @property
+    def queued_bytes(self) -> int:
+        """Wire bytes of the packets waiting in the queue."""
+        return self._queued_bytes
 
     @property
     def ended(self) -> BaseException | None:
@@ -152,7 +168,9 @@ class AdaraClient:
             try:
                 for packet in feed:
                     self.last_packet_monotonic = time.monotonic()
-                    self._put(packet)
+                    consumed = self.parser.offset
+                    self._put(packet, consumed - self._put_offset)
+                    self._put_offset = consumed
                     if self._closed.is_set():
                         return True  # the rest of this read is not wanted any more
                 return True
@@ -171,14 +189,23 @@ class AdaraClient:
             how += f"; {dropped} bytes of an incomplete packet dropped"
         self._put(ConnectionLost(how, dropped))
 
-    def _put(self, item: packets.Packet | BaseException) -> None:
-        while True:
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
+    def _put(self, item: packets.Packet | BaseException, size: int = 0) -> None:
+        """Queue ``item`` (``size``: its wire bytes), waiting while the queue is full; gives
+        up once the client is closed. A packet fits an empty queue whatever its size."""
+
+        def full() -> bool:
+            return len(self._queue) >= self._queue_packets or bool(
+                self._queue and self._queued_bytes + size > self._queue_bytes
+            )
+
+        with self._queue_changed:
+            while full():
                 if self._closed.is_set():
                     return
+                self._queue_changed.wait(_POLL_S)
+            self._queue.append((item, size))
+            self._queued_bytes += size
+            self._queue_changed.notify_all()
 
     def close(self) -> None:
         """Stop reading and close the socket; returns promptly. Safe to call twice."""

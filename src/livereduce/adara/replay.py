@@ -9,9 +9,10 @@ The timeline starts when the first client says hello. A client gets nothing befo
 hello; hello start time 0 joins the live position (mid-run it first gets a run status STATE and
 the run's geometry, descriptors and latest variable values, as an SMS sends a late joiner),
 1 replays the current run from its first pulse, any other EPICS time starts at the first packet
-at or after it, in the current run or an earlier run that ended after it (as an SMS serves a
-client that asks for the past from its stored runs). Each client has its own position and
-thread; a client behind the live position catches up as fast as its socket takes the packets.
+at or after it, in the current run or an earlier run that ended after it, also after the last
+file (as an SMS serves a client that asks for the past from its stored runs). Each client has
+its own position and thread; a client behind the live position catches up as fast as its socket
+takes the packets.
 
 ``--speed 1`` paces pulses at real time, ``--speed 100`` a hundred times faster, ``--speed 0``
 sends as fast as the sockets take them (the live position is then the leading client's). Idle
@@ -228,9 +229,16 @@ class _Client:
                 if timeline.end_of_timeline(live.n + 1)
                 else _Position(live.n + 1, 0)
             )
-        if live.n < 0 or start_ns == packets.START_NOW:
+        if start_ns == packets.START_NOW or (live.n < 0 and start_ns == packets.START_OF_RUN):
             return live
-        if start_ns == packets.START_OF_RUN:
+        if live.n < 0:
+            # the timeline is over, but an SMS still serves the runs it recorded: an absolute
+            # time reaches back from the end of the last run
+            last = len(timeline.streams) - 1
+            if timeline.stream(last).keys_ns[-1] < start_ns:
+                return live
+            live = _Position(last, len(timeline.stream(last).items))
+        elif start_ns == packets.START_OF_RUN:
             return _Position(live.n, 0)
         # an absolute time: the first packet at or after it, going back through earlier runs
         # that ended after it (while the timeline's times increase: not across a --loop)

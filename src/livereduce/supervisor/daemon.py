@@ -54,12 +54,14 @@ from livereduce.supervisor.events import (
     Started,
     Tick,
 )
+from livereduce.supervisor.handover import HANDOVER_REFRESH_S, read_handover, write_handover
 from livereduce.supervisor.lock import OutputLock, OutputLocked
 from livereduce.supervisor.machine import Machine
 from livereduce.supervisor.memory import MemoryGuard, resident_bytes
 from livereduce.supervisor.publish import StatusPublisher
 from livereduce.supervisor.watch import ConfigChanged, ScriptsChanged, Watcher, file_md5
 from livereduce.supervisor.worker_process import Worker, spawn, worker_command
+from livereduce.worker.engine import check_engine
 
 __all__ = ["DaemonExit", "Supervisor", "run_daemon", "syntax_errors"]
 
@@ -118,6 +120,14 @@ class Supervisor:
         self.memory = MemoryGuard(config.system_mem_limit_perc, config.mem_check_interval_sec)
         self.watcher: Watcher | None = None
         self.publisher = StatusPublisher(config.status_file)
+        self.machine.resume = self._handed_over = read_handover(config.output_dir)
+        self._handover_written_s = -HANDOVER_REFRESH_S  # a taken-over file is refreshed at once
+        if self._handed_over is not None:
+            log.info(
+                "resume_taken_over: the previous supervisor left run %d unfinished: handed to "
+                "the first worker",
+                self._handed_over.run_number,
+            )
         self._config_md5: str | None = None
         self.exit_status: DaemonExit | None = None
         """Set by the machine's Exit action: the loop ends."""
@@ -243,7 +253,8 @@ class Supervisor:
         if event.new_md5 == self._config_md5:
             return ConfigSaved(change=event, restored=True)
         try:
-            load_config(event.path)
+            # what the next start checks, so that an accepted change never fails that start
+            check_engine(load_config(event.path))
         except ConfigError as error:
             return ConfigSaved(change=event, error=str(error))
         return ConfigSaved(change=event)
@@ -323,16 +334,31 @@ class Supervisor:
         error = self.publisher.write(now, self.status, force=force)
         if error is not None:
             log.error("status_file_error: cannot write %s: %s", self.config.status_file, error)
+        resume = self.machine.resume
+        refresh = resume is not None and now - self._handover_written_s >= HANDOVER_REFRESH_S
+        if resume != self._handed_over or refresh:
+            failed_before = resume == self._handed_over
+            self._handed_over, self._handover_written_s = resume, now
+            try:
+                write_handover(self.config.output_dir, resume)
+            except OSError as error:
+                if not failed_before:  # logged once per change, not at every refresh
+                    log.error("resume_write_failed: the next supervisor will not get it: %s", error)
 
 
 def run_daemon(config: Config) -> int:
     """Run the supervisor for ``config``; returns the process exit status. Another daemon
-    holding ``output_dir`` gives CONFIG_ERROR (2) with its pid in the log and on stderr; an
-    unexpected error in the supervisor is logged with its traceback and gives INTERNAL_ERROR."""
+    holding ``output_dir``, or an ``output_dir`` that cannot be created or written, gives
+    CONFIG_ERROR (2) with one line in the log and on stderr; an unexpected error in the
+    supervisor is logged with its traceback and gives INTERNAL_ERROR."""
     try:
         lock = OutputLock.acquire(config.output_dir)
     except OutputLocked as error:
         log.error("output_locked: %s", error)
+        return int(DaemonExit.CONFIG_ERROR)
+    except OSError as error:
+        problem = f"{config.output_dir} cannot be created or written: {error}"
+        log.error("output_dir_unusable: %s", ConfigError(config.path, "output_dir", problem))
         return int(DaemonExit.CONFIG_ERROR)
     try:
         with lock:

@@ -127,7 +127,11 @@ class RateWindow:
     samples: deque[tuple[float, int]] = field(default_factory=deque)
 
     def add(self, now_s: float, events: int) -> None:
-        """Record the worker's event count at ``now_s``."""
+        """Record the worker's event count at ``now_s``; a count below the last one (a run
+        replayed from its start after a reconnect replaces its events) starts the window
+        over, so the rate is never negative."""
+        if self.samples and events < self.samples[-1][1]:
+            self.samples.clear()
         self.samples.append((now_s, events))
         self._trim(now_s)
 
@@ -223,6 +227,8 @@ class Machine:
         self.last_error = ""
         self.scripts_problem = ""
         """Why the scripts on disk are not the ones running (empty when they are)."""
+        self.config_problem = ""
+        """Why the configuration file on disk is not the one in force (empty when it is)."""
         self.hold = ""
         """Why no worker runs in HELD (and what releases it)."""
         self.script_timeouts: dict[str, int] = {}
@@ -739,6 +745,7 @@ class Machine:
             return
         change = event.change
         if event.restored:
+            self.config_problem = ""
             log.info(
                 "config_restored: %s: the content is again the configuration in use; nothing to do",
                 change.describe(),
@@ -752,6 +759,10 @@ class Machine:
                 "configuration read at start",
                 change.describe(),
                 event.error,
+            )
+            self.config_problem = (
+                f"the configuration file on disk cannot be used, the one read at start runs on "
+                f"(the next start of the service fails): {event.error}"
             )
             return
         log.warning("config_changed: %s: exiting for systemd to start it anew", change.describe())
@@ -870,6 +881,7 @@ class Machine:
             "restart_history": list(self.restart_history),
             "last_reload_latency_s": self.last_reload_latency_s,
             "scripts_problem": self.hold or self.scripts_problem,
+            "config_problem": self.config_problem,
             "resume": self.resume.to_json() if self.resume is not None else None,
             "supervisor_pid": os.getpid(),
             "version": __version__,

@@ -65,6 +65,8 @@ FIELDS = {
     "last_reload_latency_s": "seconds from the last script save to the new worker's first chunk",
     "scripts_problem": "why the scripts on disk are not the ones running, or why none runs "
     "(empty when they are)",
+    "config_problem": "why the configuration file on disk is not the one in force (a rejected "
+    "change: the next start fails), empty when it is",
     "resume": "the run the next worker completes first: {run_number, start_ns}, or null",
     "supervisor_pid": "pid of the supervisor",
     "version": "livereduce version",
@@ -147,7 +149,15 @@ def _supervisor_gone(status: Mapping[str, Any]) -> bool:
     import psutil  # noqa: PLC0415
 
     pid = status.get("supervisor_pid")
-    return isinstance(pid, int) and status.get("state") != "stopped" and not psutil.pid_exists(pid)
+    if not isinstance(pid, int) or status.get("state") == "stopped":
+        return False
+    try:
+        # a killed supervisor stays a zombie until its parent reaps it: gone all the same
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def health(status: Mapping[str, Any], *, now: float | None = None) -> Health:
@@ -233,8 +243,8 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
             f"{get('publish_errors', 0)} failed"
             + (f" (last: {get('last_publish_error')})" if get("last_publish_error") else "")
         )
-    if get("scripts_problem"):
-        lines.append(f"SCRIPTS:      {get('scripts_problem')}")
+    problems = (("scripts_problem", "SCRIPTS:"), ("config_problem", "CONFIG:"))
+    lines += [f"{label:<14}{get(key)}" for key, label in problems if get(key)]
     for entry in get("restart_history") or []:
         detail = f": {entry.get('detail')}" if entry.get("detail") else ""
         lines.append(f"  {_stamp(entry.get('time', 0))} {entry.get('reason', '?')}{detail}")
@@ -281,14 +291,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Prints the status and returns its :func:`health` (0 healthy, 1 failing or held, 2 stale or
     supervisor gone); one message on stderr and 3 when there is no status to read (the file is
-    missing or bad, or the configuration file is).
+    missing or bad). A configuration file that cannot be read is named on stderr and the
+    systemd service's status file is read instead.
     """
     args = _parser().parse_args(argv)
     try:
         candidates = _candidates(args)
     except ConfigError as error:
-        print(f"livereduce-status: {error}", file=sys.stderr)
-        return int(Health.NO_STATUS)
+        # A configuration edited to nonsense is exactly when the operator asks what runs: the
+        # service goes on with what it read at start, so its status is still worth finding.
+        print(
+            f"livereduce-status: {error}; looking for the service's status in "
+            f"{SYSTEMD_STATUS_FILE}",
+            file=sys.stderr,
+        )
+        candidates = [SYSTEMD_STATUS_FILE]
     existing = [p for p in candidates if p.exists()]
     path = existing[0] if existing else candidates[0]
     try:

@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Protocol
 
-from livereduce.config import Config, ListenerKind
+from livereduce.config import Config, ConfigError, ListenerKind
 from livereduce.config import Engine as EngineChoice
 from livereduce.protocol import Progress, WorkerExit
 from livereduce.worker.stop import StopToken
@@ -63,3 +63,14 @@ def choose_engine(config: Config) -> tuple[EngineChoice, str]:
     if available:
         return EngineChoice.MANTID, f"engine 'auto': {why}, using Mantid"
     return EngineChoice.EMBEDDED, f"engine 'auto': {why}, using the embedded scipp engine"
+
+
+def check_engine(config: Config) -> None:
+    """Raise ConfigError (key ``engine``) when the configured engine cannot run in this Python:
+    the worker runs with the same interpreter, so ``engine: mantid`` without Mantid could only
+    fail at every start (issue 6). Looks for the module only; nothing is imported. Used at
+    start and on every change of the configuration file."""
+    try:
+        choose_engine(config)
+    except EngineUnavailable as error:
+        raise ConfigError(config.path, "engine", str(error)) from None

@@ -52,14 +52,15 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import scipp as sc
 
-from livereduce.config import Config, RunTransitionBehavior
+from livereduce.config import AccumulationMethod, Config, RunTransitionBehavior
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, Resume, WorkerExit, WorkerState
 from livereduce.worker.engine.accumulation import (
     SCIPP_ERRORS,
@@ -82,6 +83,10 @@ from livereduce.worker.outputs.metadata import ResultMetadata, iso_utc
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopRequested, StopToken
+
+CHUNK_READY_POLL_S = 0.1
+"""How often the loop asks a listener with ``chunk_ready`` whether its buffer is full (then
+the chunk is taken at once instead of at the next ``update_every`` tick)."""
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,13 @@ def to_histogram(result: Any) -> Any:
     return result
 
 
+def _stage_text(seconds: Sequence[float]) -> str:
+    """The seconds of a step's stages (extract, processing script, accumulate,
+    post-processing, write) for the log."""
+    names = ("extract", "processing script", "accumulate", "post-processing", "write")
+    return ", ".join(f"{name} {value:.3f} s" for name, value in zip(names, seconds, strict=True))
+
+
 def _has_data(chunk: Chunk) -> bool:
     monitors = sum(m.bins.size().sum().value for m in chunk.monitors.values() if m.bins is not None)
     return (
@@ -181,10 +193,18 @@ class EmbeddedEngine:
             for role, path in (("processing", proc), ("post-processing", post))
             if path is not None
         }
+        # without post-processing the output is the accumulation, which Add and Append only
+        # extend: the result file can then grow by appending
+        self.writer.output_grows = (
+            "post-processing" not in self._runners
+            and config.accum_method is not AccumulationMethod.REPLACE
+        )
         self._run: RunInfo | None = None
         self._run_open = False
         self._run_logs: dict[str, list[sc.DataArray]] = {}
         self._replace_next = True
+        self._run_stages: list[float] = [0] * 7
+        """Since the last run end: chunks, events and the seconds of each stage of a step."""
         self._received_data = False
         self._run_events = 0
         self._stop: StopToken | None = None
@@ -258,6 +278,7 @@ class EmbeddedEngine:
                     with contextlib.suppress(StopRequested):  # a second stop signal: abandon it
                         self.flush()
         finally:
+            self.writer.close()
             if self.listener is not None:
                 self.listener.close()
 
@@ -277,7 +298,7 @@ class EmbeddedEngine:
         last_report = self._clock()
         while not stop.requested:
             now = self._clock()
-            if now >= next_chunk:
+            if now >= next_chunk or getattr(self.listener, "chunk_ready", False):
                 outcome = self.step()
                 # Until the stream has spoken, look again at the heartbeat cadence: a worker
                 # that is connected and receiving says so (systemd's READY=1) within seconds,
@@ -300,6 +321,7 @@ class EmbeddedEngine:
                     min(
                         next_chunk - self._clock(),
                         HEARTBEAT_INTERVAL_S - (self._clock() - last_report),
+                        CHUNK_READY_POLL_S if hasattr(self.listener, "chunk_ready") else math.inf,
                     ),
                 )
             )
@@ -387,6 +409,12 @@ class EmbeddedEngine:
         self._run = chunk.run
         self._run_open = chunk.run is not None and not chunk.ends_run
         self._keep_logs(chunk)
+        # The scripts may run for minutes: the reports meanwhile (in_script) name the run and
+        # say data arrive, not the "connecting" or "waiting for a run" of before the chunk.
+        self._set(
+            WorkerState.RUNNING,
+            f"{self._describe(chunk)}: processing chunk {self.progress.chunks + 1}",
+        )
         outcome = self._process(chunk, began, extracted)
         if chunk.ends_run and chunk.run is not None:
             finished = self._end_run(chunk.run)
@@ -512,6 +540,7 @@ class EmbeddedEngine:
             log.warning("monitors_not_accumulated: %s", error)
             self._monitors.clear()
         if replace:
+            self.writer.replaced()
             log.info("accumulation_replaced: %s replaces the accumulation", self._describe(chunk))
         self._replace_next = False
         accumulated = self._clock()
@@ -539,6 +568,23 @@ class EmbeddedEngine:
         )
         self._set(
             WorkerState.RUNNING, f"{self._describe(chunk)}: chunk {self.progress.chunks} processed"
+        )
+        stages = (
+            extracted - began,
+            processed - extracted,
+            accumulated - processed,
+            post_processed - accumulated,
+            written - post_processed,
+        )
+        self._run_stages = [
+            total + value
+            for total, value in zip(self._run_stages, (1, chunk.event_count, *stages), strict=True)
+        ]
+        log.debug(
+            "chunk_processed: %d events; %s%s",
+            chunk.event_count,
+            _stage_text(stages),
+            "" if wrote else " (not written)",
         )
         return StepOutcome(
             events=chunk.event_count,
@@ -637,6 +683,15 @@ class EmbeddedEngine:
     def _end_run(self, run: RunInfo) -> bool:
         """Apply run_transition at the end of ``run``; True when the loop must stop."""
         behavior = self.config.run_transition
+        chunks, events, *stages = self._run_stages
+        log.info(
+            "run_stages: run %d: %d chunks, %d events; %s",
+            run.number,
+            chunks,
+            events,
+            _stage_text(stages),
+        )
+        self._run_stages = [0] * 7
         log.info(
             "run_ended: run %d ended%s; run_transition %s",
             run.number,
@@ -654,7 +709,17 @@ class EmbeddedEngine:
             kept = self.writer.keep_run(run.number, partial=run.partial)
             if kept is not None:
                 log.info("run_output_kept: run %d kept as %s", run.number, kept)
-        self._unfinished.pop(run.number, None)
+        if self.writer.failure:
+            # The run's result is not on disk as it should be: it stays unfinished, so that
+            # the next worker completes it again (the resume), and the loss is an error.
+            self._count_error(f"run {run.number} not kept: {self.writer.failure}")
+            log.error(
+                "run_not_kept: run %d stays unfinished for the next worker: %s",
+                run.number,
+                self.writer.failure,
+            )
+        else:
+            self._unfinished.pop(run.number, None)
         self._report_unfinished()
         if behavior is RunTransitionBehavior.STOP:
             self._set(

@@ -57,6 +57,13 @@ one second further.
 
 A worker that takes over from one that did not finish a run gets a :class:`Resume`: the first
 connection asks for data from that run's start, so the run is completed before the current one.
+
+Events are decoded straight into the chunk's preallocated scipp table
+(:mod:`~livereduce.worker.listeners.pulse_events`). What the listener holds is bounded by
+``buffer_bytes``: once reached, the connection thread takes no more packets, so the client's
+queue fills, its reader stops receiving and TCP pushes back on the SMS (nothing is dropped;
+the pause is not a stale stream); :attr:`AdaraListener.chunk_ready` tells the engine to take a
+chunk before its next tick (buffer half full or full, or a run ended).
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ import numpy as np
 import scipp as sc
 
 from livereduce.adara import packets
-from livereduce.adara.client import AdaraClient, ConnectionLost
+from livereduce.adara.client import QUEUE_BYTES, AdaraClient, ConnectionLost
 from livereduce.adara.errors import AdaraProtocolError, OversizePacketError
 from livereduce.adara.metadata_xml import (
     INTEGER_PV_TYPES,
@@ -86,19 +93,21 @@ from livereduce.adara.metadata_xml import (
     parse_runinfo_xml,
     pixel_id_ranges,
 )
-from livereduce.adara.parser import OTHER_TYPES
+from livereduce.adara.parser import MAX_PAYLOAD_BYTES, OTHER_TYPES
 from livereduce.address import parse_host_port
 from livereduce.config import Config, ConfigError, StartFrom
 from livereduce.delays import doubling_delay_s
 from livereduce.protocol import Resume
+from livereduce.supervisor.memory import memory_limit
+from livereduce.worker.engine.accumulation import RESERVE_BYTES
 from livereduce.worker.listeners.base import (
     Chunk,
     ListenerError,
     NotYet,
     RunInfo,
-    make_events,
     unit_or_none,
 )
+from livereduce.worker.listeners.pulse_events import EVENT_BYTES, FIRST_CAPACITY, PulseEvents
 
 log = logging.getLogger("livereduce.listener.adara")
 
@@ -124,6 +133,22 @@ REPEATED_FAILURES = 2
 """Connections failing at the same point of the stream before the next one skips past it."""
 NS_PER_S = 1_000_000_000
 
+BUFFER_SHARE = 8
+"""Default ``buffer_bytes``: the memory limit divided by this. The buffer is the chunk (events
+are decoded into the chunk's scipp memory), and it fills again while the previous chunk is
+processed, so two buffers and the processing script's copies of one (a histogram script makes
+about one) stay under half the limit, leaving the rest for the accumulation."""
+MIN_BUFFER_BYTES = 32 << 20
+"""Smallest default ``buffer_bytes`` (a small memory limit still gets whole pulses)."""
+MAX_BUFFER_BYTES = 1 << 30
+"""Largest default ``buffer_bytes``: 9x10^7 events held (chunks of up to half of that when
+the stream outruns the engine), beyond which a larger buffer only adds memory, not
+throughput."""
+FULL_LOG_INTERVAL_S = 60.0
+"""A full buffer is logged at most this often (a flood fills it on every chunk)."""
+LOG_VALUE_BYTES = 80
+"""Memory held per buffered log value: a Python time and value in two lists (estimate)."""
+
 MAX_REPORTED_UNKNOWN_PVS = 100
 """Variables without a device descriptor are logged once each up to this many: a broken or
 hostile stream must not flood the log (or memory) with one line per variable."""
@@ -136,39 +161,6 @@ event data; Mantid drops such events)."""
 def backoff_s(attempt: int, maximum_s: float) -> float:
     """Wait before connection attempt ``attempt`` + 1 (attempt >= 1): 0.5 s doubling, capped."""
     return doubling_delay_s(attempt, FIRST_BACKOFF_S, maximum_s)
-
-
-class _Events:
-    """Events of consecutive pulses: pulse times, counts, pixel IDs and TOF in 100 ns."""
-
-    def __init__(self) -> None:
-        self.pulse_ns: list[int] = []
-        self.counts: list[int] = []
-        self.ids: list[np.ndarray] = []
-        self.tofs: list[np.ndarray] = []
-
-    def add_pulse(self, pulse_ns: int, ids: list[np.ndarray], tofs: list[np.ndarray]) -> None:
-        self.pulse_ns.append(pulse_ns)
-        self.counts.append(sum(len(a) for a in ids))
-        self.ids.extend(ids)
-        self.tofs.extend(tofs)
-
-    def extend(self, later: _Events) -> None:
-        """Append the pulses of ``later`` (received after these)."""
-        self.pulse_ns.extend(later.pulse_ns)
-        self.counts.extend(later.counts)
-        self.ids.extend(later.ids)
-        self.tofs.extend(later.tofs)
-
-    def to_events(self) -> sc.DataArray:
-        ids = np.concatenate(self.ids) if self.ids else np.empty(0, np.uint32)
-        tofs = np.concatenate(self.tofs) if self.tofs else np.empty(0, np.uint32)
-        return make_events(
-            np.asarray(self.pulse_ns, dtype=np.int64),
-            np.asarray(self.counts, dtype=np.int64),
-            ids.astype(np.int32),
-            (tofs.astype(np.float64) / 10.0).astype(np.float32),
-        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -245,13 +237,16 @@ class _PvValue:
 class _Segment:
     """What arrived of one run since the previous extraction."""
 
-    def __init__(self, run: RunInfo, *, begins_run: bool, data_reset: bool = False) -> None:
+    def __init__(
+        self, run: RunInfo, capacity: int, *, begins_run: bool, data_reset: bool = False
+    ) -> None:
         self.run = run
+        self.capacity = capacity
         self.begins_run = begins_run
         self.ends_run = False
         self.data_reset = data_reset
-        self.events = _Events()
-        self.monitors: dict[str, _Events] = {}
+        self.events = PulseEvents(capacity)
+        self.monitors: dict[str, PulseEvents] = {}
         self.logs: dict[str, _Log] = {}
         self.provisional: set[str] = set()
         """Logs holding only a value carried from before the run: the first value the run
@@ -259,8 +254,8 @@ class _Segment:
 
     def continuation(self) -> _Segment:
         """The next interval of the same run; monitors seen in the run stay in every chunk."""
-        following = _Segment(self.run, begins_run=False)
-        following.monitors = {name: _Events() for name in self.monitors}
+        following = _Segment(self.run, self.capacity, begins_run=False)
+        following.monitors = {name: PulseEvents() for name in self.monitors}
         return following
 
     def add_log(self, name: str, pv_type: str, units: str, time_ns: int, value: object) -> bool:
@@ -295,7 +290,7 @@ class _Segment:
                     self.add_log(name, entry.pv_type, entry.units, time_ns, value)
         self.events.extend(later.events)
         for name, events in later.monitors.items():
-            self.monitors.setdefault(name, _Events()).extend(events)
+            self.monitors.setdefault(name, PulseEvents()).extend(events)
         self.run = later.run
 
     def latest_times(self, into: dict[str, int]) -> None:
@@ -304,6 +299,16 @@ class _Segment:
             if entry.times_ns:
                 latest = max(entry.times_ns)
                 into[name] = max(into.get(name, latest), latest)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the segment's events, monitors and logs (bytes, estimated)."""
+        values = sum(len(entry.values) for entry in self.logs.values())
+        return (
+            self.events.nbytes
+            + sum(monitor.nbytes for monitor in self.monitors.values())
+            + LOG_VALUE_BYTES * values
+        )
 
     def to_chunk(self, input_counts: dict[str, int]) -> Chunk:
         return Chunk(
@@ -402,6 +407,7 @@ class AdaraListener:
         keep_paused_events: bool = False,
         resume: Resume | None = None,
         pixel_ids: tuple[int, int] | None = None,
+        buffer_bytes: int = MAX_BUFFER_BYTES,
     ) -> None:
         self.name = f"adara {host}:{port}"
         self.host = host
@@ -411,7 +417,12 @@ class AdaraListener:
         self.connect_timeout_s = connect_timeout_s
         self.keep_paused_events = keep_paused_events
         self.resume = resume
+        # buffer_bytes bounds what the listener holds: once reached it stops taking packets
+        # until the engine takes a chunk (chunk_ready); backpressure_waits counts those pauses
+        self.buffer_bytes, self.backpressure_waits = buffer_bytes, 0
+        self._capacity = event_capacity(buffer_bytes)
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: AdaraClient | None = None
@@ -451,6 +462,7 @@ class AdaraListener:
         self._failure_repeats = 0
         self._skip_to_ns: int | None = None
         self._last_skip_ns: int | None = None
+        self._full, self._full_logged = False, -FULL_LOG_INTERVAL_S
 
     @property
     def connected(self) -> bool:
@@ -463,6 +475,31 @@ class AdaraListener:
         """Connected, the SMS has sent packets on this connection, and no run is open."""
         with self._lock:
             return self._waiting_for_run()
+
+    @property
+    def chunk_ready(self) -> bool:
+        """A chunk should be taken now rather than at the engine's next ``update_every`` tick:
+        the buffer is half full (the SMS sends faster than the chunks are taken, so chunks are
+        bounded in events too: the other half fills while this chunk is processed), or full
+        (reading from the SMS waits until a chunk is taken), or a run has ended (its last chunk
+        is complete and its result should not wait)."""
+        if self._full:
+            return True
+        with self._lock:  # the connection thread changes the segments
+            return bool(self._finished) or 2 * self._buffered_bytes() >= self.buffer_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory held by what arrived and was not yet handed over (bytes, estimated)."""
+        with self._lock:
+            return self._buffered_bytes()
+
+    def _buffered_bytes(self) -> int:
+        held = sum(segment.nbytes for segment in self._finished)
+        for segment in (self._held, self._open):
+            if segment is not None:
+                held += segment.nbytes
+        return held
 
     def _waiting_for_run(self) -> bool:
         return self._client is not None and self._heard and self._open is None
@@ -507,6 +544,7 @@ class AdaraListener:
             self._delivered_run = segment.run.number
             counts = dict(self._counts)
             self._counts.clear()
+            self._room.notify_all()
             connected, activity = self._client is not None, self._state
         return dataclasses.replace(segment.to_chunk(counts), connected=connected, activity=activity)
 
@@ -557,6 +595,7 @@ class AdaraListener:
                 self.port,
                 start_time_ns=start_ns,
                 connect_timeout_s=self.connect_timeout_s,
+                queue_bytes=min(QUEUE_BYTES, self.buffer_bytes),
             )
             try:
                 client.connect()
@@ -657,6 +696,8 @@ class AdaraListener:
         framing_lost = False
         malformed_bytes = 0
         while not self._stop.is_set():
+            if not self._wait_for_room(client):
+                break
             try:
                 packet = client.get(_GET_TIMEOUT_S)
             except ConnectionLost as exc:
@@ -707,6 +748,40 @@ class AdaraListener:
                         exc,
                     )
         return "closed", framing_lost
+
+    def _wait_for_room(self, client: AdaraClient) -> bool:
+        """Wait while the buffer is full: no packet is taken from the client, whose queue then
+        fills and stops reading the socket, so TCP makes the SMS wait. False when the listener
+        is closed meanwhile."""
+        with self._room:
+            if self._buffered_bytes() < self.buffer_bytes:
+                return True
+            self._full = True
+            self.backpressure_waits += 1
+            state = self._state
+            held = self._buffered_bytes()
+            self._state = (
+                f"{state}; buffer full ({held / 1e6:.0f} MB, buffer_bytes "
+                f"{self.buffer_bytes / 1e6:.0f} MB): reading paused until a chunk is taken"
+            )
+            now = time.monotonic()
+            if now - self._full_logged >= FULL_LOG_INTERVAL_S:
+                log.info(
+                    "listener_buffer_full: %.0f MB held (buffer_bytes %.0f MB); reading from "
+                    "the SMS paused until the engine takes a chunk (%d times so far)",
+                    held / 1e6,
+                    self.buffer_bytes / 1e6,
+                    self.backpressure_waits,
+                )
+                self._full_logged = now
+            while self._buffered_bytes() >= self.buffer_bytes and not self._stop.is_set():
+                self._room.wait(_GET_TIMEOUT_S)
+            # the pause was ours, not the SMS's silence: staleness counts from now
+            client.last_packet_monotonic = time.monotonic()
+            self._full = False
+            if self._state.startswith(state):
+                self._state = state
+            return not self._stop.is_set()
 
     def _bad_packet(self, error: AdaraProtocolError, skipped_bytes: int) -> None:
         """Count a malformed packet and log it once per packet type and run (under _lock)."""
@@ -806,7 +881,7 @@ class AdaraListener:
                 self._rejoin = _Rejoin.AWAIT_PULSE
                 self._rejoined_by_state = packet.status is packets.RunStatusCode.STATE
                 self._held = current
-                self._open = _Segment(current.run, begins_run=False)
+                self._open = _Segment(current.run, self._capacity, begins_run=False)
             return  # else a repeated status of the run we are in
         self._rejoin = _Rejoin.NONE  # another run: nothing to rejoin
         if current is not None:
@@ -821,7 +896,7 @@ class AdaraListener:
             instrument=self._instrument,
             geometry_xml=self._geometry,
         )
-        self._open = _Segment(run, begins_run=True)
+        self._open = _Segment(run, self._capacity, begins_run=True)
         self._seen_a_run = True
         self._tracking = _RunTracking(
             joined_by_state=packet.status is packets.RunStatusCode.STATE,
@@ -876,10 +951,10 @@ class AdaraListener:
         replay = self._open
         if self._delivered_run == number:
             log.info("run %d replayed from its start after the reconnect: data reset", number)
-            fresh = _Segment(replay.run, begins_run=False, data_reset=True)
+            fresh = _Segment(replay.run, self._capacity, begins_run=False, data_reset=True)
         else:
             log.info("run %d replayed from its start after the reconnect", number)
-            fresh = _Segment(replay.run, begins_run=held.begins_run)
+            fresh = _Segment(replay.run, self._capacity, begins_run=held.begins_run)
         tracking = self._tracking
         tracking.log_last_ns = {}
         self._seed(fresh)
@@ -1074,32 +1149,16 @@ class AdaraListener:
             counts["duplicate_pulses"] += 1
             counts["duplicate_pulse_events"] += packet.event_count
             return
-        ids, tofs = [], []
-        for source in packet.sources:
-            offset = 0 if source.tof_corrected else source.tof_offset_100ns
-            for bank in source.banks:
-                if not len(bank.events):
-                    continue
-                if bank.bank_id == packets.ERROR_BANK_ID:
-                    counts["error_events"] += len(bank.events)
-                    continue
-                if bank.bank_id == packets.UNMAPPED_BANK_ID:
-                    counts["unmapped_events"] += len(bank.events)
-                    continue
-                pixel_id, tof = bank.pixel_id, bank.tof_100ns
-                invalid = self._pixels.invalid(pixel_id)
-                if invalid is not None:
-                    flagged = int(np.count_nonzero(pixel_id[invalid] >= PIXEL_ERROR_BIT))
-                    counts["error_events"] += flagged
-                    counts["out_of_range_events"] += int(np.count_nonzero(invalid)) - flagged
-                    pixel_id, tof = pixel_id[~invalid], tof[~invalid]
-                ids.append(pixel_id)
-                tofs.append(tof + np.uint32(offset) if offset else tof)
-        if self._tracking.paused and not self.keep_paused_events:
-            counts["paused_events"] += sum(len(a) for a in ids)
+        paused = self._tracking.paused and not self.keep_paused_events
+        dropped = segment.events.add_banked(packet, self._screen, keep=not paused)
+        if dropped.error_bank:
+            counts["error_events"] += dropped.error_bank
+        if dropped.unmapped_bank:
+            counts["unmapped_events"] += dropped.unmapped_bank
+        if paused:
+            counts["paused_events"] += dropped.not_kept
             counts["paused_pulses"] += 1
             return
-        segment.events.add_pulse(packet.timestamp_ns, ids, tofs)
         segment.add_log(
             "proton_charge",
             "double",
@@ -1107,6 +1166,16 @@ class AdaraListener:
             packet.timestamp_ns,
             packet.pulse_charge_10pc * 10.0,
         )
+
+    def _screen(self, pixel_id: np.ndarray) -> np.ndarray | None:
+        """The mask of a bank's pixel IDs to leave out (None: keep all), counting them as
+        error events (the error bit) or out of range (under _lock)."""
+        invalid = self._pixels.invalid(pixel_id)
+        if invalid is not None:
+            flagged = int(np.count_nonzero(pixel_id[invalid] >= PIXEL_ERROR_BIT))
+            self._counts["error_events"] += flagged
+            self._counts["out_of_range_events"] += int(np.count_nonzero(invalid)) - flagged
+        return invalid
 
     def _beam_monitor(self, packet: packets.BeamMonitorEvent) -> None:
         segment = self._pulse(packet.timestamp_ns)
@@ -1120,10 +1189,9 @@ class AdaraListener:
             name = f"monitor{monitor.monitor_id}"
             events = segment.monitors.get(name)
             if events is None:
-                events = segment.monitors[name] = _Events()
-            tof = monitor.tof_100ns
-            ids = np.full(len(tof), monitor.monitor_id, dtype=np.uint32)
-            events.add_pulse(packet.timestamp_ns, [ids], [tof])
+                events = segment.monitors[name] = PulseEvents()
+            events.add_pulse(packet.timestamp_ns)
+            events.add_monitor_events(monitor.monitor_id, monitor.tof_100ns)
 
 
 _VariablePacket = (
@@ -1140,16 +1208,38 @@ def _whole_second_at_or_before(unix_ns: int) -> int:
     return unix_ns - unix_ns % NS_PER_S
 
 
+def event_capacity(buffer_bytes: int) -> int:
+    """The detector events a segment of a listener bounded by ``buffer_bytes`` can hold:
+    reading pauses at the bound, and one more packet may come before the check. Under strict
+    overcommit (no reservations: reserved address space counts as used) the table starts small
+    and doubles instead."""
+    if not RESERVE_BYTES:
+        return FIRST_CAPACITY
+    return buffer_bytes // EVENT_BYTES + MAX_PAYLOAD_BYTES // 8
+
+
+def default_buffer_bytes(limit_bytes: int) -> int:
+    """``buffer_bytes`` for a worker memory limit of ``limit_bytes``: the limit over
+    :data:`BUFFER_SHARE`, within [:data:`MIN_BUFFER_BYTES`, :data:`MAX_BUFFER_BYTES`]."""
+    return max(MIN_BUFFER_BYTES, min(MAX_BUFFER_BYTES, limit_bytes // BUFFER_SHARE))
+
+
 def from_config(config: Config, resume: Resume | None = None) -> AdaraListener:
     """The adara listener for ``config.address`` and ``config.listener_options``
     (``stale_timeout_sec``, ``reconnect_max_sec``, ``connect_timeout_sec``,
-    ``keep_paused_events``), completing ``resume`` first when given. Raises ConfigError when
-    the address is not ``host:port``."""
+    ``keep_paused_events``, ``buffer_bytes``: by default the memory guard's limit, which is
+    ``system_mem_limit_perc`` of the smaller of RAM and the cgroup limit, or all of it when the
+    guard is off, over :data:`BUFFER_SHARE`), completing ``resume`` first when given. Raises
+    ConfigError when the address is not ``host:port``."""
     try:
         host, port = parse_host_port(config.address)
     except ValueError as exc:
         raise ConfigError(config.path, "address", str(exc)) from exc
     options = config.listener_options
+    buffer_bytes = options.get("buffer_bytes")
+    if buffer_bytes is None:
+        percent = config.system_mem_limit_perc or 100.0
+        buffer_bytes = default_buffer_bytes(memory_limit(percent).limit_bytes)
     return AdaraListener(
         host,
         port,
@@ -1159,4 +1249,5 @@ def from_config(config: Config, resume: Resume | None = None) -> AdaraListener:
         keep_paused_events=bool(options.get("keep_paused_events", False)),
         resume=resume,
         pixel_ids=config.instrument.pixel_ids,
+        buffer_bytes=int(buffer_bytes),
     )

@@ -166,6 +166,8 @@ def make_events(
             f"inconsistent event arrays: {len(pulse_times_ns)} pulses, {counts.size} counts, "
             f"sum {n}, {len(event_id)} event_id, {len(event_time_offset_us)} event_time_offset"
         )
+    begin = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=begin[1:])
     table = sc.DataArray(
         sc.ones(dims=["event"], shape=[n], dtype="float32", unit="counts"),
         coords={
@@ -177,11 +179,20 @@ def make_events(
             ),
         },
     )
-    begin = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=begin[1:])
+    return bin_by_pulse(np.asarray(pulse_times_ns, dtype=np.int64), begin, begin + counts, table)
+
+
+def bin_by_pulse(
+    pulse_times_ns: np.ndarray, begin: np.ndarray, end: np.ndarray, table: sc.DataArray
+) -> sc.DataArray:
+    """The NXevent_data layout of :func:`make_events` around an event table that already
+    exists (taken as it is, not copied): ``table`` of dim ``event`` with float32 counts and
+    coords ``event_id`` (int32) and ``event_time_offset`` (float32 µs); pulse ``i`` holds events
+    ``begin[i]:end[i]`` ((P,) int64 each) and has Unix time ``pulse_times_ns[i]`` ((P,) int64
+    ns). Raises scipp's errors on inconsistent sizes or indices."""
     binned = sc.bins(
         begin=sc.array(dims=["event_time_zero"], values=begin, unit=None),
-        end=sc.array(dims=["event_time_zero"], values=begin + counts, unit=None),
+        end=sc.array(dims=["event_time_zero"], values=end, unit=None),
         dim="event",
         data=table,
     )
@@ -190,7 +201,7 @@ def make_events(
         coords={
             "event_time_zero": sc.array(
                 dims=["event_time_zero"],
-                values=np.asarray(pulse_times_ns, dtype="datetime64[ns]"),
+                values=pulse_times_ns.astype("datetime64[ns]", copy=False),
                 unit="ns",
             )
         },

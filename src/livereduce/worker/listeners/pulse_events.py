@@ -1,0 +1,221 @@
+"""Events of consecutive pulses, decoded from ADARA event packets as they arrive straight into
+the memory of the chunk's scipp variables.
+
+:class:`PulseEvents` preallocates the chunk's event table (``event_id`` int32,
+``event_time_offset`` float32 µs, data float32 counts) with room for ``capacity`` events. The
+memory is not touched before it is written, so the room costs address space only, and resident
+memory grows with the events actually held. Each bank's ``(tof_100ns, pixel_id)`` pairs (a
+view on the packet's bytes, as the parser gives them) are written with one vectorised call per
+field: pixel IDs cast, times of flight converted by :func:`tof_to_us`, counts set to one (in
+the reader thread, so that the engine's thread, the busier one, only wraps the table). That is
+a bounded number of numpy calls per packet and bank and no Python work per event. When the
+room runs out the table grows (doubling, one copy of what is held); the ADARA listener gives
+its detector buffer the room its byte bound allows, so that only happens to beam monitors (and,
+under strict overcommit, where reserved address space counts as used, to every buffer).
+
+:meth:`PulseEvents.to_events` then makes the chunk's binned variable over the filled part of
+the table without a copy (scipp shares the memory of a sliced buffer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import scipp as sc
+
+from livereduce.adara import packets
+from livereduce.worker.listeners.base import bin_by_pulse
+
+EVENT_BYTES = 12
+"""Memory per held event: int32 pixel ID, float32 time of flight, float32 count."""
+FIRST_CAPACITY = 1 << 12
+"""Default room (events) of a new buffer, as the listener's beam monitors get it: they are
+quiet (real runs carry about one monitor event per pulse), so they start small and grow."""
+FLOAT32_EXACT = 1 << 24
+"""Integers below 2**24 are exact in float32 (24-bit significand)."""
+PULSE_BYTES = 72
+"""Memory held per buffered pulse: its time and first-event index, each an int in a list
+(a list slot of 8 bytes and an int object of 28, CPython 3.11)."""
+
+_TEN = np.float32(10.0)
+
+
+class BankDrops(NamedTuple):
+    """Events of a banked event packet that :meth:`PulseEvents.add_banked` did not keep:
+    in the error pseudo-bank, in the unmapped pseudo-bank, and (with ``keep`` False) the
+    events it would have kept."""
+
+    error_bank: int
+    unmapped_bank: int
+    not_kept: int
+
+
+def tof_to_us(tof_100ns: np.ndarray, out: np.ndarray) -> None:
+    """Write ``tof_100ns`` ((N,) uint32, 100 ns units, any stride) as float32 µs into ``out``
+    ((N,) float32), equal bit for bit to ``float32(float64(t) / 10)``.
+
+    Below 2**24 a tof is exact in float32, and a float32 division of two exact float32 operands
+    is correctly rounded, as is the float64 division then rounded to float32: float64 has more
+    than 2 * 24 + 2 significand bits, so the double rounding cannot differ (Figueroa, "When is
+    double rounding innocuous?", SIGNUM 1995). So the float32 division gives the float64 result
+    without a float64 temporary. (A float32 multiplication by 0.1 would not: 0.1 is inexact.)
+    Larger values (over 1.67 s, only a broken or hostile stream sends them) take the float64
+    path. Raises ValueError when the shapes differ.
+    """
+    if tof_100ns.shape != out.shape:
+        raise ValueError(f"tof of shape {tof_100ns.shape} into an output of shape {out.shape}")
+    if not len(tof_100ns):
+        return
+    np.copyto(out, tof_100ns, casting="unsafe")  # exact below 2**24, and monotonic
+    if out.max() < FLOAT32_EXACT:
+        np.divide(out, _TEN, out=out)
+    else:
+        np.divide(tof_100ns, 10.0, out=out, casting="unsafe")
+
+
+class PulseEvents:
+    """Events of consecutive pulses of one chunk: detector events of banked event packets or
+    the events of one beam monitor, with room for ``capacity`` events before the table grows.
+
+    ``add_pulse(pulse_ns)`` opens a pulse (one ``event_time_zero`` bin, Unix ns); every
+    ``add_events`` until the next ``add_pulse`` adds to it. Not thread-safe: the listener holds
+    its lock around both sides. After :meth:`to_events` the buffer must not be added to (the
+    chunk shares its memory).
+    """
+
+    def __init__(self, capacity: int = FIRST_CAPACITY) -> None:
+        self._pulse_ns: list[int] = []
+        self._pulse_begin: list[int] = []
+        self._events = 0
+        self._allocate(max(1, capacity))
+
+    def _allocate(self, capacity: int) -> None:
+        """A new table of ``capacity`` events holding the events so far (one copy of them)."""
+        ids = sc.empty(dims=["event"], shape=[capacity], dtype="int32", unit=None)
+        tofs = sc.empty(dims=["event"], shape=[capacity], dtype="float32", unit="us")
+        weights = sc.empty(dims=["event"], shape=[capacity], dtype="float32", unit="counts")
+        held = self._events
+        if held:
+            ids.values[:held] = self._ids[:held]
+            tofs.values[:held] = self._tofs[:held]
+            weights.values[:held] = self._weights[:held]
+        self._table = sc.DataArray(weights, coords={"event_id": ids, "event_time_offset": tofs})
+        self._ids, self._tofs, self._weights = ids.values, tofs.values, weights.values
+
+    @property
+    def events(self) -> int:
+        """Events held."""
+        return self._events
+
+    @property
+    def pulses(self) -> int:
+        """Pulses held."""
+        return len(self._pulse_ns)
+
+    @property
+    def capacity(self) -> int:
+        """Room of the table, in events."""
+        return len(self._ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held, in bytes: :data:`EVENT_BYTES` per event and :data:`PULSE_BYTES` per
+        pulse (the free room of the table is not resident until written)."""
+        return EVENT_BYTES * self._events + PULSE_BYTES * len(self._pulse_ns)
+
+    def add_pulse(self, pulse_ns: int) -> None:
+        """Open the next pulse, at Unix time ``pulse_ns``."""
+        self._pulse_ns.append(pulse_ns)
+        self._pulse_begin.append(self._events)
+
+    def add_events(self, pairs: np.ndarray, tof_offset_100ns: int = 0) -> None:
+        """Add ``pairs`` ((K, 2) uint32 ``(tof_100ns, pixel_id)``, e.g. a bank section's
+        ``events``) to the open pulse, ``tof_offset_100ns`` added to each time of flight
+        (modulo 2**32, as uint32 arithmetic on the wire values). Pixel IDs become int32 as
+        ``astype(int32)`` makes them (values over 2**31 wrap). Raises RuntimeError when no
+        pulse is open."""
+        if not self._pulse_ns:
+            raise RuntimeError("events added before any pulse")
+        count = len(pairs)
+        if not count:
+            return
+        begin, end = self._events, self._events + count
+        if end > len(self._ids):
+            self._allocate(max(end, 2 * len(self._ids)))
+        np.copyto(self._ids[begin:end], pairs[:, 1], casting="unsafe")
+        tof = pairs[:, 0]
+        if tof_offset_100ns:
+            tof = tof + np.uint32(tof_offset_100ns)
+        tof_to_us(tof, self._tofs[begin:end])
+        self._weights[begin:end] = 1.0
+        self._events = end
+
+    def add_banked(
+        self,
+        packet: packets.BankedEvent,
+        screen: Callable[[np.ndarray], np.ndarray | None] | None = None,
+        *,
+        keep: bool = True,
+    ) -> BankDrops:
+        """Add one banked event packet as a pulse (header time = pulse time): the events of
+        its real banks, each source's TOF offset added where the source has not applied it.
+        ``screen(pixel_id)`` ((K,) uint32 of a bank) may return a (K,) bool mask of events to
+        leave out (None: keep all). With ``keep`` False nothing is added (a paused pulse), but
+        the screen still runs and the drops are counted. Returns what was not kept."""
+        error_bank = unmapped_bank = not_kept = 0
+        if keep:
+            self.add_pulse(packet.timestamp_ns)
+        for source in packet.sources:
+            offset = 0 if source.tof_corrected else source.tof_offset_100ns
+            for bank in source.banks:
+                pairs = bank.events
+                if not len(pairs):
+                    continue
+                if bank.bank_id == packets.ERROR_BANK_ID:
+                    error_bank += len(pairs)
+                    continue
+                if bank.bank_id == packets.UNMAPPED_BANK_ID:
+                    unmapped_bank += len(pairs)
+                    continue
+                invalid = screen(pairs[:, 1]) if screen is not None else None
+                if invalid is not None:
+                    pairs = pairs[~invalid]
+                if keep:
+                    self.add_events(pairs, offset)
+                else:
+                    not_kept += len(pairs)
+        return BankDrops(error_bank, unmapped_bank, not_kept)
+
+    def extend(self, later: PulseEvents) -> None:
+        """Append the pulses of ``later`` (received after these): one copy of its events."""
+        count = later.events
+        begin, end = self._events, self._events + count
+        if end > len(self._ids):
+            self._allocate(max(end, 2 * len(self._ids)))
+        self._ids[begin:end] = later._ids[:count]
+        self._tofs[begin:end] = later._tofs[:count]
+        self._weights[begin:end] = later._weights[:count]
+        self._pulse_ns.extend(later._pulse_ns)
+        self._pulse_begin.extend(first + begin for first in later._pulse_begin)
+        self._events = end
+
+    def add_monitor_events(self, monitor_id: int, tof_100ns: np.ndarray) -> None:
+        """Add monitor events to the open pulse: ``tof_100ns`` ((K,) uint32), ``event_id`` =
+        ``monitor_id``."""
+        pairs = np.empty((len(tof_100ns), 2), np.uint32)
+        pairs[:, 0] = tof_100ns
+        pairs[:, 1] = monitor_id
+        self.add_events(pairs)
+
+    def to_events(self) -> sc.DataArray:
+        """The events in the scippnexus NXevent_data layout of
+        :func:`~livereduce.worker.listeners.base.make_events`, over the filled part of the
+        table (no copy)."""
+        begin = np.array(self._pulse_begin, dtype=np.int64)
+        end = np.empty_like(begin)
+        end[:-1] = begin[1:]
+        end[-1:] = self._events
+        table = self._table["event", : self._events]
+        return bin_by_pulse(np.array(self._pulse_ns, dtype=np.int64), begin, end, table)
