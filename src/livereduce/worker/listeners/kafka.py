@@ -762,10 +762,11 @@ class KafkaListener:
         if not offsets:
             return
         try:
-            # Asynchronous: a synchronous commit has no timeout and would stall the loop on a
-            # broker that is down. The partial is already acknowledged, so the commit never
-            # gets ahead of it; one that is lost shows up as an overlap in the merge.
-            self._events.commit(offsets=offsets, asynchronous=True)
+            # Synchronous while the broker answers (milliseconds: the window in which a kill
+            # leaves a published partial uncommitted stays that short); asynchronous when it is
+            # down, since a synchronous commit has no timeout and would stall the loop. The
+            # partial is acknowledged first either way; a lost commit shows up as an overlap.
+            self._events.commit(offsets=offsets, asynchronous=not self.connected)
         except KafkaException as error:
             log.warning("kafka_commit_failed: %s", error)
 
