@@ -766,7 +766,10 @@ class KafkaListener:
             # leaves a published partial uncommitted stays that short); asynchronous when it is
             # down, since a synchronous commit has no timeout and would stall the loop. The
             # partial is acknowledged first either way; a lost commit shows up as an overlap.
-            self._events.commit(offsets=offsets, asynchronous=not self.connected)
+            if self.connected:
+                self._events.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._events.commit(offsets=offsets, asynchronous=True)
         except KafkaException as error:
             log.warning("kafka_commit_failed: %s", error)
 
