@@ -431,7 +431,8 @@ def test_a_script_allocating_1_gb_per_s_peaks_below_1_3_times_the_limit(daemon, 
 
 def test_hung_script_is_replaced_and_sigterm_still_ends_in_time(daemon):
     # The worker announces each script (in_script), so a hang is the script past its limit.
-    lr = daemon(heartbeat_timeout_sec=2.0, script_timeout_sec=0.5)
+    # A long heartbeat timeout: a worker slow to boot on a busy machine is no hang here.
+    lr = daemon(heartbeat_timeout_sec=10.0, script_timeout_sec=0.5)
     lr.proc.write_text(proc_script(lr.marker, "hang", extra="import time\ntime.sleep(3600)"))
     lr.start(env={"WATCHDOG_USEC": "600000"})  # WATCHDOG=1 every 0.3 s while progressing
     first = lr.wait_for(lambda _: lr.seen() and lr.seen()[0][0], "the first hang")
