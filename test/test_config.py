@@ -132,7 +132,7 @@ def test_all_new_keys(tmp_path, script_dir):
         ({"preserve_events": "yes"}, "preserve_events", "true or false"),
         ({"accum_method": "add"}, "accum_method", "Add, Replace, Append"),
         ({"engine": "scipp"}, "engine", "auto, embedded, mantid"),
-        ({"listener": "kafka"}, "listener", "adara, fake, nexus"),
+        ({"listener": "epics"}, "listener", "adara, fake, nexus, kafka"),
         ({"start_from": "start"}, "start_from", "start_of_run, now"),
         ({"run_transition": "restart"}, "run_transition", "Restart, Stop, Rename"),
         ({"periods": [0, 1]}, "periods", "list of whole numbers >= 1"),

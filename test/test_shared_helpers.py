@@ -10,6 +10,7 @@ from livereduce.delays import doubling_delay_s
 from livereduce.worker.listeners.adara import AdaraListener
 from livereduce.worker.listeners.base import Listener
 from livereduce.worker.listeners.fake import FakeListener
+from livereduce.worker.listeners.kafka import KafkaListener
 from livereduce.worker.listeners.nexus import NexusListener
 
 
@@ -38,5 +39,6 @@ def test_every_listener_meets_the_listener_protocol(tmp_path):
         AdaraListener("127.0.0.1", 9),
         FakeListener(),
         NexusListener(tmp_path / "absent.nxs.h5"),
+        KafkaListener("127.0.0.1:9", run_topic="runs"),
     ):
         assert isinstance(listener, Listener), type(listener).__name__

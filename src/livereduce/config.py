@@ -62,11 +62,13 @@ class Engine(StrEnum):
 
 
 class ListenerKind(StrEnum):
-    """Where chunks come from: the SNS ADARA stream, a synthetic stream, or a NeXus file."""
+    """Where chunks come from: the SNS ADARA stream, a synthetic stream, a NeXus file, or
+    Kafka (ESS, ISIS)."""
 
     ADARA = "adara"
     FAKE = "fake"
     NEXUS = "nexus"
+    KAFKA = "kafka"
 
 
 class AccumulationMethod(StrEnum):
@@ -257,6 +259,19 @@ LISTENER_OPTIONS: Mapping[ListenerKind, frozenset[str]] = {
         {"event_rate", "pixel_count", "run_length_sec", "run_number", "seed"}
     ),
     ListenerKind.NEXUS: frozenset({"chunks", "speed"}),
+    ListenerKind.KAFKA: frozenset(
+        {
+            "event_topics",
+            "log_topics",
+            "run_topic",
+            "source_names",
+            "kafka",
+            "group_id",
+            "results_topic",
+            "run_end_grace_sec",
+            "max_pending_events",
+        }
+    ),
 }
 """Allowed ``listener_options`` keys per listener (documented in docs/configuration.md)."""
 BOOLEAN_LISTENER_OPTIONS = frozenset({"keep_paused_events"})
@@ -368,6 +383,8 @@ def config_from_mapping(
             parse_host_port(address)
         except ValueError as error:
             reader.fail("address", str(error))
+    if listener is ListenerKind.KAFKA and not address:
+        reader.fail("address", "the kafka listener needs the bootstrap servers (host:port,...)")
     if listener is ListenerKind.NEXUS:
         if not address:
             reader.fail("address", "the nexus listener needs the path of a NeXus event file")
@@ -558,12 +575,44 @@ def _listener_options(reader: _Reader, listener: ListenerKind) -> Mapping[str, A
                 f"listener_options.{key}",
                 f"not an option of the {listener} listener; allowed: {', '.join(sorted(allowed))}",
             )
-        if key in BOOLEAN_LISTENER_OPTIONS:
+        if listener is ListenerKind.KAFKA:
+            _check_kafka_option(reader, key, item)
+        elif key in BOOLEAN_LISTENER_OPTIONS:
             if not isinstance(item, bool):
                 reader.fail(f"listener_options.{key}", f"expected true or false, got {item!r}")
         elif isinstance(item, bool) or not isinstance(item, int | float) or item < 0:
             reader.fail(f"listener_options.{key}", f"expected a number >= 0, got {item!r}")
+    if listener is ListenerKind.KAFKA and not value.get("run_topic"):
+        reader.fail("listener_options.run_topic", "the kafka listener needs a run topic")
     return dict(value)
+
+
+def _check_kafka_option(reader: _Reader, key: str, item: Any) -> None:
+    """The kafka listener's options (docs/kafka.md): topic lists, names, librdkafka
+    properties and two numbers."""
+    where = f"listener_options.{key}"
+    if key in ("event_topics", "log_topics"):
+        if not isinstance(item, list) or not all(isinstance(t, str) and t for t in item):
+            reader.fail(where, f"expected a list of topic names, got {item!r}")
+    elif key in ("run_topic", "group_id", "results_topic"):
+        if not isinstance(item, str) or not item:
+            reader.fail(where, f"expected a non-empty string, got {item!r}")
+    elif key == "kafka":
+        if not isinstance(item, Mapping) or not all(
+            isinstance(v, str | int | float | bool) for v in item.values()
+        ):
+            reader.fail(where, f"expected an object of librdkafka properties, got {item!r}")
+    elif key == "source_names":
+        if (
+            not isinstance(item, Mapping)
+            or set(item) - {"events", "logs"}
+            or not all(
+                isinstance(v, list) and all(isinstance(n, str) for n in v) for v in item.values()
+            )
+        ):
+            reader.fail(where, f"expected {{'events': [names], 'logs': [names]}}, got {item!r}")
+    elif isinstance(item, bool) or not isinstance(item, int | float) or item <= 0:
+        reader.fail(where, f"expected a number > 0, got {item!r}")
 
 
 def _workspace_name(reader: _Reader) -> str:

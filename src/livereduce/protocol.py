@@ -115,6 +115,10 @@ class Progress:
     ``duplicate_pulses``, ``paused_events``, ``malformed_packets``, ``skipped_bytes``,
     ``framing_failures``, ...; docs/adara.md). Stream faults among them also count in
     ``errors``.
+
+    ``streams`` (Kafka listener): per event topic, ``lag`` (messages between the high watermark
+    and the position, summed over this instance's partitions), ``events_per_s`` (received
+    over the last extraction) and ``malformed`` (messages dropped as unreadable, since start).
     """
 
     state: WorkerState
@@ -138,6 +142,7 @@ class Progress:
     publish_errors: int = 0
     last_publish_error: str = ""
     input_counts: dict[str, int] = field(default_factory=dict)
+    streams: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def resume(self) -> Resume | None:

@@ -1,6 +1,7 @@
 """``livereduce-replay``: an SMS stand-in that streams NeXus event files as ADARA.
 
 ``livereduce-replay FILE [FILE ...] [--host 127.0.0.1] [--port 31415] [--speed X] [--loop]``
+(``--kafka BOOTSTRAP`` publishes the files to Kafka instead: :mod:`livereduce.kafka.replay`)
 
 The files are played as consecutive runs on one live timeline, as an SMS (Stream Management
 Service) would have sent them: :mod:`livereduce.adara.playlist` turns each file into its packets.
@@ -42,6 +43,7 @@ from livereduce.adara.errors import AdaraProtocolError
 from livereduce.adara.parser import StreamParser
 from livereduce.adara.playlist import RunStream, build_run_stream, heartbeat_packet, join_packets
 from livereduce.adara.runfile import RunFileError, read_run_file
+from livereduce.kafka import replay as kafka_replay
 from livereduce.worker.stop import StopToken
 
 log = logging.getLogger("livereduce.replay")
@@ -454,6 +456,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--loop", action="store_true", help="start over after the last file")
     parser.add_argument("--version", action="version", version=f"livereduce-replay {__version__}")
+    kafka_replay.add_arguments(parser)
     return parser
 
 
@@ -477,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments or unreadable files, 1 when the port cannot be bound)."""
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.kafka:
+        return kafka_replay.run_from_args(args)
     stop = StopToken()
     stop.install()
     try:

@@ -883,6 +883,7 @@ class Machine:
             "publish_errors": progress.publish_errors if progress else 0,
             "last_publish_error": progress.last_publish_error if progress else "",
             "input_counts": dict(progress.input_counts) if progress else {},
+            "streams": progress.streams if progress else {},
             "worker_pid": worker.pid if worker is not None else None,
             "worker_peak_rss_bytes": self.last_peak_rss_bytes,
             "restarts": self.restart_count,

@@ -55,6 +55,7 @@ FIELDS = {
     "last_publish_error": "the last failed upload, in words",
     "input_counts": "what the listener left out or could not read, by kind (current worker; "
     "docs/adara.md): error_events, out_of_range_events, paused_events, malformed_packets, ...",
+    "streams": "Kafka listener: per event topic {lag (messages), events_per_s, malformed}",
     "worker_pid": "pid of the worker process (null when none runs)",
     "worker_rss_bytes": "resident memory of the worker, bytes",
     "worker_peak_rss_bytes": "peak resident memory of the last worker that ended, bytes",
@@ -171,6 +172,16 @@ def health(status: Mapping[str, Any], *, now: float | None = None) -> Health:
     return Health.HEALTHY
 
 
+def _stream_lines(streams: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """One line per Kafka event topic: lag, rate and malformed messages."""
+    return [
+        f"kafka:        {topic}: lag {stream.get('lag', 0):,.0f} messages, "
+        f"{stream.get('events_per_s', 0):,.0f} events/s"
+        + (f", {stream['malformed']:,.0f} malformed" if stream.get("malformed") else "")
+        for topic, stream in sorted(streams.items())
+    ]
+
+
 def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str:
     """The status as lines for a person (``livereduce-status`` without ``--json``)."""
     now = time.time() if now is None else now
@@ -225,6 +236,7 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         + (f" (last: {get('last_error')})" if get("last_error") else ""),
         f"restarts:     {get('restarts', 0)}",
     ]
+    lines += _stream_lines(get("streams") or {})
     if get("plots_published") or get("publish_errors"):
         lines.append(
             f"plots:        {get('plots_published', 0)} published, "

@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import Protocol
 
-from livereduce.config import Config, ConfigError
+from livereduce.config import Config, ConfigError, ListenerKind
 from livereduce.config import Engine as EngineChoice
 from livereduce.protocol import Progress, WorkerExit
 from livereduce.worker.stop import StopToken
@@ -48,6 +48,14 @@ def choose_engine(config: Config) -> tuple[EngineChoice, str]:
     available, why = mantid_available()
     if config.engine is EngineChoice.EMBEDDED:
         return EngineChoice.EMBEDDED, "engine 'embedded' is configured"
+    if config.listener is ListenerKind.KAFKA:
+        # Mantid's KafkaEventListener reads ev42 from Facilities.xml topics, never ev44.
+        if config.engine is EngineChoice.MANTID:
+            raise EngineUnavailable(
+                "engine 'mantid' cannot run listener 'kafka' (Mantid's KafkaEventListener "
+                "does not read ev44); use engine 'embedded' or 'auto'"
+            )
+        return EngineChoice.EMBEDDED, "engine 'auto' with listener 'kafka': the embedded engine"
     if config.engine is EngineChoice.MANTID:
         if not available:
             raise EngineUnavailable(f"engine 'mantid' is configured but {why}")

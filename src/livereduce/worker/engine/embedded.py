@@ -552,6 +552,10 @@ class EmbeddedEngine:
         if output is not None:
             self._output = output
             self._output_version += 1
+            publish = getattr(self.listener, "accumulated", None)
+            if publish is not None:
+                # The Kafka listener in a consumer group publishes this as its partial result.
+                publish(output, chunk)
             wrote = self._write(force=chunk.ends_run, ended=chunk.ends_run)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
@@ -786,6 +790,7 @@ class EmbeddedEngine:
             detail=detail,
             run_number=run.number if run is not None else None,
             run_title=run.title if run is not None else "",
+            streams=dict(getattr(self.listener, "streams", None) or {}),
             **(self.outputs.counters() | changes),
         )
 

@@ -68,7 +68,7 @@ class RunInfo:
 
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-STREAM_FAULTS = frozenset({"malformed_packets", "framing_failures"})
+STREAM_FAULTS = frozenset({"malformed_packets", "framing_failures", "malformed_messages"})
 """Kinds of :attr:`Chunk.input_counts` that are faults of the stream (counted as errors in the
 status, besides their own count); the other kinds are data the listener left out by rule
 (error or unmapped pixels, paused pulses, ...)."""
@@ -116,8 +116,9 @@ class Chunk:
 
 @runtime_checkable
 class Listener(Protocol):
-    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``fake``, ``nexus``; each
-    module ``livereduce.worker.listeners.<kind>`` has ``from_config(config) -> Listener``."""
+    """A source of chunks. Implementations: ``adara`` (SNS SMS), ``kafka``, ``fake``,
+    ``nexus``; each module ``livereduce.worker.listeners.<kind>`` has ``from_config(config) ->
+    Listener``."""
 
     name: str
     """Listener name for logs, e.g. 'adara bl14b-daq1.sns.gov:31415'. What a listener that talks
