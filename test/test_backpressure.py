@@ -150,6 +150,8 @@ def test_a_bad_buffer_bytes_is_a_config_error_naming_the_key(value):
 class ReadyWhenStaged(ChunkList):
     """A listener whose ``chunk_ready`` is True while chunks are staged; counts extractions."""
 
+    hands_over_early = True
+
     def __init__(self, chunks) -> None:
         super().__init__([])
         self.staged = list(chunks)

@@ -18,7 +18,14 @@ import scippnexus as snx
 from livereduce.config import Config, StartFrom, config_from_mapping
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
 from livereduce.worker.engine.embedded import EmbeddedEngine, to_histogram
-from livereduce.worker.listeners.base import Chunk, ListenerError, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerBase,
+    ListenerError,
+    NotYet,
+    RunInfo,
+    make_events,
+)
 from livereduce.worker.listeners.nexus import NexusListener
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.stop import StopToken
@@ -41,7 +48,7 @@ def events(run_pulse0: int, pulses: int, per_pulse: int, seed: int) -> sc.DataAr
     )
 
 
-class ChunkList:
+class ChunkList(ListenerBase):
     """A listener that gives prepared chunks, then NotYet."""
 
     name = "chunk list"

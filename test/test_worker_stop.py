@@ -26,7 +26,7 @@ from daemon_process import Daemon
 from livereduce.config import config_from_mapping
 from livereduce.protocol import Progress, WorkerExit, WorkerState
 from livereduce.worker.engine.embedded import EmbeddedEngine
-from livereduce.worker.listeners.base import Chunk, NotYet, RunInfo, make_events
+from livereduce.worker.listeners.base import Chunk, ListenerBase, NotYet, RunInfo, make_events
 from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.stop import StopRequested, StopToken
 
@@ -34,7 +34,7 @@ PROC = "reduce_FAKE_live_proc.py"
 POST = "reduce_FAKE_live_post_proc.py"
 
 
-class Chunks:
+class Chunks(ListenerBase):
     """A listener giving ``count`` chunks of one run (10 pulses of 7 events each), then NotYet;
     ``on_extract(n)`` is called before chunk ``n`` (from 1) is handed over."""
 

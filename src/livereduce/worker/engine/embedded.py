@@ -298,7 +298,7 @@ class EmbeddedEngine:
         last_report = self._clock()
         while not stop.requested:
             now = self._clock()
-            if now >= next_chunk or getattr(self.listener, "chunk_ready", False):
+            if now >= next_chunk or (self.listener is not None and self.listener.chunk_ready):
                 outcome = self.step()
                 # Until the stream has spoken, look again at the heartbeat cadence: a worker
                 # that is connected and receiving says so (systemd's READY=1) within seconds,
@@ -321,7 +321,7 @@ class EmbeddedEngine:
                     min(
                         next_chunk - self._clock(),
                         HEARTBEAT_INTERVAL_S - (self._clock() - last_report),
-                        CHUNK_READY_POLL_S if hasattr(self.listener, "chunk_ready") else math.inf,
+                        CHUNK_READY_POLL_S if self._polls_listener else math.inf,
                     ),
                 )
             )
@@ -352,6 +352,10 @@ class EmbeddedEngine:
         if wrote:
             written = (self.progress.results_written or 0) + 1
             self.progress = self.progress.with_(results_written=written)
+
+    @property
+    def _polls_listener(self) -> bool:
+        return self.listener is not None and self.listener.hands_over_early
 
     def _abandonable(self, phase: str) -> contextlib.AbstractContextManager[None]:
         return self._stop.abandonable(phase) if self._stop is not None else contextlib.nullcontext()
@@ -552,10 +556,8 @@ class EmbeddedEngine:
         if output is not None:
             self._output = output
             self._output_version += 1
-            publish = getattr(self.listener, "accumulated", None)
-            if publish is not None:
-                # The Kafka listener in a consumer group publishes this as its partial result.
-                publish(output, chunk)
+            if self.listener is not None:
+                self.listener.accumulated(output, chunk)
             wrote = self._write(force=chunk.ends_run, ended=chunk.ends_run)
             if self.writer.failure:
                 self._count_error(self.writer.failure)
@@ -790,7 +792,9 @@ class EmbeddedEngine:
             detail=detail,
             run_number=run.number if run is not None else None,
             run_title=run.title if run is not None else "",
-            streams=dict(getattr(self.listener, "streams", None) or {}),
+            streams=(
+                {k: dict(v) for k, v in self.listener.streams.items()} if self.listener else {}
+            ),
             **(self.outputs.counters() | changes),
         )
 

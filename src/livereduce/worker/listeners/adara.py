@@ -102,6 +102,7 @@ from livereduce.supervisor.memory import memory_limit
 from livereduce.worker.engine.accumulation import RESERVE_BYTES
 from livereduce.worker.listeners.base import (
     Chunk,
+    ListenerBase,
     ListenerError,
     NotYet,
     RunInfo,
@@ -387,7 +388,7 @@ class _PixelRange:
         return ~valid
 
 
-class AdaraListener:
+class AdaraListener(ListenerBase):
     """Chunks from the SMS at ``host:port``; see the module docstring.
 
     ``keep_paused_events``: accumulate pulses between PAUSE and RESUME too (Mantid drops them).
@@ -395,6 +396,8 @@ class AdaraListener:
     from its start. ``pixel_ids``: the instrument's pixel IDs (first, last) from the instrument
     table, used until the stream sends a geometry.
     """
+
+    hands_over_early = True
 
     def __init__(
         self,

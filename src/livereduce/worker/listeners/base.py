@@ -136,6 +136,42 @@ class Listener(Protocol):
     def close(self) -> None:
         """Stop collecting and release sockets, threads and files. Safe to call twice."""
 
+    hands_over_early: bool
+    """Whether :attr:`chunk_ready` can ever be true (the engine then polls it)."""
+
+    @property
+    def chunk_ready(self) -> bool:
+        """A chunk should be taken now, before the next ``update_every`` tick (the listener's
+        bounded buffer is filling up, or a run ended)."""
+
+    @property
+    def streams(self) -> Mapping[str, Mapping[str, float]]:
+        """Per input stream (e.g. a Kafka topic) figures for the status: lag, events/s."""
+
+    def accumulated(self, output: object, chunk: Chunk) -> None:
+        """Called by the engine with the output workspace after each processed chunk (the
+        Kafka listener in a consumer group publishes it as its partial result)."""
+
+
+class ListenerBase:
+    """What a listener that has no use for the optional members of :class:`Listener` gets:
+    chunks only on the engine's tick, no per-stream figures, nothing done after a chunk."""
+
+    hands_over_early = False
+
+    @property
+    def chunk_ready(self) -> bool:
+        """Never: chunks are taken every ``update_every``."""
+        return False
+
+    @property
+    def streams(self) -> Mapping[str, Mapping[str, float]]:
+        """No per-stream figures."""
+        return {}
+
+    def accumulated(self, output: object, chunk: Chunk) -> None:
+        """Nothing to do after a chunk."""
+
 
 def unit_or_none(text: str) -> sc.Unit | None:
     """A log's unit as the stream or file spells it (a PV's ``units``, an NXlog's ``units``

@@ -26,7 +26,7 @@ import numpy as np
 import scipp as sc
 
 from livereduce.config import Config, ConfigError, StartFrom
-from livereduce.worker.listeners.base import Chunk, NotYet, RunInfo
+from livereduce.worker.listeners.base import Chunk, ListenerBase, NotYet, RunInfo
 
 PULSE_RATE_HZ = 60
 """SNS accelerator repetition rate; one pulse every 1/60 s."""
@@ -38,7 +38,7 @@ POOL_EVENTS = 1 << 22
 offsets do not repeat visibly, small enough to draw in well under a second."""
 
 
-class FakeListener:
+class FakeListener(ListenerBase):
     """Synthetic events at ``event_rate`` events/s over ``pixel_count`` pixels.
 
     ``clock_ns`` gives the wall time in Unix ns (the data's timestamps); tests and the bench

@@ -77,7 +77,14 @@ from livereduce.kafka.wire import (
     decode,
 )
 from livereduce.protocol import Resume
-from livereduce.worker.listeners.base import Chunk, NotYet, RunInfo, empty_events, make_events
+from livereduce.worker.listeners.base import (
+    Chunk,
+    ListenerBase,
+    NotYet,
+    RunInfo,
+    empty_events,
+    make_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +131,7 @@ class ListenerState(StrEnum):
     IN_RUN = "in_run"
 
 
-class KafkaListener:
+class KafkaListener(ListenerBase):
     """Chunks from Kafka; see the module docstring. ``clock``: monotonic seconds (tests)."""
 
     def __init__(  # noqa: PLR0915 - one line per piece of explicit state
@@ -169,7 +176,7 @@ class KafkaListener:
         self.state = f"connecting to the Kafka broker at {bootstrap}"
         self.runs = RunTable()
         self.counts = {"ignored": 0, "malformed": 0, "outside_runs": 0, "revoked": 0}
-        self.streams: dict[str, dict[str, float]] = {}
+        self._streams: dict[str, dict[str, float]] = {}
         self._pending = PendingEvents()
         self._malformed_by_topic: dict[str, int] = {}
         self._pending_logs: list[LogMessage] = []
@@ -706,7 +713,7 @@ class KafkaListener:
             position = self._next_offset.get((topic, partition))
             if high >= 0 and position is not None:
                 lag[topic] = lag.get(topic, 0) + max(0, high - position)
-        self.streams = {
+        self._streams = {
             topic: {
                 "lag": float(lag.get(topic, 0)),
                 "events_per_s": self._rate_counts.get(topic, 0) / elapsed,
@@ -717,7 +724,12 @@ class KafkaListener:
         self._rate_counts = {}
         self._rate_since = now
 
-    def accumulated(self, output: Any, chunk: Chunk) -> None:
+    @property
+    def streams(self) -> Mapping[str, Mapping[str, float]]:
+        """Per event topic: ``lag`` (messages) and ``events_per_s``, as of the last extract."""
+        return self._streams
+
+    def accumulated(self, output: object, chunk: Chunk) -> None:
         """Called by the engine with the output workspace after each processed chunk. In a
         consumer group: write it as this instance's partial file, publish it with the offsets
         it covers to ``results_topic``, wait for the broker to acknowledge it, then commit

@@ -32,6 +32,7 @@ from livereduce.config import Config, ConfigError, StartFrom
 from livereduce.nexus_values import decode_text, detector_banks, iso_to_unix_ns, times_ns
 from livereduce.worker.listeners.base import (
     Chunk,
+    ListenerBase,
     ListenerError,
     NotYet,
     RunInfo,
@@ -46,7 +47,7 @@ def _text(group: h5py.Group, name: str) -> str:
     return decode_text(group[name][()])
 
 
-class NexusListener:
+class NexusListener(ListenerBase):
     """Streams one NeXus event file (``path``) in chunks; see the module docstring.
 
     ``clock`` is a monotonic clock in seconds (injected by tests). Raises ListenerError from

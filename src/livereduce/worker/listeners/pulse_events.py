@@ -89,6 +89,9 @@ class PulseEvents:
         self._pulse_ns: list[int] = []
         self._pulse_begin: list[int] = []
         self._events = 0
+        self._ids: np.ndarray = np.empty(0, dtype=np.int32)
+        self._tofs: np.ndarray = np.empty(0, dtype=np.float32)
+        self._weights: np.ndarray = np.empty(0, dtype=np.float32)
         self._allocate(max(1, capacity))
 
     def _allocate(self, capacity: int) -> None:

@@ -77,6 +77,8 @@ def _signature(workspace: sc.DataArray) -> tuple:
         )
 
     table = workspace.bins.constituents["data"]
+    if not isinstance(table, sc.DataArray):
+        raise TypeError(f"events of {workspace.name!r} are not a table of events")
     data = table.data
     return (
         workspace.name,
@@ -163,6 +165,8 @@ def _compact(workspace: sc.DataArray) -> tuple[np.ndarray, sc.DataArray]:
         begin, end = constituents["begin"].values, constituents["end"].values
         table = constituents["data"]
     first, last = (int(begin[0]), int(end[-1])) if len(begin) else (0, 0)
+    if not isinstance(table, sc.DataArray):
+        raise TypeError(f"events of {workspace.name!r} are not a table of events")
     return end - begin, table[constituents["dim"], first:last]
 
 

@@ -138,11 +138,13 @@ class OutputWriter:
             self._working[1 - self._turn].forget()
         target.parent.mkdir(parents=True, exist_ok=True)
         self.appended = working.write(workspace, extends=extends)
+        written = working.path
+        if written is None:
+            raise OSError(f"the working file for {target} was not written")
         if self._metadata:
-            assert working.path is not None  # written just now
-            _set_metadata(working.path, self._metadata)
+            _set_metadata(written, self._metadata)
         try:
-            link_atomically(working.path, target)
+            link_atomically(written, target)
         except OSError as error:
             if error.errno not in _NO_LINKS:
                 raise
