@@ -761,8 +761,8 @@ class Machine:
             )
             return
         if event.error:
-            # A half-edited or deleted file: exiting now would leave systemd starting a process
-            # that fails (exit 2) until the start limit; the settings in force are still good.
+            # A half-edited or deleted file: exiting now would leave systemd restarting a process
+            # that fails (exit 2) every RestartSec; the settings in force are still good.
             log.error(
                 "config_change_rejected: %s, but it cannot be used: %s; running on with the "
                 "configuration read at start",
