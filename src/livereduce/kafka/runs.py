@@ -37,10 +37,6 @@ class KafkaRun:
         """The run's start, Unix ns."""
         return self.start.start_ns
 
-    def contains(self, time_ns: int) -> bool:
-        """Whether a pulse at ``time_ns`` belongs to this run."""
-        return time_ns >= self.start_ns and (self.stop_ns is None or time_ns < self.stop_ns)
-
 
 class RunTable:
     """Every run run control announced, sorted by start time. ``ignored`` counts run-control

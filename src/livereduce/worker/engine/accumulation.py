@@ -222,7 +222,6 @@ class _LatestNode(_Node):
 
 class _GroupNode(_Node):
     def __init__(self, group: sc.DataGroup, method: AccumulationMethod) -> None:
-        self._method = method
         self._items = {key: _make_node(item, method) for key, item in group.items()}
 
     def check(self, value: Any) -> None:
