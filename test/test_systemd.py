@@ -392,6 +392,8 @@ systemctl reload livereduce
 note "reload-rc $?"
 wait_for 30 journal_has livereduce "reload_requested: SIGHUP"
 wait_for 30 worker_replaced "$worker"
+# RELOADING=1 holds the unit in "reloading" until the new worker is connected (READY=1)
+wait_for 30 is livereduce ActiveState active
 systemctl show livereduce -p ActiveState -p MainPID > $OUT/reloaded.txt
 t0=$(date +%s.%N)
 systemctl stop livereduce
