@@ -8,9 +8,15 @@ the consumer falls behind, the reader stops receiving, the socket's buffers fill
 makes the SMS wait: back-pressure, nothing is dropped. The ADARA listener drains the queue into
 its chunk buffer, which has its own bound in bytes and stops draining when full.
 
-Failures travel the same queue, in order, so the consumer sees every packet that came before
-them: :class:`ConnectionLost` when the SMS closes the connection or the network fails (saying
-how many bytes of an incomplete packet were dropped), the parser's
+With ``background=False`` there is no reader thread and no queue: the consumer calls
+:meth:`AdaraClient.receive`, which reads the socket once and returns the packets completed by
+those bytes, in order, so a consumer that handles each packet before it reads again holds at
+most one read's worth of packets (the fed bytes are freed at once and their memory reused by
+the next read) and back-pressure is simply not reading.
+
+Failures travel the same queue (or the same list), in order, so the consumer sees every packet
+that came before them: :class:`ConnectionLost` when the SMS closes the connection or the
+network fails (saying how many bytes of an incomplete packet were dropped), the parser's
 :class:`~livereduce.adara.errors.AdaraProtocolError` for a malformed packet. A malformed but
 correctly framed packet is skipped and reading goes on; a framing error ends the connection.
 :meth:`AdaraClient.close` returns within about a second whatever the reader is doing.
@@ -38,8 +44,9 @@ QUEUE_BYTES = 64 << 20
 """Wire bytes of packets buffered between the reader thread and the consumer: a few pulses of a
 10**8 events/s stream (13 MB each), so a busy stream cannot make the queue hold gigabytes.
 One packet larger than this (up to the parser's maximum payload) is still queued, alone."""
-RECV_BYTES = 1 << 20
-"""Bytes asked of one recv(); a pulse of a busy instrument is a few MB."""
+RECV_BYTES = 4 << 20
+"""Bytes asked of one recv(); a pulse of a busy instrument is a few MB, and a packet that ends in
+a later read is joined once (the larger the read, the fewer packets straddle two)."""
 _POLL_S = 0.1
 """How often a reader thread blocked on a full queue checks for close()."""
 
@@ -61,7 +68,8 @@ class AdaraClient:
     live stream), :data:`packets.START_OF_RUN` (the current run from its first pulse) or a Unix
     time in ns. ``connect()`` raises OSError (refused, unreachable, timeout after
     ``connect_timeout_s``). ``get()`` returns packets in stream order and raises the failures
-    described in the module docstring.
+    described in the module docstring. With ``background`` False no reader thread is started
+    and the caller reads with :meth:`receive` instead of :meth:`get`.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class AdaraClient:
         connect_timeout_s: float = 5.0,
         queue_packets: int = QUEUE_PACKETS,
         queue_bytes: int = QUEUE_BYTES,
+        background: bool = True,
     ) -> None:
         self.address = f"{host}:{port}"
         self._host_port = (host, port)
@@ -93,6 +102,8 @@ class AdaraClient:
         self._ended: BaseException | None = None
         self.parser = StreamParser()
         self._put_offset = 0  # stream offset up to which bytes were accounted to queued packets
+        self._background = background
+        self._malformed_bytes = 0  # parser.malformed_bytes already accounted to errors
 
     def connect(self) -> None:
         """Connect, send the client hello and start the reader thread.
@@ -113,6 +124,8 @@ class AdaraClient:
             raise
         self._sock = sock
         self.last_packet_monotonic = time.monotonic()
+        if not self._background:
+            return
         self._thread = threading.Thread(
             target=self._read, args=(sock,), name=f"adara-client-{self.address}", daemon=True
         )
@@ -147,47 +160,94 @@ class AdaraClient:
         """The failure that ended the connection, once get() has delivered it."""
         return self._ended
 
+    def receive(
+        self, timeout_s: float | None = None
+    ) -> list[tuple[packets.Packet | AdaraProtocolError, int]]:
+        """Without a reader thread (``background`` False): read the socket once, waiting at most
+        ``timeout_s`` seconds (None: forever), and return what those bytes completed, in stream
+        order, as ``(item, bytes)`` pairs: a decoded packet and its wire bytes, or the
+        AdaraProtocolError of a malformed packet and the bytes skipped for it. An empty list
+        when nothing arrived in time or the bytes completed no packet. Raises ConnectionLost
+        once the connection ended (after the items before the end were returned, and on every
+        later call), RuntimeError with a reader thread or before :meth:`connect`."""
+        sock = self._sock
+        if self._background or sock is None:
+            raise RuntimeError("receive() reads without a reader thread, after connect()")
+        if self._ended is not None:
+            raise self._ended
+        try:
+            sock.settimeout(timeout_s)
+            data = sock.recv(RECV_BYTES)
+        except TimeoutError:
+            return []
+        except OSError as exc:
+            self._ended = self._lost(f"connection to the SMS at {self.address} failed: {exc}")
+            raise self._ended from None
+        if not data:
+            self._ended = self._lost(f"the SMS at {self.address} closed the connection")
+            raise self._ended
+        items, framed = self._decode(data)
+        if not framed:
+            self._ended = self._lost(
+                f"stream from the SMS at {self.address} cannot be framed any more"
+            )
+        return items
+
     def _read(self, sock: socket.socket) -> None:
         while not self._closed.is_set():
             try:
                 data = sock.recv(RECV_BYTES)
             except OSError as exc:
-                self._finish(f"connection to the SMS at {self.address} failed: {exc}")
+                self._put(self._lost(f"connection to the SMS at {self.address} failed: {exc}"))
                 return
             if not data:
-                self._finish(f"the SMS at {self.address} closed the connection")
+                self._put(self._lost(f"the SMS at {self.address} closed the connection"))
                 return
-            if not self._decode(data):
-                self._finish(f"stream from the SMS at {self.address} cannot be framed any more")
+            items, framed = self._decode(data)
+            for item, size in items:
+                # an error holds no bytes: only packets count towards queue_bytes
+                self._put(item, 0 if isinstance(item, AdaraProtocolError) else size)
+                if self._closed.is_set():
+                    break  # the rest of this read is not wanted any more
+            if not framed:
+                self._put(
+                    self._lost(f"stream from the SMS at {self.address} cannot be framed any more")
+                )
                 return
 
-    def _decode(self, data: bytes) -> bool:
-        """Queue the packets in ``data``; False when the parser lost the packet boundaries."""
-        feed = self.parser.feed(data)
+    def _decode(
+        self, data: bytes
+    ) -> tuple[list[tuple[packets.Packet | AdaraProtocolError, int]], bool]:
+        """The packets and protocol errors that ``data`` completes, each with its bytes (see
+        :meth:`receive`), and False when the parser lost the packet boundaries."""
+        items: list[tuple[packets.Packet | AdaraProtocolError, int]] = []
+        parser = self.parser
+        feed = parser.feed(data)
         while True:
             try:
                 for packet in feed:
                     self.last_packet_monotonic = time.monotonic()
-                    consumed = self.parser.offset
-                    self._put(packet, consumed - self._put_offset)
+                    consumed = parser.offset
+                    items.append((packet, consumed - self._put_offset))
                     self._put_offset = consumed
-                    if self._closed.is_set():
-                        return True  # the rest of this read is not wanted any more
-                return True
+                return items, True
             except AdaraProtocolError as exc:
-                self._put(exc)
+                items.append((exc, parser.malformed_bytes - self._malformed_bytes))
+                self._malformed_bytes = parser.malformed_bytes
+                self._put_offset = parser.offset
                 try:
-                    feed = self.parser.feed(b"")
+                    feed = parser.feed(b"")
                 except AdaraProtocolError:
-                    return False
+                    return items, False
 
-    def _finish(self, how: str) -> None:
+    def _lost(self, how: str) -> ConnectionLost:
+        """The ConnectionLost for a connection that ended ``how``."""
         if self._closed.is_set():
             how = f"connection to the SMS at {self.address} closed by the client"
         dropped = self.parser.buffered
         if dropped:
             how += f"; {dropped} bytes of an incomplete packet dropped"
-        self._put(ConnectionLost(how, dropped))
+        return ConnectionLost(how, dropped)
 
     def _put(self, item: packets.Packet | BaseException, size: int = 0) -> None:
         """Queue ``item`` (``size``: its wire bytes), waiting while the queue is full; gives

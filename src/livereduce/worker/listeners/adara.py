@@ -1,7 +1,10 @@
 """The ``adara`` listener: chunks from an SNS SMS (Mantid's SNSLiveEventDataListener, reshaped).
 
-A background thread keeps one :class:`~livereduce.adara.client.AdaraClient` connection and turns
-its packets into per-run buffers (mantid-live-data.md §3.2.4 for what Mantid does with each):
+A background thread keeps one :class:`~livereduce.adara.client.AdaraClient` connection, reads
+the socket itself (the client has no reader thread of its own: one thread receives, frames and
+decodes each packet straight into the chunk's table, so the engine's thread runs the scripts
+beside it and no queue of packets holds memory between two threads) and turns its packets into
+per-run buffers (mantid-live-data.md §3.2.4 for what Mantid does with each):
 
 - run status NEW_RUN / STATE opens a run (number, start time), END_RUN closes it; run info,
   geometry and beamline info fill in the title, proposal, IDF and instrument name. A run first
@@ -60,10 +63,10 @@ connection asks for data from that run's start, so the run is completed before t
 
 Events are decoded straight into the chunk's preallocated scipp table
 (:mod:`~livereduce.worker.listeners.pulse_events`). What the listener holds is bounded by
-``buffer_bytes``: once reached, the connection thread takes no more packets, so the client's
-queue fills, its reader stops receiving and TCP pushes back on the SMS (nothing is dropped;
-the pause is not a stale stream); :attr:`AdaraListener.chunk_ready` tells the engine to take a
-chunk before its next tick (buffer half full or full, or a run ended).
+``buffer_bytes``: once reached, the connection thread stops reading the socket, its buffers
+fill and TCP pushes back on the SMS (nothing is dropped; the pause is not a stale stream);
+:attr:`AdaraListener.chunk_ready` tells the engine to take a chunk before its next tick (buffer
+half full or full, or a run ended).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ import numpy as np
 import scipp as sc
 
 from livereduce.adara import packets
-from livereduce.adara.client import QUEUE_BYTES, AdaraClient, ConnectionLost
+from livereduce.adara.client import AdaraClient, ConnectionLost
 from livereduce.adara.errors import AdaraProtocolError, OversizePacketError
 from livereduce.adara.metadata_xml import (
     INTEGER_PV_TYPES,
@@ -598,7 +601,7 @@ class AdaraListener(ListenerBase):
                 self.port,
                 start_time_ns=start_ns,
                 connect_timeout_s=self.connect_timeout_s,
-                queue_bytes=min(QUEUE_BYTES, self.buffer_bytes),
+                background=False,
             )
             try:
                 client.connect()
@@ -697,22 +700,14 @@ class AdaraListener(ListenerBase):
         lost its framing)."""
         got_packets = False
         framing_lost = False
-        malformed_bytes = 0
         while not self._stop.is_set():
             if not self._wait_for_room(client):
                 break
             try:
-                packet = client.get(_GET_TIMEOUT_S)
+                items = client.receive(_GET_TIMEOUT_S)
             except ConnectionLost as exc:
                 return str(exc), framing_lost
-            except AdaraProtocolError as exc:
-                framing_lost = framing_lost or isinstance(exc, OversizePacketError)
-                with self._lock:
-                    skipped = client.parser.malformed_bytes - malformed_bytes
-                    malformed_bytes = client.parser.malformed_bytes
-                    self._bad_packet(exc, skipped)
-                continue
-            if packet is None:
+            if not items:
                 silent_s = time.monotonic() - client.last_packet_monotonic
                 if silent_s > self.stale_timeout_s:
                     return (
@@ -721,41 +716,55 @@ class AdaraListener(ListenerBase):
                         framing_lost,
                     )
                 continue
-            if not got_packets:
-                got_packets = True
-                with self._lock:
-                    self._heard = True  # the SMS is alive: with no run open, we wait for one
-                    if self._open is None:
-                        self._state = (
-                            f"connected to the SMS at {self.host}:{self.port}, waiting for a run"
-                        )
-            if not isinstance(packet, packets.Heartbeat | packets.ClientHello):
-                self._data_ns = packet.timestamp_ns
-            try:
-                with self._lock:
-                    self._handle(packet)
-            except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
-                # one packet the listener cannot use must not stop the stream
-                with self._lock:
-                    self._counts["unusable_packets"] += 1
-                    run = self._open.run.number if self._open is not None else None
-                    key = ("unusable", int(packet.packet_type), run)
-                    first = key not in self._logged_faults
-                    self._logged_faults.add(key)
-                if first:
-                    log.error(
-                        "unusable_packet: %s packet (header time %d ns) not used: %s; further "
-                        "unusable packets of this type in this run are counted, not logged",
-                        type(packet).__name__,
-                        packet.timestamp_ns,
-                        exc,
-                    )
+            for item, size in items:
+                # the room is checked before every packet, as it was before every read: the
+                # items of one read are at most RECV_BYTES and one packet beyond the bound
+                if not self._wait_for_room(client):
+                    return "closed", framing_lost
+                if isinstance(item, AdaraProtocolError):
+                    framing_lost = framing_lost or isinstance(item, OversizePacketError)
+                    with self._lock:
+                        self._bad_packet(item, size)
+                    continue
+                got_packets = self._packet(item, got_packets)
         return "closed", framing_lost
 
+    def _packet(self, packet: packets.Packet, got_packets: bool) -> bool:
+        """Handle one packet of the connection (``got_packets``: one came before); returns
+        True (one has now)."""
+        if not got_packets:
+            with self._lock:
+                self._heard = True  # the SMS is alive: with no run open, we wait for one
+                if self._open is None:
+                    self._state = (
+                        f"connected to the SMS at {self.host}:{self.port}, waiting for a run"
+                    )
+        if not isinstance(packet, packets.Heartbeat | packets.ClientHello):
+            self._data_ns = packet.timestamp_ns
+        try:
+            with self._lock:
+                self._handle(packet)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
+            # one packet the listener cannot use must not stop the stream
+            with self._lock:
+                self._counts["unusable_packets"] += 1
+                run = self._open.run.number if self._open is not None else None
+                key = ("unusable", int(packet.packet_type), run)
+                first = key not in self._logged_faults
+                self._logged_faults.add(key)
+            if first:
+                log.error(
+                    "unusable_packet: %s packet (header time %d ns) not used: %s; further "
+                    "unusable packets of this type in this run are counted, not logged",
+                    type(packet).__name__,
+                    packet.timestamp_ns,
+                    exc,
+                )
+        return True
+
     def _wait_for_room(self, client: AdaraClient) -> bool:
-        """Wait while the buffer is full: no packet is taken from the client, whose queue then
-        fills and stops reading the socket, so TCP makes the SMS wait. False when the listener
-        is closed meanwhile."""
+        """Wait while the buffer is full: nothing more is read from the socket, whose buffers
+        then fill, so TCP makes the SMS wait. False when the listener is closed meanwhile."""
         with self._room:
             if self._buffered_bytes() < self.buffer_bytes:
                 return True
