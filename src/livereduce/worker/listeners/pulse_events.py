@@ -6,9 +6,10 @@ the memory of the chunk's scipp variables.
 memory is not touched before it is written, so the room costs address space only, and resident
 memory grows with the events actually held. Each bank's ``(tof_100ns, pixel_id)`` pairs (a
 view on the packet's bytes, as the parser gives them) are written with one vectorised call per
-field: pixel IDs cast, times of flight converted by :func:`tof_to_us`, counts set to one (in
-the reader thread, so that the engine's thread, the busier one, only wraps the table). That is
-a bounded number of numpy calls per packet and bank and no Python work per event. When the
+field for all the banks of a packet: pixel IDs cast, times of flight converted by
+:func:`tof_to_us`, counts set to one (in the listener's thread, so that the engine's thread,
+the busier one, only wraps the table). That is a bounded number of numpy calls per packet and
+no Python work per event (a loop over the banks collects the views to gather). When the
 room runs out the table grows (doubling, one copy of what is held); the ADARA listener gives
 its detector buffer the room its byte bound allows, so that only happens to beam monitors (and,
 under strict overcommit, where reserved address space counts as used, to every buffer).
@@ -19,7 +20,7 @@ the table without a copy (scipp shares the memory of a sliced buffer).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -52,9 +53,10 @@ class BankDrops(NamedTuple):
     not_kept: int
 
 
-def tof_to_us(tof_100ns: np.ndarray, out: np.ndarray) -> None:
-    """Write ``tof_100ns`` ((N,) uint32, 100 ns units, any stride) as float32 µs into ``out``
-    ((N,) float32), equal bit for bit to ``float32(float64(t) / 10)``.
+def tof_to_us(tof_100ns: np.ndarray | Sequence[np.ndarray], out: np.ndarray) -> None:
+    """Write ``tof_100ns`` ((N,) uint32, 100 ns units, any stride; or a sequence of such arrays,
+    taken one after the other) as float32 µs into ``out`` ((N,) float32, N the total length),
+    equal bit for bit to ``float32(float64(t) / 10)``.
 
     Below 2**24 a tof is exact in float32, and a float32 division of two exact float32 operands
     is correctly rounded, as is the float64 division then rounded to float32: float64 has more
@@ -62,17 +64,21 @@ def tof_to_us(tof_100ns: np.ndarray, out: np.ndarray) -> None:
     double rounding innocuous?", SIGNUM 1995). So the float32 division gives the float64 result
     without a float64 temporary. (A float32 multiplication by 0.1 would not: 0.1 is inexact.)
     Larger values (over 1.67 s, only a broken or hostile stream sends them) take the float64
-    path. Raises ValueError when the shapes differ.
+    path. The arrays are gathered and cast in one pass into ``out``, then divided in place
+    there (``out`` is still in the cache). Raises ValueError when the lengths differ.
     """
-    if tof_100ns.shape != out.shape:
-        raise ValueError(f"tof of shape {tof_100ns.shape} into an output of shape {out.shape}")
-    if not len(tof_100ns):
+    parts = [tof_100ns] if isinstance(tof_100ns, np.ndarray) else list(tof_100ns)
+    if sum(len(part) for part in parts) != len(out) or any(p.ndim != 1 for p in parts):
+        shapes = [part.shape for part in parts]
+        raise ValueError(f"tof of shapes {shapes} into an output of shape {out.shape}")
+    if not len(out):
         return
-    np.copyto(out, tof_100ns, casting="unsafe")  # exact below 2**24, and monotonic
+    # exact below 2**24, and monotonic: the maximum tells whether all are below
+    np.concatenate(parts, out=out, casting="unsafe")
     if out.max() < FLOAT32_EXACT:
         np.divide(out, _TEN, out=out)
     else:
-        np.divide(tof_100ns, 10.0, out=out, casting="unsafe")
+        np.divide(np.concatenate(parts), 10.0, out=out, casting="unsafe")
 
 
 class PulseEvents:
@@ -139,19 +145,38 @@ class PulseEvents:
         (modulo 2**32, as uint32 arithmetic on the wire values). Pixel IDs become int32 as
         ``astype(int32)`` makes them (values over 2**31 wrap). Raises RuntimeError when no
         pulse is open."""
+        tof = pairs[:, 0]
+        if tof_offset_100ns:
+            tof = tof + np.uint32(tof_offset_100ns)
+        self._add_columns([tof], [pairs[:, 1]])
+
+    def _add_columns(
+        self,
+        tofs: list[np.ndarray],
+        pixels: list[np.ndarray],
+        screen: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ) -> None:
+        """Add the events whose times of flight (100 ns) and pixel IDs are the arrays of
+        ``tofs`` and ``pixels`` ((K_i,) uint32 each, any stride), one after the other, to the
+        open pulse: one gathering numpy call per field for all of them. ``screen`` as for
+        :meth:`add_banked`; the events it marks are taken out again."""
         if not self._pulse_ns:
             raise RuntimeError("events added before any pulse")
-        count = len(pairs)
+        count = sum(len(part) for part in pixels)
         if not count:
             return
         begin, end = self._events, self._events + count
         if end > len(self._ids):
             self._allocate(max(end, 2 * len(self._ids)))
-        np.copyto(self._ids[begin:end], pairs[:, 1], casting="unsafe")
-        tof = pairs[:, 0]
-        if tof_offset_100ns:
-            tof = tof + np.uint32(tof_offset_100ns)
-        tof_to_us(tof, self._tofs[begin:end])
+        ids = self._ids[begin:end]
+        np.concatenate(pixels, out=ids, casting="unsafe")
+        tof_to_us(tofs, self._tofs[begin:end])
+        invalid = screen(ids.view(np.uint32)) if screen is not None else None
+        if invalid is not None:
+            kept = ~invalid
+            end = begin + int(np.count_nonzero(kept))
+            self._ids[begin:end] = ids[kept]
+            self._tofs[begin:end] = self._tofs[begin : begin + count][kept]
         self._weights[begin:end] = 1.0
         self._events = end
 
@@ -164,12 +189,14 @@ class PulseEvents:
     ) -> BankDrops:
         """Add one banked event packet as a pulse (header time = pulse time): the events of
         its real banks, each source's TOF offset added where the source has not applied it.
-        ``screen(pixel_id)`` ((K,) uint32 of a bank) may return a (K,) bool mask of events to
-        leave out (None: keep all). With ``keep`` False nothing is added (a paused pulse), but
-        the screen still runs and the drops are counted. Returns what was not kept."""
+        ``screen(pixel_id)`` ((K,) uint32: the packet's kept pixel IDs, in wire order) may
+        return a (K,) bool mask of events to leave out (None: keep all). With ``keep`` False
+        nothing is added (a paused pulse), but the screen still runs and the drops are
+        counted. Returns what was not kept. A bounded number of numpy calls per packet,
+        whatever its banks: the banks' columns are gathered by one call per field."""
         error_bank = unmapped_bank = not_kept = 0
-        if keep:
-            self.add_pulse(packet.timestamp_ns)
+        tofs: list[np.ndarray] = []
+        pixels: list[np.ndarray] = []
         for source in packet.sources:
             offset = 0 if source.tof_corrected else source.tof_offset_100ns
             for bank in source.banks:
@@ -182,13 +209,15 @@ class PulseEvents:
                 if bank.bank_id == packets.UNMAPPED_BANK_ID:
                     unmapped_bank += len(pairs)
                     continue
-                invalid = screen(pairs[:, 1]) if screen is not None else None
-                if invalid is not None:
-                    pairs = pairs[~invalid]
-                if keep:
-                    self.add_events(pairs, offset)
-                else:
-                    not_kept += len(pairs)
+                tofs.append(pairs[:, 0] + np.uint32(offset) if offset else pairs[:, 0])
+                pixels.append(pairs[:, 1])
+        if keep:
+            self.add_pulse(packet.timestamp_ns)
+            self._add_columns(tofs, pixels, screen)
+        elif pixels:
+            ids = np.concatenate(pixels)
+            invalid = screen(ids) if screen is not None else None
+            not_kept = len(ids) - (int(np.count_nonzero(invalid)) if invalid is not None else 0)
         return BankDrops(error_bank, unmapped_bank, not_kept)
 
     def extend(self, later: PulseEvents) -> None:
