@@ -84,7 +84,7 @@ from livereduce.worker.outputs.result import OutputWriter
 from livereduce.worker.outputs.savable import unsavable
 from livereduce.worker.stop import StopRequested, StopToken
 
-CHUNK_READY_POLL_S = 0.1
+CHUNK_READY_POLL_S = 0.02
 """How often the loop asks a listener with ``chunk_ready`` whether its buffer is full (then
 the chunk is taken at once instead of at the next ``update_every`` tick)."""
 

@@ -402,7 +402,7 @@ class AdaraListener(ListenerBase):
 
     hands_over_early = True
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one line per piece of explicit state
         self,
         host: str,
         port: int,
@@ -468,7 +468,13 @@ class AdaraListener(ListenerBase):
         self._failure_repeats = 0
         self._skip_to_ns: int | None = None
         self._last_skip_ns: int | None = None
+        # _full: reading paused on a full buffer, _full_logged: when that was last logged;
+        # _ready: what chunk_ready answers, _held_bytes: _buffered_bytes(), as of the latest
+        # packet or extraction (set under _lock); _extracting: extract_data waits for _lock, the
+        # connection thread lets it in before its next packet (a busy connection thread would
+        # take the lock again before the engine's thread wakes)
         self._full, self._full_logged = False, -FULL_LOG_INTERVAL_S
+        self._ready, self._extracting, self._held_bytes = False, False, 0
 
     @property
     def connected(self) -> bool:
@@ -489,10 +495,9 @@ class AdaraListener(ListenerBase):
         bounded in events too: the other half fills while this chunk is processed), or full
         (reading from the SMS waits until a chunk is taken), or a run has ended (its last chunk
         is complete and its result should not wait)."""
-        if self._full:
-            return True
-        with self._lock:  # the connection thread changes the segments
-            return bool(self._finished) or 2 * self._buffered_bytes() >= self.buffer_bytes
+        # no lock: the connection thread holds it for every packet and, on a busy stream,
+        # takes it again at once; it leaves the answer in _ready (and in _full) instead
+        return self._full or self._ready
 
     @property
     def buffered_bytes(self) -> int:
@@ -506,6 +511,12 @@ class AdaraListener(ListenerBase):
             if segment is not None:
                 held += segment.nbytes
         return held
+
+    def _update_ready(self) -> None:
+        """Recount what is held and set what chunk_ready answers (under _lock): once per
+        packet and per extraction."""
+        self._held_bytes = self._buffered_bytes()
+        self._ready = bool(self._finished) or 2 * self._held_bytes >= self.buffer_bytes
 
     def _waiting_for_run(self) -> bool:
         return self._client is not None and self._heard and self._open is None
@@ -532,27 +543,38 @@ class AdaraListener(ListenerBase):
         """What arrived since the previous call, one run at most. Raises NotYet when not in a
         run and nothing is buffered (the message says what the listener waits for), and
         ListenerError once the connection thread has died and what it received is delivered."""
+        self._extracting = True
         with self._lock:
-            if self._finished:
-                segment = self._finished.popleft()
-            elif self._held is not None:
-                # a replay or a continuation, not decided yet: hand over what came before
-                segment = self._held
-                self._held = segment.continuation()
-            elif self._open is not None:
-                segment = self._open
-                # a dead connection thread adds nothing more: deliver what it had, then fail
-                self._open = segment.continuation() if self._failure is None else None
-            elif self._failure is not None:
-                raise ListenerError(self._failure)
-            else:
-                raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
-            self._delivered_run = segment.run.number
-            counts = dict(self._counts)
-            self._counts.clear()
-            self._room.notify_all()
+            try:
+                segment, counts = self._take()
+            finally:
+                self._extracting = False
+                self._room.notify_all()  # the connection thread goes on (or finds room)
             connected, activity = self._client is not None, self._state
         return dataclasses.replace(segment.to_chunk(counts), connected=connected, activity=activity)
+
+    def _take(self) -> tuple[_Segment, dict[str, int]]:
+        """The segment to hand over and the input counts since the previous one (under
+        _lock); raises as extract_data does."""
+        if self._finished:
+            segment = self._finished.popleft()
+        elif self._held is not None:
+            # a replay or a continuation, not decided yet: hand over what came before
+            segment = self._held
+            self._held = segment.continuation()
+        elif self._open is not None:
+            segment = self._open
+            # a dead connection thread adds nothing more: deliver what it had, then fail
+            self._open = segment.continuation() if self._failure is None else None
+        elif self._failure is not None:
+            raise ListenerError(self._failure)
+        else:
+            raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
+        self._delivered_run = segment.run.number
+        counts = dict(self._counts)
+        self._counts.clear()
+        self._update_ready()
+        return segment, counts
 
     def close(self) -> None:
         """Stop the thread and close the connection; returns within about two seconds."""
@@ -744,6 +766,7 @@ class AdaraListener(ListenerBase):
         try:
             with self._lock:
                 self._handle(packet)
+                self._update_ready()
         except (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError) as exc:
             # one packet the listener cannot use must not stop the stream
             with self._lock:
@@ -766,7 +789,9 @@ class AdaraListener(ListenerBase):
         """Wait while the buffer is full: nothing more is read from the socket, whose buffers
         then fill, so TCP makes the SMS wait. False when the listener is closed meanwhile."""
         with self._room:
-            if self._buffered_bytes() < self.buffer_bytes:
+            if self._extracting:  # let the engine take its chunk first
+                self._room.wait_for(lambda: not self._extracting, _GET_TIMEOUT_S)
+            if self._held_bytes < self.buffer_bytes:
                 return True
             self._full = True
             self.backpressure_waits += 1
