@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "--buffer-bytes",
         type=float,
         default=256e6,
-        help="the daemon's listener_options.buffer_bytes (chunks of up to half of it)",
+        help="the daemon's listener_options.buffer_bytes (chunks of an eighth of it)",
     )
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary)")
     args = parser.parse_args(argv)
