@@ -231,3 +231,64 @@ def test_close_is_prompt_while_the_sms_is_silent(sms_factory):
     silent.set()
     with pytest.raises(ConnectionLost, match="closed by the client"):
         client.get(1.0)
+
+
+def receive_all(client: AdaraClient, timeout_s: float = 5.0) -> tuple[list, ConnectionLost]:
+    """Every (item, bytes) pair receive() returns until the connection ends."""
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            got.extend(client.receive(0.5))
+        except ConnectionLost as end:
+            return got, end
+    raise AssertionError(f"the connection did not end within {timeout_s} s; got {got}")
+
+
+def test_without_a_reader_thread_receive_returns_packets_and_errors_in_order_then_the_end(
+    sms_factory,
+):
+    odd = struct.pack("<IIII", 6, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 6
+    stream = heartbeat() + odd + heartbeat(1) + odd + heartbeat(2) + heartbeat(3)[:5]
+    sms = sms_factory(lambda sock: (sock.sendall(stream), sock.close()))
+    with AdaraClient("127.0.0.1", sms.port, background=False) as client:
+        got, end = receive_all(client)
+        with pytest.raises(ConnectionLost) as again:
+            client.receive(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("adara-client-")]
+    kinds = [type(item).__name__ for item, _ in got]
+    assert kinds == ["Heartbeat", "BadPayloadLengthError"] * 2 + ["Heartbeat"]
+    assert [item.timestamp_ns - T0 for item, _ in got[::2]] == [0, 1, 2]
+    # each packet's wire bytes, each malformed packet's bytes skipped: the stream, once
+    assert [size for _, size in got] == [16, 22, 16, 22, 16]
+    assert client.parser.malformed_bytes == 44
+    assert again.value is end
+    assert end.dropped_bytes == 5
+    assert "closed the connection" in str(end)
+
+
+def test_without_a_reader_thread_a_framing_error_is_returned_then_ends_the_connection(
+    sms_factory,
+):
+    broken = struct.pack("<IIII", 1 << 31, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 8
+    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + broken), time.sleep(2)))
+    with AdaraClient("127.0.0.1", sms.port, background=False) as client:
+        got, end = receive_all(client)
+    assert [type(item) for item, _ in got] == [packets.Heartbeat, OversizePacketError]
+    assert "cannot be framed" in str(end)
+
+
+def test_without_a_reader_thread_receive_times_out_empty_and_close_ends_it(sms_factory):
+    silent = threading.Event()
+    sms = sms_factory(lambda sock: silent.wait(10))
+    client = AdaraClient("127.0.0.1", sms.port, background=False)
+    with pytest.raises(RuntimeError, match="after connect"):
+        client.receive(0.1)
+    client.connect()
+    assert client.receive(0.2) == []
+    with pytest.raises(RuntimeError, match="queue of a reader thread"):
+        client.get(0.1)
+    client.close()
+    silent.set()
+    with pytest.raises(ConnectionLost, match="closed by the client"):
+        client.receive(1.0)

@@ -135,7 +135,9 @@ class AdaraClient:
         """The next packet, or None when none arrived within ``timeout_s`` seconds (None:
         wait forever). Raises ConnectionLost once the connection has ended and every packet
         before the end was returned (and on every later call), AdaraProtocolError for a
-        malformed packet."""
+        malformed packet; RuntimeError without a reader thread (``background`` False)."""
+        if not self._background:
+            raise RuntimeError("get() reads the queue of a reader thread: receive() without one")
         with self._queue_changed:
             if self._ended is not None and not self._queue:
                 raise self._ended

@@ -65,8 +65,8 @@ Events are decoded straight into the chunk's preallocated scipp table
 (:mod:`~livereduce.worker.listeners.pulse_events`). What the listener holds is bounded by
 ``buffer_bytes``: once reached, the connection thread stops reading the socket, its buffers
 fill and TCP pushes back on the SMS (nothing is dropped; the pause is not a stale stream);
-:attr:`AdaraListener.chunk_ready` tells the engine to take a chunk before its next tick (an eighth of
-the buffer filled, or all of it, or a run ended).
+:attr:`AdaraListener.chunk_ready` tells the engine to take a chunk before its next tick (an
+eighth of the buffer filled, or all of it, or a run ended).
 """
 
 from __future__ import annotations
