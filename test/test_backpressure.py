@@ -220,3 +220,38 @@ def test_under_strict_overcommit_the_event_table_starts_small_and_grows(monkeypa
     monkeypatch.setattr(adara, "RESERVE_BYTES", 0)
     strict = adara.AdaraListener("127.0.0.1", 1, buffer_bytes=120_000_000)
     assert strict._capacity == pulse_events.FIRST_CAPACITY
+
+
+def test_chunk_ready_at_an_eighth_of_the_buffer_answered_while_the_lock_is_held():
+    events = 1000  # 12 kB of table per pulse
+    # an eighth: five pulses, with their times, charges and the run's first logs, and a bit
+    buffer_bytes = 8 * (5 * 12 * events + 5000)
+    more = threading.Event()
+
+    def script(sock: socket.socket) -> None:
+        sock.sendall(new_run(RUN) + b"".join(pulse_packet(events, p) for p in range(5)))
+        more.wait(10)
+        sock.sendall(pulse_packet(events, 5))
+        more.wait(10)  # stays connected
+
+    sms = FakeSms(script)
+    listener = adara.AdaraListener("127.0.0.1", sms.port, buffer_bytes=buffer_bytes)
+    listener.start(StartFrom.START_OF_RUN)
+    try:
+        wait_for(lambda: listener.buffered_bytes >= 5 * 12 * events, "five pulses")
+        assert not listener.chunk_ready
+        more.set()
+        wait_for(lambda: listener.buffered_bytes >= 6 * 12 * events, "the sixth pulse")
+        answers: list[bool] = []
+        with listener._lock:  # as the busy connection thread holds it, packet after packet
+            asking = threading.Thread(target=lambda: answers.append(listener.chunk_ready))
+            asking.start()
+            asking.join(5)
+        assert answers == [True]
+        chunk = listener.extract_data()
+        assert chunk.event_count == 6 * events
+        assert not listener.chunk_ready  # extract_data counted what is left: nothing
+    finally:
+        more.set()
+        listener.close()
+        sms.close()

@@ -195,3 +195,32 @@ def test_events_before_a_pulse_are_refused_and_memory_is_counted():
     events.add_events(np.zeros((10, 2), np.uint32))
     assert events.nbytes == 12 * 10 + pulse_events.PULSE_BYTES
     assert (events.events, events.pulses) == (10, 1)
+
+
+def test_a_packet_screened_as_one_gives_what_each_bank_screened_alone_gives():
+    rng = np.random.default_rng(2)
+    ids = [rng.integers(0, 3000, n, dtype=np.uint32) for n in (500, 0, 700, 300)]
+    ids[2][::7] |= np.uint32(0x8000_0000)  # the error bit on some events of one bank
+    tofs = [rng.integers(0, 166_667, len(i), dtype=np.uint32) for i in ids]
+    banks = tuple(
+        packets.BankSection.from_arrays(bank + 1, tofs[bank], ids[bank]) for bank in range(4)
+    )
+    packet = banked((packets.SourceSection(source_id=1, banks=banks),))
+    seen: list[int] = []
+
+    def screen(pixel_id: np.ndarray) -> np.ndarray | None:
+        seen.append(len(pixel_id))
+        invalid = pixel_id >= 2000
+        return invalid if invalid.any() else None
+
+    new = PulseEvents()
+    assert new.add_banked(packet, screen) == (0, 0, 0)
+    assert seen == [1500]  # one screen for the packet's 1500 events, not one per bank
+    keep = np.concatenate(ids) < 2000
+    old = OldEvents()
+    old.add_pulse(packet.timestamp_ns, [np.concatenate(ids)[keep]], [np.concatenate(tofs)[keep]])
+    assert new.events == int(keep.sum()) < 1500
+    assert sc.identical(new.to_events(), old.to_events())
+    paused = PulseEvents()
+    assert paused.add_banked(packet, screen, keep=False) == (0, 0, int(keep.sum()))
+    assert paused.events == paused.pulses == 0
