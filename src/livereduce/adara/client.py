@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from livereduce.adara import packets
 from livereduce.adara.errors import AdaraProtocolError
@@ -188,8 +189,8 @@ class AdaraClient:
         if not data:
             self._ended = self._lost(f"the SMS at {self.address} closed the connection")
             raise self._ended
-        items, framed = self._decode(data)
-        if not framed:
+        items = list(self._decode(data))
+        if self.parser.broken:
             self._ended = self._lost(
                 f"stream from the SMS at {self.address} cannot be framed any more"
             )
@@ -205,24 +206,21 @@ class AdaraClient:
             if not data:
                 self._put(self._lost(f"the SMS at {self.address} closed the connection"))
                 return
-            items, framed = self._decode(data)
-            for item, size in items:
+            for item, size in self._decode(data):
                 # an error holds no bytes: only packets count towards queue_bytes
                 self._put(item, 0 if isinstance(item, AdaraProtocolError) else size)
                 if self._closed.is_set():
-                    break  # the rest of this read is not wanted any more
-            if not framed:
+                    return  # the rest of this read is not wanted any more
+            if self.parser.broken:
                 self._put(
                     self._lost(f"stream from the SMS at {self.address} cannot be framed any more")
                 )
                 return
 
-    def _decode(
-        self, data: bytes
-    ) -> tuple[list[tuple[packets.Packet | AdaraProtocolError, int]], bool]:
+    def _decode(self, data: bytes) -> Iterator[tuple[packets.Packet | AdaraProtocolError, int]]:
         """The packets and protocol errors that ``data`` completes, each with its bytes (see
-        :meth:`receive`), and False when the parser lost the packet boundaries."""
-        items: list[tuple[packets.Packet | AdaraProtocolError, int]] = []
+        :meth:`receive`), as they are decoded; it stops where the parser lost the packet
+        boundaries (``parser.broken``)."""
         parser = self.parser
         feed = parser.feed(data)
         while True:
@@ -230,17 +228,16 @@ class AdaraClient:
                 for packet in feed:
                     self.last_packet_monotonic = time.monotonic()
                     consumed = parser.offset
-                    items.append((packet, consumed - self._put_offset))
+                    yield packet, consumed - self._put_offset
                     self._put_offset = consumed
-                return items, True
+                return
             except AdaraProtocolError as exc:
-                items.append((exc, parser.malformed_bytes - self._malformed_bytes))
+                yield exc, parser.malformed_bytes - self._malformed_bytes
                 self._malformed_bytes = parser.malformed_bytes
                 self._put_offset = parser.offset
-                try:
-                    feed = parser.feed(b"")
-                except AdaraProtocolError:
-                    return items, False
+                if parser.broken:
+                    return
+                feed = parser.feed(b"")
 
     def _lost(self, how: str) -> ConnectionLost:
         """The ConnectionLost for a connection that ended ``how``."""

@@ -114,6 +114,11 @@ class StreamParser:
         return len(self._head) - self._position + self._tail_bytes
 
     @property
+    def broken(self) -> bool:
+        """Whether the packet boundaries are lost (a framing error): every feed raises."""
+        return self._broken is not None
+
+    @property
     def skipped_count(self) -> int:
         """Total number of packets skipped as unknown types."""
         return self.skipped.total()
