@@ -45,9 +45,8 @@ QUEUE_BYTES = 64 << 20
 """Wire bytes of packets buffered between the reader thread and the consumer: a few pulses of a
 10**8 events/s stream (13 MB each), so a busy stream cannot make the queue hold gigabytes.
 One packet larger than this (up to the parser's maximum payload) is still queued, alone."""
-RECV_BYTES = 4 << 20
-"""Bytes asked of one recv(); a pulse of a busy instrument is a few MB, and a packet that ends in
-a later read is joined once (the larger the read, the fewer packets straddle two)."""
+RECV_BYTES = 1 << 20
+"""Bytes asked of one recv(); a pulse of a busy instrument is a few MB."""
 _POLL_S = 0.1
 """How often a reader thread blocked on a full queue checks for close()."""
 
