@@ -139,6 +139,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def _load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{value:.1f}" for value in load)
+
+
 def stream_bytes(path: Path) -> tuple[bytes, int]:
     """The run's ADARA stream as one client starting with the run gets it, and its events."""
     run = read_run_file(path)
@@ -274,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {TEMPLATE} is missing")
         return 0
     events = int(args.events)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="livereduce-bench-") as temporary:
         work = args.keep or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
@@ -314,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{events:.2e} events at {args.rate:.1e} events/s ({len(data) / 1e6:.0f} MB of ADARA), "
         f"{mode}, update_every 1, buffer_bytes {args.buffer_bytes:.3g}; median of "
-        f"{args.repeat}; cpus {os.cpu_count()}"
+        f"{args.repeat}; cpus {os.cpu_count()}; load average (1, 5, 15 min) before "
+        f"{_load(load_before)}, after {_load(os.getloadavg())}"
     )
     print(f"{'figure':<18} {'seconds':>8} {'events/s':>10}  ratio")
     med = {name: median(values) for name, values in figures.items()}
