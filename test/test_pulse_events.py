@@ -224,3 +224,27 @@ def test_a_packet_screened_as_one_gives_what_each_bank_screened_alone_gives():
     paused = PulseEvents()
     assert paused.add_banked(packet, screen, keep=False) == (0, 0, int(keep.sum()))
     assert paused.events == paused.pulses == 0
+
+
+def test_buffers_joined_with_conversions_waiting_equal_the_old_path():
+    rng = np.random.default_rng(3)
+
+    def packet(pulse: int, high: int) -> packets.BankedEvent:
+        n = 50 + pulse
+        bank = packets.BankSection.from_arrays(
+            1, rng.integers(0, high, n, dtype=np.uint32), rng.integers(0, 9, n, dtype=np.uint32)
+        )
+        return banked((packets.SourceSection(source_id=1, banks=(bank,)),), 10**18 + pulse)
+
+    first, later, old = PulseEvents(capacity=8), PulseEvents(capacity=8), OldEvents()
+    # waiting divisions in both, a value of 2**24 or more in the middle of the later one
+    for pulse, high in enumerate((2**24, 2**24, 2**32, 2**24)):
+        buffer = first if pulse < 2 else later
+        buffer.add_banked(packet(pulse, high))
+    rng = np.random.default_rng(3)
+    for pulse, high in enumerate((2**24, 2**24, 2**32, 2**24)):
+        old_banked(old, packet(pulse, high))
+    first.extend(later)
+    assert first.events == 50 + 51 + 52 + 53
+    assert sc.identical(first.to_events(), old.to_events())
+    assert sc.identical(first.to_events(), old.to_events())  # a second call changes nothing
