@@ -28,7 +28,7 @@ from livereduce.adara.replay import ReplayServer
 from livereduce.adara.runfile import read_run_file
 from livereduce.config import StartFrom, config_from_mapping
 from livereduce.worker.listeners import adara
-from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet
+from livereduce.worker.listeners.base import Chunk, Listener, ListenerError, NotYet, RunInfo
 from test_adara_client import T0, FakeSms, heartbeat, new_run
 from test_adara_replay import file_events, file_logs, sorted_rows
 
@@ -564,3 +564,18 @@ def test_replayed_pause_and_scan_annotations_reach_the_run(shared_data, tmp_path
     assert counts["paused_events"] == (0 if keep else paused)
     assert logs["pause"] == [0, 1, 0]
     assert logs["scan_index"] == [0, 5, 0]
+
+
+def test_a_segment_counts_its_log_values_as_they_come_and_go():
+    run = RunInfo(number=1, start_time=None)
+    segment = adara._Segment(run, 16, begins_run=True)
+    segment.add_log("carried", "double", "K", 1, 1.0)
+    segment.provisional.add("carried")
+    for time_ns in range(3):
+        segment.add_log("temp", "double", "K", time_ns, float(time_ns))
+    segment.add_log("temp", "double", "K", 2, 2.0)  # a repeat: kept once
+    assert not segment.add_log("temp", "double", "K", 3, "warm")  # mistyped: not kept
+    assert segment.log_values == 4
+    segment.add_log("carried", "double", "K", 5, 2.0)  # the run's own value replaces it
+    assert segment.log_values == 4 == sum(len(e.values) for e in segment.logs.values())
+    assert segment.nbytes == adara.LOG_VALUE_BYTES * 4 + segment.events.nbytes

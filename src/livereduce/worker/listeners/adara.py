@@ -259,6 +259,9 @@ class _Segment:
         self.events = PulseEvents(capacity)
         self.monitors: dict[str, PulseEvents] = {}
         self.logs: dict[str, _Log] = {}
+        self.log_values = 0
+        """Values held in ``logs`` (counted as they come: nbytes is asked after every
+        packet)."""
         self.provisional: set[str] = set()
         """Logs holding only a value carried from before the run: the first value the run
         brings for them before its first pulse (the SMS sends its variable cache) replaces it."""
@@ -276,7 +279,7 @@ class _Segment:
         time is not added again (True)."""
         if name in self.provisional:
             self.provisional.discard(name)
-            del self.logs[name]
+            self.log_values -= len(self.logs.pop(name).values)
         entry = self.logs.get(name)
         if entry is None:
             entry = self.logs[name] = _Log(pv_type, units)
@@ -288,6 +291,7 @@ class _Segment:
             return True
         entry.times_ns.append(time_ns)
         entry.values.append(value)
+        self.log_values += 1
         return True
 
     def absorb(self, later: _Segment, newer_than: Mapping[str, int] | None = None) -> None:
@@ -314,11 +318,10 @@ class _Segment:
     @property
     def nbytes(self) -> int:
         """Memory held by the segment's events, monitors and logs (bytes, estimated)."""
-        values = sum(len(entry.values) for entry in self.logs.values())
         return (
             self.events.nbytes
             + sum(monitor.nbytes for monitor in self.monitors.values())
-            + LOG_VALUE_BYTES * values
+            + LOG_VALUE_BYTES * self.log_values
         )
 
     def to_chunk(self, input_counts: dict[str, int]) -> Chunk:
