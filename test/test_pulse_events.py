@@ -182,6 +182,11 @@ def test_tof_conversion_is_the_float64_result_for_every_value_below_2_24_and_abo
     out = np.empty(4, np.float32)
     tof_to_us(large, out)
     np.testing.assert_array_equal(out, (large.astype(np.float64) / 10).astype(np.float32))
+    # over 2**31 only (negative as int32, so below 2**24 by the maximum alone)
+    above = np.array([2**31 + 5, 3, 2**32 - 1], dtype=np.uint32)
+    out = np.empty(3, np.float32)
+    tof_to_us([above[:1], above[1:]], out)
+    np.testing.assert_array_equal(out, (above.astype(np.float64) / 10).astype(np.float32))
     with pytest.raises(ValueError, match="shape"):
         tof_to_us(large, np.empty(3, np.float32))
 
