@@ -579,3 +579,22 @@ def test_a_segment_counts_its_log_values_as_they_come_and_go():
     segment.add_log("carried", "double", "K", 5, 2.0)  # the run's own value replaces it
     assert segment.log_values == 4 == sum(len(e.values) for e in segment.logs.values())
     assert segment.nbytes == adara.LOG_VALUE_BYTES * 4 + segment.events.nbytes
+
+
+def test_every_real_run_through_the_listener_gives_the_file_events(shared_data):
+    """The listener's thread reads, frames and gathers each run straight into the chunks'
+    tables: on every real SNS run the events are the file's, to the value, pulse by pulse."""
+    files = sorted(path for path in shared_data.glob("*.nxs.h5") if "SANS2D" not in path.name)
+    assert len(files) >= 5
+    with ReplayServer(files, port=0, speed=0) as server:
+        listener = adara.AdaraListener("127.0.0.1", server.port)
+        listener.start(StartFrom.START_OF_RUN)
+        try:
+            chunks = collect(listener, runs=len(files), timeout_s=120)
+        finally:
+            listener.close()
+    runs = accumulate_like_the_engine(chunks)
+    assert len(runs) == len(files)
+    for path in files:
+        number = read_run_file(path).run_number
+        np.testing.assert_array_equal(rows(runs[number]), expected_rows(path), path.name)
