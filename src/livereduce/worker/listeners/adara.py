@@ -153,8 +153,9 @@ READY_SHARE = 8
 ``buffer_bytes``: at a rate that fills the buffer faster than ``update_every`` the chunks stay
 small, so the engine starts on the first one early, the last one after a run's end is short,
 and the memory a chunk touches (its table, the script's temporaries) is what the chunk two
-before freed, already mapped, instead of fresh pages (measured on a 2-core VM at 2x10^7
-events: 0.69 s end to end with 8, 0.81 with 4, 1.18 with 2, 0.83 with 16)."""
+before freed, already mapped, instead of fresh pages (bench/end_to_end.py's run of 2x10^7
+events on the 2-core development VM, load average about 5, median of 4: 0.69 s end to end
+with 8, 0.81 with 4, 1.18 with 2, 0.83 with 16)."""
 FULL_LOG_INTERVAL_S = 60.0
 """A full buffer is logged at most this often (a flood fills it on every chunk)."""
 LOG_VALUE_BYTES = 80
@@ -503,9 +504,8 @@ class AdaraListener(ListenerBase):
         """A chunk should be taken now rather than at the engine's next ``update_every`` tick:
         the chunk holds :data:`READY_SHARE` of the buffer (the SMS sends faster than the chunks
         are taken, so chunks are bounded in events too, and the rest fills while this one is
-        processed), or the buffer is full
-        (reading from the SMS waits until a chunk is taken), or a run has ended (its last chunk
-        is complete and its result should not wait)."""
+        processed), or the buffer is full (reading from the SMS waits until a chunk is taken),
+        or a run has ended (its last chunk is complete and its result should not wait)."""
         # no lock: the connection thread holds it for every packet and, on a busy stream,
         # takes it again at once; it leaves the answer in _ready (and in _full) instead
         return self._full or self._ready
