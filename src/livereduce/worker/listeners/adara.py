@@ -750,8 +750,8 @@ class AdaraListener(ListenerBase):
                     )
                 continue
             for item, size in items:
-                # the room is checked before every packet, as it was before every read: the
-                # items of one read are at most RECV_BYTES and one packet beyond the bound
+                # the room is checked before every packet; what one read completed waits here
+                # meanwhile (at most RECV_BYTES and the one packet that ended in it)
                 if not self._wait_for_room(client):
                     return "closed", framing_lost
                 if isinstance(item, AdaraProtocolError):
