@@ -121,13 +121,54 @@ class Accumulation:
     def value(self) -> Any:
         """The accumulated scipp object (None when empty). Do not modify it in place: binned
         results share the event buffer with the accumulation (the engine hands the
-        post-processing script a copy)."""
+        post-processing script a :func:`read_only` view)."""
         if self._root is None:
             return None
         if self._cached_version != self.version:
             self._cached = self._root.value()
             self._cached_version = self.version
         return self._cached
+
+
+def read_only(value: Any) -> Any:
+    """A read-only view of ``value`` (no copy): what the post-processing script gets as
+    ``input`` and ``monitors``. scipp's readonly flag (``sc.as_const``) is set on the
+    Variable or DataArray, its coords and masks, and for binned data on the bin indices and
+    the event table too (``as_const`` alone leaves the events writable through
+    ``bins.constituents`` and ``values``); Datasets and DataGroups item by item; numpy
+    arrays as non-writeable views. Any in-place change then raises (scipp's VariableError or
+    DataArrayError "Read-only flag is set", numpy's ValueError "assignment destination is
+    read-only"); operations that make new objects (``copy()``, ``hist``, arithmetic) work."""
+    if isinstance(value, sc.DataGroup):
+        return sc.DataGroup({key: read_only(item) for key, item in value.items()})
+    if isinstance(value, sc.Dataset):
+        return sc.Dataset({name: read_only(item) for name, item in value.items()})
+    if isinstance(value, np.ndarray):
+        view = value.view()
+        view.flags.writeable = False
+        return view
+    if isinstance(value, sc.DataArray):
+        return sc.as_const(
+            sc.DataArray(
+                read_only(value.data),
+                coords={name: read_only(c) for name, c in value.coords.items()},
+                masks={name: read_only(m) for name, m in value.masks.items()},
+                name=value.name,
+            )
+        )
+    if isinstance(value, sc.Variable) and value.bins is not None:
+        constituents = value.bins.constituents
+        return sc.as_const(
+            sc.bins(
+                begin=sc.as_const(constituents["begin"]),
+                end=sc.as_const(constituents["end"]),
+                dim=constituents["dim"],
+                data=read_only(constituents["data"]),
+            )
+        )
+    if isinstance(value, sc.Variable):
+        return sc.as_const(value)
+    return value
 
 
 def sum_bins(value: sc.DataArray | sc.Variable) -> sc.DataArray | sc.Variable:

@@ -66,6 +66,7 @@ from livereduce.worker.engine.accumulation import (
     SCIPP_ERRORS,
     Accumulation,
     AccumulationError,
+    read_only,
     sum_bins,
 )
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
@@ -99,8 +100,6 @@ ACCUMULATION_PHASE = "the accumulation"
 WRITE_PHASE = "the output write"
 NO_FLUSH_AFTER = (ACCUMULATION_PHASE, WRITE_PHASE)
 """Abandoned work after which a pending output is not written at a stop."""
-
-_SCIPP_OBJECTS = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -611,11 +610,11 @@ class EmbeddedEngine:
             return None
         if "post-processing" not in self._runners:
             return accumulated
-        # A copy the script may change: editing ``input`` in place must not alter what later
-        # chunks are added to (this costs one copy of the accumulation per chunk).
-        copy = accumulated.copy() if isinstance(accumulated, _SCIPP_OBJECTS) else accumulated
-        monitors = dict(monitors.copy()) if monitors is not None else {}
-        result = self._script("post-processing", copy, run, monitors)
+        # Read-only views, not copies (a copy of 10^8 events takes seconds and as much memory
+        # again): an in-place edit fails the script and cannot alter what later chunks are
+        # added to.
+        monitors = dict(read_only(monitors)) if monitors is not None else {}
+        result = self._script("post-processing", read_only(accumulated), run, monitors)
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
             log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)
