@@ -575,9 +575,9 @@ IN_PLACE_EDITS = {
     "numpy of an event coord": "input.values[0].coords['event_time_offset'].values[:] = 0",
     "the event table": "input.bins.constituents['data'].coords['event_id'].values[:] = 0",
     "bin indices": "input.bins.constituents['begin'].values[:] = 0",
-    "pulse times": "input.coords['event_time_zero'].values[:] = input.coords['event_time_zero'].values[0]",
+    "pulse times": "input.coords['event_time_zero'].values[:] = 0",
     "a new coord": "input.coords['x'] = sc.scalar(1.0)",
-    "a mask": "input.masks['m'] = input.coords['event_time_zero'] == input.coords['event_time_zero']",
+    "a mask": "input.masks['m'] = sc.zeros(sizes=input.sizes, dtype=bool)",
     "monitor weights": "monitors['monitor1'].bins.data *= 0.0",
 }
 

@@ -139,36 +139,30 @@ def read_only(value: Any) -> Any:
     arrays as non-writeable views. Any in-place change then raises (scipp's VariableError or
     DataArrayError "Read-only flag is set", numpy's ValueError "assignment destination is
     read-only"); operations that make new objects (``copy()``, ``hist``, arithmetic) work."""
-    if isinstance(value, sc.DataGroup):
-        return sc.DataGroup({key: read_only(item) for key, item in value.items()})
-    if isinstance(value, sc.Dataset):
-        return sc.Dataset({name: read_only(item) for name, item in value.items()})
+    if isinstance(value, sc.DataGroup | sc.Dataset):
+        return type(value)({key: read_only(item) for key, item in value.items()})
     if isinstance(value, np.ndarray):
         view = value.view()
         view.flags.writeable = False
         return view
     if isinstance(value, sc.DataArray):
-        return sc.as_const(
-            sc.DataArray(
-                read_only(value.data),
-                coords={name: read_only(c) for name, c in value.coords.items()},
-                masks={name: read_only(m) for name, m in value.masks.items()},
-                name=value.name,
-            )
+        value = sc.DataArray(
+            read_only(value.data),
+            coords={name: read_only(c) for name, c in value.coords.items()},
+            masks={name: read_only(m) for name, m in value.masks.items()},
+            name=value.name,
         )
-    if isinstance(value, sc.Variable) and value.bins is not None:
+    elif isinstance(value, sc.Variable) and value.bins is not None:
         constituents = value.bins.constituents
-        return sc.as_const(
-            sc.bins(
-                begin=sc.as_const(constituents["begin"]),
-                end=sc.as_const(constituents["end"]),
-                dim=constituents["dim"],
-                data=read_only(constituents["data"]),
-            )
+        value = sc.bins(
+            begin=sc.as_const(constituents["begin"]),
+            end=sc.as_const(constituents["end"]),
+            dim=constituents["dim"],
+            data=read_only(constituents["data"]),
         )
-    if isinstance(value, sc.Variable):
-        return sc.as_const(value)
-    return value
+    elif not isinstance(value, sc.Variable):
+        return value
+    return sc.as_const(value)
 
 
 def sum_bins(value: sc.DataArray | sc.Variable) -> sc.DataArray | sc.Variable:
