@@ -185,3 +185,25 @@ def test_a_worker_that_connects_says_running_within_heartbeats_not_one_update_ev
     assert before == {WorkerState.CONNECTING}
     # Once data flow, chunks come every update_every again.
     assert len(listener.chunks) == 2
+
+
+def test_a_write_the_budget_deferred_lands_when_the_budget_allows_not_a_chunk_later(tmp_path):
+    config = make_config(tmp_path, update_every=1.0)
+    engines: list[EmbeddedEngine] = []
+    stop = SteppedStop(lambda: engines[0].progress.chunks == 4 and not engines[0].writer.pending)
+    engine = EmbeddedEngine(config, ChunkList(run_chunks(1, 4, ends=False)), clock=stop.clock)
+    engines.append(engine)
+    written: list[tuple[float, int]] = []
+    save = engine.writer._save
+
+    def slow_save(workspace, target):  # every write takes 0.3 s: 1.2 s of budget
+        stop.now += 0.3
+        written.append((round(stop.now, 2), int(workspace.bins.size().sum().value)))
+        return save(workspace, target)
+
+    engine.writer._save = slow_save
+    assert engine.run(stop, lambda _progress: None) is WorkerExit.STOPPED
+    # chunks are taken at 0, 1, 2 and 3 s; the writes of the last three wait for the budget
+    # (1.2 s after the previous write began), then land at once: each chunk is in the file
+    # within 1 s of being taken
+    assert written == [(0.3, 70), (1.5, 140), (2.7, 210), (3.9, 280)]
