@@ -133,7 +133,8 @@ def live_run(args: argparse.Namespace, folder: Path, *, verbose: bool) -> dict[s
     with PeakRss() as rss:
         next_step = start
         while events < args.total or writer.pending:
-            due = writer.due_at
+            due_in = writer.due_in()
+            due = clock() + due_in if due_in is not None else None
             if due is not None and (due <= next_step or events >= args.total):
                 # the engine's loop writes a deferred output as soon as the budget allows
                 clock.skip_to(due)

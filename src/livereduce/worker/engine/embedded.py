@@ -311,14 +311,14 @@ class EmbeddedEngine:
                     return WorkerExit.STOPPED
                 if outcome.ended_run:
                     next_chunk = last_report  # a finished run waits for nothing: take the next
-            elif self._write_due(now):
+            elif self._write_due():
                 self._write(force=False)
                 report(self.progress)
                 last_report = self._clock()
             elif now - last_report >= HEARTBEAT_INTERVAL_S:
                 report(self.progress)
                 last_report = now
-            due = self.writer.due_at
+            due = self.writer.due_in()
             stop.wait(
                 max(
                     0.0,
@@ -326,17 +326,17 @@ class EmbeddedEngine:
                         next_chunk - self._clock(),
                         HEARTBEAT_INTERVAL_S - (self._clock() - last_report),
                         CHUNK_READY_POLL_S if self._polls_listener else math.inf,
-                        due - self._clock() if due is not None else math.inf,
+                        due if due is not None else math.inf,
                     ),
                 )
             )
         log.info("engine_stopping: %s", stop.reason or "stop requested")
         return WorkerExit.STOPPED
 
-    def _write_due(self, now: float) -> bool:
+    def _write_due(self) -> bool:
         """Whether an output the write budget deferred may be written now (between chunks)."""
-        due = self.writer.due_at
-        return due is not None and now >= due
+        due = self.writer.due_in()
+        return due is not None and due <= 0
 
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""

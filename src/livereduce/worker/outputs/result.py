@@ -18,7 +18,7 @@ Writing is skipped when nothing
 changed, and it is kept from becoming the bottleneck: after a write that took ``w`` seconds the
 next unforced write waits until ``w / WRITE_SHARE`` seconds have passed since that write began,
 so writing takes at most ``WRITE_SHARE`` of the time however large the accumulation grows. A
-deferred output is written as soon as that time comes (:attr:`OutputWriter.due_at`; the
+deferred output is written as soon as that time comes (:meth:`OutputWriter.due_in`; the
 engine's loop waits for it as for the next chunk), not one ``update_every`` later with the next
 chunk. Run ends and stops force a write, so finished runs are always complete on disk.
 """
@@ -73,11 +73,10 @@ class OutputWriter:
         self._links = True
         self._remove_stale_temporaries()
 
-    @property
-    def due_at(self) -> float | None:
-        """When (``clock`` seconds) the write budget lets the pending output be written; None
-        when nothing is pending. The engine writes it then, without waiting for a chunk."""
-        return self._next_allowed if self.pending else None
+    def due_in(self) -> float | None:
+        """Seconds until the write budget lets the pending output be written (0 or less: now);
+        None when nothing is pending. The engine writes it then, without waiting for a chunk."""
+        return self._next_allowed - self._clock() if self.pending else None
 
     def replaced(self) -> None:
         """The accumulation was replaced: the next output does not extend what was written."""
