@@ -159,7 +159,19 @@ class OutputWriter:
             self._links = False
             self._forget_working()
             write_atomically(target, self._save_with_metadata(workspace))
+            return
         self._turn = 1 - self._turn
+        if self.output_grows and not self.appended:
+            self._copy_to_next(working)
+
+    def _copy_to_next(self, written: AppendableFile) -> None:
+        """After a whole write, the other working file becomes its copy (the bytes copied in
+        the kernel, cheaper than writing them again): the next write appends to it instead of
+        being whole too. A copy that fails only costs that: the next write is whole."""
+        try:
+            self._working[self._turn].copy_of(written)
+        except OSError as error:
+            log.warning("output_copy_failed: %s; the next write is whole", error)
 
     def close(self) -> None:
         """Delete the working files (``<name>.h5`` keeps its own link); a later write starts
