@@ -209,3 +209,29 @@ def test_a_read_only_view_is_identical_shares_memory_and_refuses_changes(make):
         with pytest.raises(ValueError, match="read-only"):
             view["raw"][0] = 1.0
     assert sc.identical(make(), value)  # nothing changed
+
+
+def test_events_of_every_field_kind_are_kept_exactly():
+    def chunk(i: int) -> sc.DataArray:
+        rng = np.random.default_rng(i)
+        value = make_events(
+            (10 * i + np.arange(10)) * 16_666_667,
+            np.full(10, 30),
+            rng.integers(0, 50, 300),
+            rng.random(300),
+        )
+        table = value.bins.constituents["data"]
+        table.variances = rng.random(300).astype(np.float32)  # weights with variances
+        table.coords["wall"] = sc.datetimes(
+            dims=["event"], values=rng.integers(0, 10**12, 300), unit="ns"
+        )
+        table.coords["q"] = sc.array(dims=["event"], values=rng.random(300), unit="1/angstrom")
+        table.coords["tag"] = sc.array(dims=["event"], values=[f"t{k % 3}" for k in range(300)])
+        table.masks["late"] = table.coords["event_time_offset"] > sc.scalar(0.5, unit="us")
+        return value
+
+    chunks = [chunk(i) for i in range(3)]
+    accumulation = Accumulation()
+    for piece in chunks:
+        accumulation.accumulate(ADD, piece)
+    assert sc.identical(accumulation.value(), sc.concat(chunks, "event_time_zero"))
