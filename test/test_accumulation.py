@@ -235,3 +235,23 @@ def test_events_of_every_field_kind_are_kept_exactly():
     for piece in chunks:
         accumulation.accumulate(ADD, piece)
     assert sc.identical(accumulation.value(), sc.concat(chunks, "event_time_zero"))
+
+
+def test_events_binned_by_time_edges_join_at_the_shared_edge():
+    def chunk(i: int) -> sc.DataArray:
+        rng = np.random.default_rng(i)
+        starts = (5 * i + np.arange(6)) * 166_666_670  # bins of ten pulses
+        events = make_events(starts[:-1], np.full(5, 40), rng.integers(0, 50, 200), rng.random(200))
+        events.coords["event_time_zero"] = sc.datetimes(
+            dims=["event_time_zero"], values=starts, unit="ns"
+        )
+        return events
+
+    chunks = [chunk(i) for i in range(3)]
+    accumulation = Accumulation()
+    for piece in chunks:
+        accumulation.accumulate(ADD, piece)
+    result = accumulation.value()
+    assert sc.identical(result, sc.concat(chunks, "event_time_zero"))
+    assert result.sizes == {"event_time_zero": 15}
+    assert result.coords["event_time_zero"].sizes == {"event_time_zero": 16}
