@@ -618,7 +618,8 @@ class _EventBufferNode(_Node):
             begin=sc.array(dims=[self._dim], values=ranges[:, 0], unit=None),
             end=sc.array(dims=[self._dim], values=ranges[:, 1], unit=None),
             dim=self._event_dim,
-            # The used part only (a view): scipp's HDF5 writer writes a binned buffer whole.
+            # The used part only (a view): whoever reads the event table whole
+            # (bins.constituents) must not meet the reservation, as large as memory.
             data=self._buffer[self._event_dim, : self._size].copy(deep=False),
         )
         coords = {**self._fixed_coords, **outer.coords}
