@@ -759,6 +759,12 @@ class KafkaListener(ListenerBase):
             if left:
                 log.error("kafka_partial_not_published: run %d, broker did not take it", number)
                 return
+            log.info(
+                "kafka_partial_published: run %d, partial %d of instance %s",
+                number,
+                self._partial_sequence,
+                self.instance,
+            )
         self._commit()
         if chunk.ends_run:
             self._covers = {}
