@@ -9,7 +9,9 @@ files (temporaries next to the result, :func:`livereduce.atomic.temporary_for`),
 turn; each one gets the pulses
 added since it was last written appended to its resizable datasets (when the output only grew:
 no post-processing script, accumulation method Add or Append, no replace since), and is then
-published as ``<name>.h5`` by a hard link renamed over it. So a write costs what changed,
+published as ``<name>.h5`` by a hard link renamed over it. After a whole write (the first of
+a run) the other working file becomes a copy of it (copied in the kernel), so that the second
+write appends too instead of being whole as well. So a write costs what changed,
 ``<name>.h5`` is always a complete file, and the file a write modifies was published two
 writes earlier (a reader that keeps ``<name>.h5`` open across two more writes may see it
 change; open it, read, close). Everything else (histograms) is written whole.
