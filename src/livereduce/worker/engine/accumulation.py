@@ -788,27 +788,8 @@ def _empty_like(table: sc.DataArray, dim: str, capacity: int) -> sc.DataArray:
 def _copy_fields(source: sc.DataArray, target: sc.DataArray, dim: str, start: int) -> None:
     """Copy every field of ``source`` into ``target`` from index ``start`` along ``dim``."""
     stop = start + source.sizes[dim]
-    _copy_variable(source.data, target.data, dim, start, stop)
+    target.data[dim, start:stop] = source.data
     for name, coord in source.coords.items():
-        _copy_variable(coord, target.coords[name], dim, start, stop)
+        target.coords[name][dim, start:stop] = coord
     for name, mask in source.masks.items():
-        _copy_variable(mask, target.masks[name], dim, start, stop)
-
-
-def _copy_variable(
-    source: sc.Variable, target: sc.Variable, dim: str, start: int, stop: int
-) -> None:
-    """``target[dim, start:stop] = source``, ``dim`` the first dimension of both. Numeric,
-    boolean and datetime
-    fields are copied by numpy, which releases the GIL while it copies (and while the kernel
-    gives a reserved buffer its first pages, the slow part of a copy into new memory): the
-    listener's threads go on receiving meanwhile. scipp's slice assignment holds the GIL
-    throughout (0.63 s for 240 MB into new pages on the 2-core VM, every other thread
-    stopped). Other dtypes (strings, Python objects) go through scipp."""
-    values = target.values
-    if not isinstance(values, np.ndarray) or values.dtype == object or target.dims[0] != dim:
-        target[dim, start:stop] = source
-        return
-    values[start:stop] = source.values
-    if source.variances is not None:
-        target.variances[start:stop] = source.variances
+        target.masks[name][dim, start:stop] = mask
