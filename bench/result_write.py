@@ -19,10 +19,10 @@ accumulated events.
 
 Then, median of ``--repeat`` runs: the largest lag over the run and the lag and incremental
 write at the end, the ceiling of one whole rewrite of the final accumulation (scipp's
-``save_hdf5``, what every write cost before), and memory: the process's peak resident memory while accumulating and writing
-(sampled every 5 ms) less its resident memory before the first chunk, against the bytes of
-events kept (goal: at most 1.5x). Memory: about 2.2 GB at 10^8 events of int32 + float32 +
-float32; disk: 3x1.2 GB in a temporary folder.
+``save_hdf5``, what every write cost before), and memory: the process's peak resident memory
+while accumulating and writing (sampled every 5 ms) less its resident memory before the first
+chunk, against the bytes of events kept (goal: at most 1.5x). Memory: about 2.2 GB at 10^8
+events of int32 + float32 + float32; disk: 3x1.2 GB in a temporary folder.
 """
 
 from __future__ import annotations

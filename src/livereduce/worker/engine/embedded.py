@@ -313,6 +313,8 @@ class EmbeddedEngine:
                     next_chunk = last_report  # a finished run waits for nothing: take the next
             elif self._write_due():
                 self._write(force=False)
+                if self.writer.failure:
+                    self._count_error(self.writer.failure)
                 report(self.progress)
                 last_report = self._clock()
             elif now - last_report >= HEARTBEAT_INTERVAL_S:

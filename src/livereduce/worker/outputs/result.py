@@ -46,6 +46,11 @@ _NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV
 WRITE_SHARE = 0.25
 """Largest share of wall time spent writing the output file; the rest is left for chunks."""
 
+RETRY_AFTER_FAILURE_S = 5.0
+"""After a failed write the waiting output is due again (:meth:`OutputWriter.due_in`) no
+sooner than this (seconds), so that the loop does not retry a full or read-only disk in a
+tight loop between chunks; the next chunk's output is tried as usual."""
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +65,7 @@ class OutputWriter:
         self._clock = clock
         self._written_version: object = None
         self._next_allowed = 0.0
+        self._retry_at = 0.0
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
@@ -76,9 +82,12 @@ class OutputWriter:
         self._remove_stale_temporaries()
 
     def due_in(self) -> float | None:
-        """Seconds until the write budget lets the pending output be written (0 or less: now);
-        None when nothing is pending. The engine writes it then, without waiting for a chunk."""
-        return self._next_allowed - self._clock() if self.pending else None
+        """Seconds until the write budget lets the pending output be written (0 or less: now),
+        RETRY_AFTER_FAILURE_S at least after a failed write; None when nothing is pending. The
+        engine writes it then, without waiting for a chunk."""
+        if not self.pending:
+            return None
+        return max(self._next_allowed, self._retry_at) - self._clock()
 
     def replaced(self) -> None:
         """The accumulation was replaced: the next output does not extend what was written."""
@@ -103,7 +112,8 @@ class OutputWriter:
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
         the file was written. ``metadata``: attributes set on the file's root group (the
         latest given is kept for later writes). A failed write is logged and described in
-        ``failure`` (empty after any call that did not fail); the previous file stays."""
+        ``failure`` (empty after any call that did not fail); the previous file stays, and the
+        output is ``pending``, due no sooner than RETRY_AFTER_FAILURE_S later."""
         if metadata is not None:
             self._metadata = dict(metadata)
         self.failure = ""
@@ -115,6 +125,8 @@ class OutputWriter:
             return False
         began = self._clock()
         if not self._save(workspace, self.path):
+            self.pending = True  # still waits: tried again with the next output, or when due
+            self._retry_at = self._clock() + RETRY_AFTER_FAILURE_S
             return False
         self._replaced = False
         self.last_write_s = self._clock() - began
