@@ -396,6 +396,7 @@ def status(tmp_path: Path) -> dict:
     ],
     ids=["processing", "post-processing"],
 )
+@pytest.mark.slow
 def test_sigterm_during_a_20_s_sleep_in_a_script(tmp_path, daemons, scripts, abandoned):
     mark = tmp_path / "sleeping"
     sources = {name: source.format(mark=str(mark)) for name, source in scripts.items()}
@@ -427,6 +428,7 @@ output = input
 """
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_script_in_c_code_holding_the_gil(tmp_path, daemons):
     # Neither the signal handler nor the stop deadline can run: the supervisor's kill grace
     # (4 s, at most stop_timeout) is the bound, and the daemon still exits 0, nothing left.
