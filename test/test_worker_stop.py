@@ -233,7 +233,7 @@ def test_a_stop_between_steps_writes_a_pending_output_when_quick(
     # the stop comes as the engine asks for chunk 3.
     listener = Chunks(3, on_extract=lambda n: stop.request("test") if n == 3 else None)
     engine.writer._next_allowed = float("inf")
-    engine.writer.write = _first_only(engine.writer.write)
+    engine.writer.write = _first_only(engine.writer)
     if write_s is not None:
         ticks = iter(range(10**6))
         engine.writer._clock = lambda: next(ticks) * write_s  # every write seems that long
@@ -247,13 +247,16 @@ def test_a_stop_between_steps_writes_a_pending_output_when_quick(
         assert "output_not_flushed" not in caplog.text
 
 
-def _first_only(write):
-    """Let the first write through at once, then hold the others to the write budget."""
+def _first_only(writer):
+    """Let the first write through at once, then spend the write budget: the others wait."""
     calls = []
+    write = writer.write
 
     def limited(workspace, version, *, force=False, **options):
         calls.append(version)
-        return write(workspace, version, force=force or len(calls) == 1, **options)
+        wrote = write(workspace, version, force=force or len(calls) == 1, **options)
+        writer._next_allowed = float("inf")
+        return wrote
 
     return limited
 
