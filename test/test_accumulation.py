@@ -11,6 +11,7 @@ from livereduce.config import AccumulationMethod
 from livereduce.worker.engine.accumulation import (
     Accumulation,
     AccumulationError,
+    read_only,
     reserve_bytes,
     sum_bins,
 )
@@ -152,3 +153,105 @@ def test_a_chunk_with_variances_is_refused_by_an_accumulation_without():
             ADD, sc.DataArray(sc.array(dims=["x"], values=[1.0], variances=[1.0], unit="counts"))
         )
     assert accumulation.value().values.tolist() == [1.0]
+
+
+def _binned() -> sc.DataArray:
+    value = make_events(
+        np.arange(3) * 10,
+        np.array([2, 0, 3]),
+        np.arange(5, dtype=np.int32),
+        np.arange(5, dtype=np.float32),
+    )
+    value.masks["bad"] = sc.array(dims=["event_time_zero"], values=[False, True, False])
+    value.coords["run"] = sc.scalar(7)
+    value.coords.set_aligned("run", False)
+    return value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _binned,
+        lambda: sc.Dataset({"a": _binned().bins.sum(), "b": _binned().bins.sum() * 2.0}),
+        lambda: sc.DataGroup({"events": _binned(), "n": 3, "raw": np.arange(4.0)}),
+        lambda: _binned().data,
+        lambda: sc.arange("x", 4.0, unit="counts"),
+    ],
+    ids=["binned", "dataset", "datagroup", "binned variable", "variable"],
+)
+def test_a_read_only_view_is_identical_shares_memory_and_refuses_changes(make):
+    value = make()
+    view = read_only(value)
+    assert (
+        sc.identical(view, value)
+        if not isinstance(value, sc.DataGroup)
+        else (sc.identical(view["events"], value["events"]) and view["n"] == 3)
+    )
+    events = value["events"] if isinstance(value, sc.DataGroup) else value
+    viewed = view["events"] if isinstance(view, sc.DataGroup) else view
+    if isinstance(events, sc.Dataset):
+        events, viewed = events["a"], viewed["a"]
+    if events.bins is not None:
+        held = events.bins.constituents["data"].coords["event_time_offset"].values
+        seen = viewed.bins.constituents["data"].coords["event_time_offset"].values
+        with pytest.raises(ValueError, match="read-only"):
+            seen[0] = 9.0
+        with pytest.raises(sc.VariableError, match="Read-only flag is set"):
+            viewed.bins.coords["event_time_offset"] *= 2.0
+    else:
+        held, seen = events.values, viewed.values
+        with pytest.raises(ValueError, match="read-only"):
+            seen[0] = 9.0
+        with pytest.raises(sc.VariableError, match="Read-only flag is set"):
+            viewed *= 2.0
+    assert np.shares_memory(held, seen)
+    if isinstance(view, sc.DataGroup):
+        with pytest.raises(ValueError, match="read-only"):
+            view["raw"][0] = 1.0
+    assert sc.identical(make(), value)  # nothing changed
+
+
+def test_events_of_every_field_kind_are_kept_exactly():
+    def chunk(i: int) -> sc.DataArray:
+        rng = np.random.default_rng(i)
+        value = make_events(
+            (10 * i + np.arange(10)) * 16_666_667,
+            np.full(10, 30),
+            rng.integers(0, 50, 300),
+            rng.random(300),
+        )
+        table = value.bins.constituents["data"]
+        table.variances = rng.random(300).astype(np.float32)  # weights with variances
+        table.coords["wall"] = sc.datetimes(
+            dims=["event"], values=rng.integers(0, 10**12, 300), unit="ns"
+        )
+        table.coords["q"] = sc.array(dims=["event"], values=rng.random(300), unit="1/angstrom")
+        table.coords["tag"] = sc.array(dims=["event"], values=[f"t{k % 3}" for k in range(300)])
+        table.masks["late"] = table.coords["event_time_offset"] > sc.scalar(0.5, unit="us")
+        return value
+
+    chunks = [chunk(i) for i in range(3)]
+    accumulation = Accumulation()
+    for piece in chunks:
+        accumulation.accumulate(ADD, piece)
+    assert sc.identical(accumulation.value(), sc.concat(chunks, "event_time_zero"))
+
+
+def test_events_binned_by_time_edges_join_at_the_shared_edge():
+    def chunk(i: int) -> sc.DataArray:
+        rng = np.random.default_rng(i)
+        starts = (5 * i + np.arange(6)) * 166_666_670  # bins of ten pulses
+        events = make_events(starts[:-1], np.full(5, 40), rng.integers(0, 50, 200), rng.random(200))
+        events.coords["event_time_zero"] = sc.datetimes(
+            dims=["event_time_zero"], values=starts, unit="ns"
+        )
+        return events
+
+    chunks = [chunk(i) for i in range(3)]
+    accumulation = Accumulation()
+    for piece in chunks:
+        accumulation.accumulate(ADD, piece)
+    result = accumulation.value()
+    assert sc.identical(result, sc.concat(chunks, "event_time_zero"))
+    assert result.sizes == {"event_time_zero": 15}
+    assert result.coords["event_time_zero"].sizes == {"event_time_zero": 16}

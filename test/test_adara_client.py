@@ -19,6 +19,7 @@ from livereduce.adara.errors import (
     BadPayloadLengthError,
     OversizePacketError,
 )
+from waiting import wait_for
 
 T0 = 1_700_000_000 * 10**9
 
@@ -160,22 +161,26 @@ def test_a_bad_field_is_reported_and_reading_goes_on(sms_factory):
 
 def test_a_length_not_a_multiple_of_4_is_skipped_and_the_connection_goes_on(sms_factory):
     odd = struct.pack("<IIII", 6, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 6
-    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + odd + heartbeat(1)), time.sleep(2)))
+    done = threading.Event()  # the SMS stays connected until the test has its packets
+    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + odd + heartbeat(1)), done.wait(10)))
     with AdaraClient("127.0.0.1", sms.port) as client:
         got, failure = drain(client)
         assert isinstance(failure, BadPayloadLengthError)
         assert client.get(2.0) == packets.Heartbeat(timestamp_ns=T0 + 1)
+        done.set()
     assert len(got) == 1
     assert client.parser.malformed_bytes == 22
 
 
 def test_a_framing_error_ends_the_connection(sms_factory):
     broken = struct.pack("<IIII", 1 << 31, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 8
-    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + broken), time.sleep(2)))
+    done = threading.Event()  # the SMS stays connected: the client is the one that ends it
+    sms = sms_factory(lambda sock: (sock.sendall(heartbeat() + broken), done.wait(10)))
     with AdaraClient("127.0.0.1", sms.port) as client:
         got, failure = drain(client)
         assert isinstance(failure, OversizePacketError)
         _, end = drain(client)
+        done.set()
     assert len(got) == 1
     assert isinstance(end, ConnectionLost)
     assert "cannot be framed" in str(end)
@@ -186,7 +191,7 @@ def test_a_full_queue_holds_the_reader_back_without_losing_packets(sms_factory):
         lambda sock: (sock.sendall(b"".join(heartbeat(i) for i in range(500))), sock.close())
     )
     with AdaraClient("127.0.0.1", sms.port, queue_packets=4) as client:
-        time.sleep(0.3)  # the reader fills the 4 slots and waits
+        wait_for(lambda: client.queued_bytes == 4 * len(heartbeat()), "the reader to fill 4 slots")
         got, failure = drain(client)
     assert [p.timestamp_ns - T0 for p in got] == list(range(500))
     assert isinstance(failure, ConnectionLost)
@@ -196,7 +201,8 @@ def test_close_with_a_full_queue_stops_the_reader_at_once(sms_factory, caplog):
     sms = sms_factory(lambda sock: sock.sendall(b"".join(heartbeat(i) for i in range(2000))))
     client = AdaraClient("127.0.0.1", sms.port, queue_packets=4)
     client.connect()
-    time.sleep(0.3)  # the reader holds ~2000 parsed packets and waits for 4 slots
+    wait_for(lambda: client.queued_bytes == 4 * len(heartbeat()), "the reader to fill 4 slots")
+    wait_for(lambda: client.parser.packets > 4, "the reader to hold more packets than fit")
     client.close()
     assert "did not stop" not in caplog.text
     assert not [t for t in threading.enumerate() if t.name.startswith("adara-client-")]

@@ -180,8 +180,36 @@ def listen(sms: FakeSms, **options) -> adara.AdaraListener:
     return listener
 
 
-def collect(listener: adara.AdaraListener, timeout_s: float = 20.0) -> list[Chunk]:
-    """Chunks until the run's END_RUN, extracting every 50 ms."""
+class Handed:
+    """The chunks :func:`collect` has extracted so far, for a fake SMS that must not go away
+    before the listener has handed something on."""
+
+    def __init__(self) -> None:
+        self.chunks: list[Chunk] = []
+        self._changed = threading.Condition()
+
+    def add(self, chunk: Chunk) -> None:
+        with self._changed:
+            self.chunks.append(chunk)
+            self._changed.notify_all()
+
+    def wait(self, events: int = 0, log: str | None = None, timeout_s: float = 10.0) -> None:
+        """Until at least ``events`` events (and, given ``log``, a value of that log) were
+        handed on; AssertionError after ``timeout_s``."""
+
+        def done() -> bool:
+            handed = sum(c.event_count for c in self.chunks)
+            return handed >= events and (log is None or any(log in c.logs for c in self.chunks))
+
+        with self._changed:
+            assert self._changed.wait_for(done, timeout_s), f"not handed on: {events}, {log}"
+
+
+def collect(
+    listener: adara.AdaraListener, timeout_s: float = 20.0, handed: Handed | None = None
+) -> list[Chunk]:
+    """Chunks until the run's END_RUN, extracting every 50 ms (each also given to
+    ``handed``)."""
     chunks: list[Chunk] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -189,6 +217,8 @@ def collect(listener: adara.AdaraListener, timeout_s: float = 20.0) -> list[Chun
             assert time.monotonic() < deadline, f"no END_RUN in {timeout_s} s: {listener.state}"
             with contextlib.suppress(NotYet):
                 chunks.append(listener.extract_data())
+                if handed is not None:
+                    handed.add(chunks[-1])
             time.sleep(0.05)
     finally:
         listener.close()
@@ -275,11 +305,12 @@ def test_a_reconnect_answered_with_live_data_keeps_the_earlier_events(sms_factor
     run = Run(pulses=6, values=0)
     first = [data for _, data in run.items[:3]]  # 300 events
     later = [data for _, data in run.items[3:]]
+    handed = Handed()
 
     def script(connection, sock, hello):
         if connection == 0:
             sock.sendall(b"".join([status(packets.RunStatusCode.NEW_RUN), descriptor(), *first]))
-            time.sleep(0.3)  # let the listener hand the first 300 events on
+            handed.wait(events=300)  # the listener has handed the first 300 events on
             sock.close()
             return
         # the SMS answers with the run's state and live data only: no replay
@@ -288,7 +319,7 @@ def test_a_reconnect_answered_with_live_data_keeps_the_earlier_events(sms_factor
 
     sms = sms_factory(script)
     listener = listen(sms)
-    chunks = collect(listener)
+    chunks = collect(listener, handed=handed)
     assert not any(c.data_reset for c in chunks)
     assert_run_complete(run, chunks)
     assert not any("data reset" in r.getMessage() for r in caplog.records)
@@ -627,18 +658,19 @@ def test_without_a_geometry_the_instrument_table_gives_the_pixel_range(sms_facto
 def test_pv_values_received_before_any_pulse_are_not_doubled_by_a_replay(sms_factory):
     run = Run(values=0)
     values = [temperature(T0 + k * S // 10, 280.0 + k) for k in (1, 2, 3)]
+    handed = Handed()
 
     def script(connection, sock, hello):
         sock.sendall(status(packets.RunStatusCode.NEW_RUN) + descriptor() + b"".join(values))
         if connection == 0:
-            time.sleep(0.2)  # the values are handed on, then the SMS goes away (beam still off)
+            handed.wait(log="SampleTemp")  # handed on, then the SMS goes away (beam still off)
             sock.close()
             return
         sock.sendall(b"".join(data for _, data in run.items))
         sock.sendall(status(packets.RunStatusCode.END_RUN))
 
     sms = sms_factory(script)
-    chunks = collect(listen(sms))
+    chunks = collect(listen(sms), handed=handed)
     _, logs, _ = accumulated(chunks)
     assert len(sms.hellos) == 2
     assert logs["SampleTemp"] == [281.0, 282.0, 283.0]
@@ -652,17 +684,18 @@ def test_a_reconnect_answered_from_inside_the_run_keeps_what_came_and_drops_the_
     run = Run()  # pulses at 1..6 s, values at 1.5, 2.5, 3.5 s
     first = [data for t, data in run.items if t <= T0 + 4 * S]
     again = [data for t, data in run.items if t >= T0 + 2 * S]  # overlaps 2..4 s
+    handed = Handed()
 
     def script(connection, sock, hello):
         if connection == 0:
             sock.sendall(b"".join([status(packets.RunStatusCode.NEW_RUN), descriptor(), *first]))
-            time.sleep(0.2)
+            handed.wait(events=400, log="SampleTemp")  # pulses 1-4 s and their values
             sock.close()
             return
         sock.sendall(b"".join([status(packets.RunStatusCode.STATE), descriptor(), *again]))
         sock.sendall(status(packets.RunStatusCode.END_RUN))
 
-    chunks = collect(listen(sms_factory(script)))
+    chunks = collect(listen(sms_factory(script)), handed=handed)
     assert not any(c.data_reset for c in chunks)
     assert_run_complete(run, chunks)
     assert any("sends again from 1.000 s into the run" in r.getMessage() for r in caplog.records)
@@ -686,17 +719,18 @@ def test_bad_bytes_at_two_points_are_each_skipped_past_and_never_met_again(sms_f
 
 def test_a_late_joined_run_replayed_from_its_start_is_complete(sms_factory):
     run = Run(values=0)
+    handed = Handed()
 
     def script(connection, sock, hello):
         if connection == 0:  # joined late: the first pulse is 4 s after the start
             sock.sendall(status(packets.RunStatusCode.STATE) + descriptor())
             sock.sendall(b"".join(data for t, data in run.items if t >= T0 + 4 * S))
-            time.sleep(0.2)
+            handed.wait(events=300)  # pulses 4-6 s
             sock.close()
             return
         serve_run(run, sock, hello)  # asked for the run's start: all of it, NEW_RUN
 
-    chunks = collect(listen(sms_factory(script)))
+    chunks = collect(listen(sms_factory(script)), handed=handed)
     assert_run_complete(run, chunks)
     assert any(c.run.partial for c in chunks)  # as first joined
     assert not chunks[-1].run.partial

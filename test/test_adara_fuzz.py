@@ -149,6 +149,7 @@ FUZZ_SETTINGS = settings(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("half", [1, 2])  # two halves, so that pytest -n 2 shares the work
 def test_fuzz_mutated_streams(half):
     parsed = 0

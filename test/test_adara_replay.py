@@ -89,7 +89,7 @@ def file_logs(path: Path) -> dict[str, list]:
             values = group["value"][()]
             if values.ndim == 2:
                 values = values[:, 0]
-            logs[name] = [v.decode() if isinstance(v, bytes) else v.item() for v in values]
+            logs[name] = [v.decode() if isinstance(v, bytes) else v for v in values.tolist()]
     return logs
 
 
@@ -172,6 +172,7 @@ class Capture:
 # ----------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "detector_events"), [(HYS, 26_938), (REF_L, 100_304)])
 def test_replay_sends_every_event_monitor_log_and_metadata_of_the_file(
     shared_data, name, detector_events

@@ -3,6 +3,7 @@ temporaries removed by pattern and age in our own folder only."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from livereduce.atomic import (
+    copy_into,
     link_atomically,
     remove_stale_temporaries,
     temporary_for,
@@ -87,3 +89,30 @@ def test_stale_temporaries_go_by_pattern_and_age_only_in_the_folder(tmp_path):
     assert removed == [tmp_path / ".result.h5.a.tmp"]
     assert sorted(p.name for p in below.iterdir()) == sorted(names)
     assert link.is_symlink()
+
+
+def test_copy_into_copies_the_bytes_and_never_writes_through_a_link(tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 5))
+    target = temporary_for(tmp_path / "target")
+    copy_into(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    planted = tmp_path / "planted"
+    planted.symlink_to(victim)
+    with pytest.raises(OSError, match="symbolic links"):
+        copy_into(source, planted)
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_copy_into_falls_back_to_a_plain_copy_where_the_kernel_refuses(tmp_path, monkeypatch):
+    def refuse(*_args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(100_000))
+    target = temporary_for(tmp_path / "target")
+    copy_into(source, target)
+    assert target.read_bytes() == source.read_bytes()

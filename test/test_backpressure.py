@@ -20,6 +20,7 @@ from livereduce.worker.listeners.base import NotYet
 from livereduce.worker.stop import StopToken
 from test_adara_client import T0, FakeSms, new_run
 from test_engine_embedded import ChunkList, make_config, run_chunks
+from waiting import wait_for
 
 RUN = 4242
 
@@ -80,13 +81,6 @@ class Flood:
             except BlockingIOError:
                 self.pushed_back.set()
                 select.select([], [sock], [], 1.0)
-
-
-def wait_for(predicate, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_a_full_buffer_stops_reading_pushes_back_on_the_sms_and_loses_nothing():

@@ -22,6 +22,9 @@ import scippnexus as snx
 
 from livereduce.adara.replay import ReplayServer
 from test_adara_replay import file_events
+from waiting import wait_for
+
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
 
 REPO = Path(__file__).resolve().parents[1]
 TOF_RESOLUTION_US = 0.1
@@ -265,7 +268,8 @@ def test_replay_server_restarted_mid_run(tmp_path, shared_data, daemons):
     )
     daemon.wait_for(lambda s: s.get("chunks", 0) >= 2 and s.get("events", 0) > 0)
     server.stop()
-    time.sleep(1.0)
+    # the SMS stays down until the daemon has failed to reach it twice
+    wait_for(lambda: "reconnection attempt 2 in" in daemon.log(), "two reconnection attempts")
     serve(daemons, [path], port=port, speed=60)
     daemon.wait_for(
         lambda s: s.get("state") == "waiting_for_run" and s.get("run_number") == 178921,

@@ -18,6 +18,7 @@ import scippnexus as snx
 from livereduce.config import Config, StartFrom, config_from_mapping
 from livereduce.protocol import HEARTBEAT_INTERVAL_S, Progress, WorkerExit, WorkerState
 from livereduce.worker.engine.embedded import EmbeddedEngine, to_histogram
+from livereduce.worker.engine.scripts import READ_ONLY_HINT
 from livereduce.worker.listeners.base import (
     Chunk,
     ListenerBase,
@@ -568,11 +569,28 @@ def test_append_with_events_joins_pulses(tmp_path):
     )
 
 
-def test_post_processing_that_edits_input_in_place_does_not_alter_the_accumulation(tmp_path):
+IN_PLACE_EDITS = {
+    "event coord": "input.bins.coords['event_time_offset'] *= 0.0",
+    "event weights": "input.bins.data *= 0.0",
+    "numpy of an event coord": "input.values[0].coords['event_time_offset'].values[:] = 0",
+    "the event table": "input.bins.constituents['data'].coords['event_id'].values[:] = 0",
+    "bin indices": "input.bins.constituents['begin'].values[:] = 0",
+    "pulse times": "input.coords['event_time_zero'].values[:] = 0",
+    "a new coord": "input.coords['x'] = sc.scalar(1.0)",
+    "a mask": "input.masks['m'] = sc.zeros(sizes=input.sizes, dtype=bool)",
+    "monitor weights": "monitors['monitor1'].bins.data *= 0.0",
+}
+
+
+@pytest.mark.parametrize("edit", IN_PLACE_EDITS.values(), ids=IN_PLACE_EDITS.keys())
+def test_post_processing_that_edits_input_in_place_fails_and_leaves_the_accumulation(
+    tmp_path, edit
+):
     post = (
+        "import scipp as sc\n"
         "workspaces.setdefault('m', []).append(monitors['monitor1'].bins.sum().sum().value)\n"
-        "input.bins.coords['event_time_offset'] *= 0.0\n"
-        "monitors['monitor1'].bins.data *= 0.0\n"
+        "if input.sizes['event_time_zero'] > 10:\n"
+        f"    {edit}\n"
         "output = input\n"
     )
     chunks = [
@@ -583,7 +601,33 @@ def test_post_processing_that_edits_input_in_place_does_not_alter_the_accumulati
     expected = sc.concat([c.events for c in chunks], "event_time_zero")
     assert sc.identical(engine.accumulation.value(), expected)
     assert engine.workspaces["m"] == [4.0, 8.0, 12.0]
+    assert engine.progress.errors == 2  # chunks 2 and 3: the first output stays the file
+    script = tmp_path / "scripts" / "reduce_TEST_live_post_proc.py"
+    assert engine.progress.last_error.startswith(f"{script}:4: ")
+    assert engine.progress.last_error.endswith(f"({READ_ONLY_HINT})")
+    assert sc.identical(load(tmp_path / "out" / "result.h5"), chunks[0].events)
+
+
+def test_post_processing_may_change_a_copy_of_its_input(tmp_path):
+    post = "output = input.copy()\noutput.bins.coords['event_time_offset'] *= 0.0\n"
+    chunks = run_chunks(1, 3, ends=False)
+    engine = drive(make_config(tmp_path, post=post), chunks)
+    assert engine.progress.errors == 0
+    assert sc.identical(
+        engine.accumulation.value(), sc.concat([c.events for c in chunks], "event_time_zero")
+    )
     assert load(tmp_path / "out" / "result.h5").bins.coords["event_time_offset"].max().value == 0
+
+
+def test_a_histogram_accumulation_is_read_only_for_post_processing(tmp_path):
+    edges = "sc.linspace('event_time_offset', 0.0, 1e5, 11, unit='us')"
+    proc = f"import scipp as sc\noutput = input.hist(event_time_offset={edges})\n"
+    post = "input.values[0] = 1e9\noutput = input\n"
+    config = make_config(tmp_path, proc, post=post, preserve_events=False)
+    engine = drive(config, run_chunks(1, 3, ends=False))
+    assert engine.progress.errors == 3
+    assert engine.accumulation.value().sum().value == 210
+    assert not (tmp_path / "out" / "result.h5").exists()
 
 
 @pytest.mark.parametrize("role", ["processing", "post-processing"])

@@ -533,6 +533,7 @@ def test_a_200_s_first_chunk_at_update_every_30_is_waited_for(
     assert [p.chunks for _t, p in reports if p.detail.endswith("processed")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_slow_chunk_is_announced_at_its_start_and_waited_for(
     calls: Calls, tmp_path: Path, monkeypatch
 ) -> None:
@@ -710,6 +711,7 @@ def test_daemon_restarts_a_worker_whose_monitor_failed(
     assert code == 0, daemon.text()
 
 
+@pytest.mark.slow
 def test_daemon_restarts_a_worker_whose_monitor_stalled(
     tmp_path: Path, daemons: list[Daemon]
 ) -> None:
@@ -755,6 +757,7 @@ def test_daemon_restarts_a_worker_whose_monitor_stalled(
         ),
     ],
 )
+@pytest.mark.slow
 def test_daemon_stops_in_seconds_whatever_mantid_does(
     tmp_path: Path,
     daemons: list[Daemon],

@@ -5,6 +5,7 @@ in the report and the result file, and the unfinished run reported for a success
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from datetime import UTC, datetime
 
@@ -185,3 +186,50 @@ def test_a_worker_that_connects_says_running_within_heartbeats_not_one_update_ev
     assert before == {WorkerState.CONNECTING}
     # Once data flow, chunks come every update_every again.
     assert len(listener.chunks) == 2
+
+
+def test_a_write_the_budget_deferred_lands_when_the_budget_allows_not_a_chunk_later(tmp_path):
+    config = make_config(tmp_path, update_every=1.0)
+    engines: list[EmbeddedEngine] = []
+    stop = SteppedStop(lambda: engines[0].progress.chunks == 4 and not engines[0].writer.pending)
+    engine = EmbeddedEngine(config, ChunkList(run_chunks(1, 4, ends=False)), clock=stop.clock)
+    engines.append(engine)
+    written: list[tuple[float, int]] = []
+    save = engine.writer._save
+
+    def slow_save(workspace, target):  # every write takes 0.3 s: 1.2 s of budget
+        stop.now += 0.3
+        written.append((round(stop.now, 2), int(workspace.bins.size().sum().value)))
+        return save(workspace, target)
+
+    engine.writer._save = slow_save
+    assert engine.run(stop, lambda _progress: None) is WorkerExit.STOPPED
+    # chunks are taken at 0, 1, 2 and 3 s; the writes of the last three wait for the budget
+    # (1.2 s after the previous write began), then land at once: each chunk is in the file
+    # within 1 s of being taken
+    assert written == [(0.3, 70), (1.5, 140), (2.7, 210), (3.9, 280)]
+
+
+def test_a_waiting_output_on_a_failing_disk_is_retried_every_few_seconds_not_in_a_loop(tmp_path):
+    config = make_config(tmp_path, update_every=1.0)
+    stop = SteppedStop(lambda: False, limit_s=30.0)
+    engine = EmbeddedEngine(config, ChunkList(run_chunks(1, 3, ends=False)), clock=stop.clock)
+    attempts: list[float] = []
+
+    def full_disk(workspace, target):
+        attempts.append(stop.now)
+        stop.now += 0.1
+        engine.writer.failure = f"cannot write {target}: [Errno 28] No space left on device"
+        return False
+
+    engine.writer._save = full_disk
+    assert engine.run(stop, lambda _progress: None) is WorkerExit.STOPPED
+    # chunks 1-3 (0, 1 and 2 s) are tried as they come; the waiting output then only
+    # every RETRY_AFTER_FAILURE_S
+    # (the last try is the stop's flush, forced)
+    assert [round(t, 1) for t in attempts[:3]] == [0.0, 1.0, 2.0]
+    gaps = [b - a for a, b in itertools.pairwise(attempts[2:-1])]
+    assert len(gaps) == 5
+    assert all(5.0 <= gap <= 5.2 for gap in gaps), gaps
+    assert attempts[-1] > stop.limit_s
+    assert engine.progress.errors == len(attempts) - 1  # every try but the one at the stop

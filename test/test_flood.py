@@ -24,6 +24,8 @@ from livereduce.adara import packets
 from test_adara_client import T0, FakeSms, new_run
 from test_e2e_replay import Daemon
 
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
+
 FLOOD_S = 30.0
 PEAK_RSS_LIMIT = 2 * 2**30
 EVENTS_PER_PULSE = 100_000

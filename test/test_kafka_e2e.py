@@ -18,6 +18,8 @@ from kafka_broker import Broker, free_port, unique
 from test_e2e_replay import Daemon, finished, offline_events, triples
 from test_kafka_listener import EDGES, HISTOGRAM, file_messages
 
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
+
 HYS_178921_EVENTS = 26938
 
 

@@ -27,6 +27,8 @@ from livereduce.worker.listeners import create_listener
 from livereduce.worker.listeners.kafka import from_config
 from test_e2e_replay import offline_events, triples
 
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
+
 HYS_EVENTS = {178921: 26938}
 EDGES = sc.linspace("event_time_offset", 0.0, 40000.0, 401, unit="us")
 HISTOGRAM = (

@@ -23,6 +23,8 @@ from livereduce.protocol import Progress, WorkerState
 from test_e2e_replay import offline_events
 from test_kafka_listener import EDGES, HISTOGRAM
 
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
+
 EVENTS = 26938
 
 

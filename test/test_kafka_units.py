@@ -271,6 +271,16 @@ def test_scale_out_needs_rename():
     assert listener.name == "kafka 127.0.0.1:9092"
 
 
+def test_a_consumer_used_outside_start_and_close_is_a_listener_error():
+    from livereduce.worker.listeners.base import ListenerError  # noqa: PLC0415
+    from livereduce.worker.listeners.kafka import KafkaListener, from_config  # noqa: PLC0415
+
+    listener = from_config(kafka_config({"run_topic": "r", "event_topics": ["e"]}))
+    with pytest.raises(ListenerError, match=r"before start\(\) or after close\(\)"):
+        KafkaListener._started(listener._events)  # not started: no consumer yet
+    listener.close()
+
+
 def test_pl72_from_another_writer_without_metadata():
     message = decode(serialise_pl72("job", "f.nxs", start_time=1000, run_name="abc"))
     assert message.run_number == 0

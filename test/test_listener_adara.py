@@ -93,7 +93,8 @@ def expected_logs(path, previous=None) -> dict[str, list]:
     if previous is None:
         return expected
     run, before = read_run_file(path), read_run_file(previous)
-    last = {log.name: file_logs(previous)[log.name][-1] for log in before.logs}
+    previous_logs = file_logs(previous)
+    last = {log.name: previous_logs[log.name][-1] for log in before.logs}
     first_pulse = int(run.pulse_times_ns[0])
     for log in run.logs:
         if log.name in last and (not len(log.times_ns) or log.times_ns[0] > first_pulse):
@@ -106,6 +107,7 @@ def expected_rows(path) -> np.ndarray:
     return sorted_rows(truth["event_id"], truth["tof_100ns"], truth["pulse_ns"])
 
 
+@pytest.mark.slow
 def test_two_runs_give_chunks_that_never_span_a_run_and_equal_the_files(shared_data):
     files = [shared_data / "REF_L_184977.nxs.h5", shared_data / SMALL]
     with ReplayServer(files, port=0, speed=0) as server:
@@ -187,6 +189,7 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=10)
 
 
+@pytest.mark.slow
 def test_replay_killed_and_restarted_mid_run_loses_nothing_and_counts_nothing_twice(
     shared_data, caplog
 ):
@@ -536,6 +539,7 @@ def _with_pause_and_scan(source, target) -> tuple[int, int]:
     return pause_ns, resume_ns
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [False, True], ids=["paused-dropped", "paused-kept"])
 def test_replayed_pause_and_scan_annotations_reach_the_run(shared_data, tmp_path, keep):
     path = tmp_path / SMALL

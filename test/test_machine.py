@@ -156,6 +156,21 @@ def running(h: Harness, **fields: Any) -> int:
 # -- start and READY -------------------------------------------------------------------------
 
 
+def test_state_since_is_when_the_shown_state_last_changed(make):
+    h = make()
+    h.tick()
+    h.now = 2.0
+    h.report(WorkerState.CONNECTING, detail="connecting to 127.0.0.1:31415")
+    assert (h.status()["state"], h.status()["state_since"]) == ("connecting", WALL0 + 2.0)
+    h.now = 30.0
+    h.report(WorkerState.CONNECTING, detail="reconnecting to 127.0.0.1:31415")  # no change
+    h.tick()
+    assert h.status()["state_since"] == WALL0 + 2.0
+    h.now = 31.5
+    h.report(WorkerState.RUNNING, run_number=7, chunks=1, events=100)
+    assert (h.status()["state"], h.status()["state_since"]) == ("running", WALL0 + 31.5)
+
+
 def test_ready_when_the_worker_is_connected_not_before(make):
     h = make()
     h.tick()

@@ -10,6 +10,8 @@ import pytest
 from livedata_fixture import free_port, histogram_total, live_data_server  # noqa: F401
 from test_e2e_replay import daemons, finished, serve  # noqa: F401 - the fixture
 
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
+
 HYS_EVENTS = 26938
 
 

@@ -103,6 +103,7 @@ def real_runs(shared_data):
     return runs
 
 
+@pytest.mark.slow
 def test_the_new_chunk_is_identical_to_the_old_on_every_real_run(shared_data):
     runs = real_runs(shared_data)
     assert len(runs) >= 5

@@ -54,8 +54,8 @@ def test_a_result_written_incrementally_is_identical_to_one_written_whole(tmp_pa
         loaded = sc.io.load_hdf5(writer.path)
         assert sc.identical(loaded, output)
         assert sc.identical(loaded, whole(output, tmp_path))
-    # the first write of each working file is whole, every later one appends
-    assert appended == [False, False, True, True, True, True, True]
+    # the first write is whole and copied to the other working file: every later one appends
+    assert appended == [False, True, True, True, True, True, True]
     assert int(sc.io.load_hdf5(writer.path).bins.size().sum().value) == int(
         accumulation.value().bins.size().sum().value
     )
@@ -190,3 +190,40 @@ def test_close_removes_the_working_files_and_keeps_the_result(tmp_path):
     writer.close()
     assert not list(tmp_path.glob(".result.h5.*.tmp"))
     assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
+
+
+def test_after_a_whole_write_the_other_working_file_is_a_copy_the_next_write_appends_to(
+    tmp_path,
+):
+    rng = np.random.default_rng(7)
+    writer = OutputWriter(tmp_path, "result")
+    writer.output_grows = True
+    accumulation = Accumulation()
+    accumulation.accumulate(AccumulationMethod.ADD, chunk(rng, 0, 50))
+    assert writer.write(accumulation.value(), 1, force=True)
+    assert not writer.appended
+    working = sorted(tmp_path.glob(".result.h5.*.tmp"), key=lambda p: p.stat().st_ino)
+    assert len(working) == 2
+    published = os.stat(writer.path).st_ino
+    copy = next(p for p in working if p.stat().st_ino != published)
+    assert copy.read_bytes() == writer.path.read_bytes()
+    accumulation.accumulate(AccumulationMethod.ADD, chunk(rng, 50, 50))
+    assert writer.write(accumulation.value(), 2, force=True)
+    assert writer.appended
+    assert os.stat(writer.path).st_ino == os.stat(copy).st_ino
+    assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
+
+
+def test_a_failed_copy_makes_the_next_write_whole_and_nothing_else(tmp_path, monkeypatch, caplog):
+    rng = np.random.default_rng(8)
+
+    def no_room(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("livereduce.worker.outputs.appendable.copy_into", no_room)
+    writer, accumulation = three_writes(rng, tmp_path)
+    assert not writer.failure
+    assert caplog.text.count("output_copy_failed") == 2  # after the whole writes 1 and 2
+    assert writer.appended  # write 3 appended to write 1's file, kept when the copy failed
+    assert sc.identical(sc.io.load_hdf5(writer.path), accumulation.value())
+    assert len(list(tmp_path.glob(".result.h5.*.tmp"))) == 2

@@ -39,6 +39,7 @@ def test_doc_has_the_three_patterns():
     assert set(examples()) == {"powder", "image", "report"}
 
 
+@pytest.mark.slow
 def test_powder_pattern_on_hyspec(tmp_path, shared_data, live_data_server, monkeypatch, capsys):  # noqa: F811
     status = run_example(
         tmp_path, "powder", "HYSPEC", shared_data / "HYS_178921.nxs.h5", live_data_server,

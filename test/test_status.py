@@ -138,6 +138,15 @@ def test_format_for_people():
     assert "in script:    reduce_HYS_live_proc.py" in text
 
 
+def test_format_says_since_when_and_warns_about_a_long_connect():
+    text = format_status(sample(state="connecting", detail="", state_since=1000.0), now=1012.5)
+    assert "state:        connecting, since 12.5 s ago" in text
+    assert "WARNING: connecting" not in text
+    text = format_status(sample(state="connecting", detail="", state_since=600.0), now=1012.5)
+    assert "state:        connecting, since 6.9 min ago" in text
+    assert "WARNING: connecting for over 5 min: is the data stream's address right" in text
+
+
 def test_format_shows_scripts_that_are_not_running():
     problem = "saved script not loaded, the worker runs the previous version: x.py:3: bad"
     text = format_status(sample(scripts_problem=problem), now=1012.5)
@@ -225,6 +234,9 @@ def test_command_bad_config_still_shows_the_running_service(tmp_path, capsys, mo
         ({"updated": 1000.0 - 11}, Health.STALE),
         ({"state": "stopped"}, Health.STALE),
         ({"state": "failing", "updated": 1000.0 - 11}, Health.STALE),
+        ({"state": "connecting", "state_since": 1000.0 - 299}, Health.HEALTHY),
+        ({"state": "connecting", "state_since": 1000.0 - 301}, Health.FAILING),
+        ({"state": "running", "state_since": 1000.0 - 3600}, Health.HEALTHY),
     ],
 )
 def test_health_for_monitoring(changes, expected):

@@ -38,6 +38,8 @@ from livereduce.supervisor.memory import memory_limit
 from livereduce.supervisor.watch import DEBOUNCE_S
 from livereduce.supervisor.worker_process import spawn
 
+pytestmark = pytest.mark.slow  # real daemons, brokers or servers: seconds each
+
 REPO = Path(__file__).resolve().parents[1]
 UPDATE_EVERY_S = 0.2
 SO_TIMESTAMP = 29

@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from livereduce.view.server import ViewServer, tail_lines
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
@@ -31,17 +31,6 @@ CHROMIUM_FLAGS = [
     "--disable-dev-shm-usage",
     "--hide-scrollbars",
 ]
-
-
-def wait_for(predicate, what: str, timeout_s: float = 60.0):
-    """Poll ``predicate`` until it returns something truthy (an event: a file, a line)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -188,6 +177,7 @@ def daemon(tmp_path):
             process.wait()
 
 
+@pytest.mark.slow
 def test_page_in_chromium_shows_a_figure_and_growing_events(daemon, tmp_path):
     browser = chromium()
     process, out = daemon
@@ -199,9 +189,9 @@ def test_page_in_chromium_shows_a_figure_and_growing_events(daemon, tmp_path):
         assert process.poll() is None, text[-2000:]
         return match.group(1) if match else None
 
-    url = wait_for(view_url, "the view_started log line")
+    url = wait_for(view_url, "the view_started log line", timeout_s=60)
     figures = out / "result_figures.json"
-    wait_for(figures.is_file, "the worker's figures file")
+    wait_for(figures.is_file, "the worker's figures file", timeout_s=60)
 
     def status_events():
         try:
@@ -209,12 +199,12 @@ def test_page_in_chromium_shows_a_figure_and_growing_events(daemon, tmp_path):
         except (OSError, ValueError, KeyError):
             return 0
 
-    wait_for(status_events, "events in the status file")
+    wait_for(status_events, "events in the status file", timeout_s=60)
     first_dom = load_page(browser, url)
     first = events_shown(first_dom)
     assert first > 0
     assert 'data-figures="2"' in first_dom  # tof (1-D) and image (2-D); the 0-D total is not drawn
-    wait_for(lambda: status_events() > first, "more events in the status file")
+    wait_for(lambda: status_events() > first, "more events in the status file", timeout_s=60)
     second = events_shown(load_page(browser, url))
     assert second > first
 

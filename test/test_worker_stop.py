@@ -233,7 +233,7 @@ def test_a_stop_between_steps_writes_a_pending_output_when_quick(
     # the stop comes as the engine asks for chunk 3.
     listener = Chunks(3, on_extract=lambda n: stop.request("test") if n == 3 else None)
     engine.writer._next_allowed = float("inf")
-    engine.writer.write = _first_only(engine.writer.write)
+    engine.writer.write = _first_only(engine.writer)
     if write_s is not None:
         ticks = iter(range(10**6))
         engine.writer._clock = lambda: next(ticks) * write_s  # every write seems that long
@@ -247,13 +247,16 @@ def test_a_stop_between_steps_writes_a_pending_output_when_quick(
         assert "output_not_flushed" not in caplog.text
 
 
-def _first_only(write):
-    """Let the first write through at once, then hold the others to the write budget."""
+def _first_only(writer):
+    """Let the first write through at once, then spend the write budget: the others wait."""
     calls = []
+    write = writer.write
 
     def limited(workspace, version, *, force=False, **options):
         calls.append(version)
-        return write(workspace, version, force=force or len(calls) == 1, **options)
+        wrote = write(workspace, version, force=force or len(calls) == 1, **options)
+        writer._next_allowed = float("inf")
+        return wrote
 
     return limited
 
@@ -393,6 +396,7 @@ def status(tmp_path: Path) -> dict:
     ],
     ids=["processing", "post-processing"],
 )
+@pytest.mark.slow
 def test_sigterm_during_a_20_s_sleep_in_a_script(tmp_path, daemons, scripts, abandoned):
     mark = tmp_path / "sleeping"
     sources = {name: source.format(mark=str(mark)) for name, source in scripts.items()}
@@ -424,6 +428,7 @@ output = input
 """
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_script_in_c_code_holding_the_gil(tmp_path, daemons):
     # Neither the signal handler nor the stop deadline can run: the supervisor's kill grace
     # (4 s, at most stop_timeout) is the bound, and the daemon still exits 0, nothing left.

@@ -248,6 +248,9 @@ class Machine:
         self.last_reload_latency_s: float | None = None
         self.dirty = True
         """Something the status shows changed since the caller last published it."""
+        self.shown = ""
+        self.shown_since = wall()
+        """Wall time :meth:`shown_state` last became what it is (the status's ``state_since``)."""
 
     # -- stepping ----------------------------------------------------------------------------
 
@@ -284,6 +287,9 @@ class Machine:
         # A tick that changed nothing leaves the status file to its periodic refresh.
         if not isinstance(event, Tick) or actions or self.state is not before:
             self.dirty = True
+        shown = self.shown_state()
+        if shown != self.shown:
+            self.shown, self.shown_since = shown, self._wall()
         return actions
 
     def next_deadline_s(self) -> float:
@@ -865,6 +871,7 @@ class Machine:
         progress = worker.progress if worker is not None else self.last_progress
         return {
             "state": self.shown_state(),
+            "state_since": self.shown_since,
             "detail": self.status_line(),
             "instrument": self.config.instrument.name,
             "engine": progress.engine if progress else "",

@@ -35,6 +35,7 @@ FIELDS = {
     "state": "supervisor state: starting, connecting, running, no_data (in a run, nothing new "
     "arrives), waiting_for_run, failing (the last chunks all failed or wrote no result), "
     "run_ended, backoff, held (no worker until a script changes), restarting, stopping, stopped",
+    "state_since": "Unix time the state was entered",
     "detail": "what the worker is doing or waiting for, in words",
     "instrument": "instrument name",
     "engine": "the worker's engine",
@@ -86,6 +87,10 @@ class Health(IntEnum):
 
 
 UNHEALTHY_STATES = frozenset({"failing", "held", "backoff"})
+
+CONNECTING_TOO_LONG_S = 300.0
+"""``connecting`` for longer than this is FAILING: the daemon keeps trying, but five minutes
+without the data stream is beam time nobody watches (a reconnect normally takes seconds)."""
 
 
 class StatusError(Exception):
@@ -160,14 +165,24 @@ def _supervisor_gone(status: Mapping[str, Any]) -> bool:
         return False
 
 
+def _connecting_too_long(status: Mapping[str, Any], now: float) -> bool:
+    since = status.get("state_since")
+    return (
+        status.get("state") == "connecting"
+        and isinstance(since, int | float)
+        and now - since > CONNECTING_TOO_LONG_S
+    )
+
+
 def health(status: Mapping[str, Any], *, now: float | None = None) -> Health:
     """What ``status`` says to a monitoring check: STALE when the file is not being rewritten
     (older than STALE_AFTER_S), its supervisor is gone, or it stopped; FAILING for the states
-    in UNHEALTHY_STATES; HEALTHY otherwise."""
+    in UNHEALTHY_STATES and for ``connecting`` longer than CONNECTING_TOO_LONG_S; HEALTHY
+    otherwise."""
     now = time.time() if now is None else now
     if status.get("state") == "stopped" or _supervisor_gone(status) or _overdue(status, now):
         return Health.STALE
-    if status.get("state") in UNHEALTHY_STATES:
+    if status.get("state") in UNHEALTHY_STATES or _connecting_too_long(status, now):
         return Health.FAILING
     return Health.HEALTHY
 
@@ -182,6 +197,27 @@ def _stream_lines(streams: Mapping[str, Mapping[str, float]]) -> list[str]:
     ]
 
 
+def _warnings(status: Mapping[str, Any], now: float) -> list[str]:
+    """The WARNING lines of :func:`format_status`: a stale file, a long connect."""
+    lines = []
+    if _supervisor_gone(status):
+        lines.append(
+            f"WARNING: supervisor pid {status.get('supervisor_pid')} is not running: this "
+            "status is stale"
+        )
+    elif _overdue(status, now) and isinstance(updated := status.get("updated"), int | float):
+        lines.append(
+            f"WARNING: not rewritten for {now - updated:.0f} s (it should be every "
+            f"{WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
+        )
+    if _connecting_too_long(status, now):
+        lines.append(
+            f"WARNING: connecting for over {CONNECTING_TOO_LONG_S / 60:g} min: is the data "
+            "stream's address right, and is the SMS or broker up?"
+        )
+    return lines
+
+
 def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str:
     """The status as lines for a person (``livereduce-status`` without ``--json``)."""
     now = time.time() if now is None else now
@@ -190,17 +226,12 @@ def format_status(status: Mapping[str, Any], *, now: float | None = None) -> str
         f"livereduce {get('version', '?')}, supervisor pid {get('supervisor_pid', '?')}, "
         f"status written {_age(now, get('updated'))}"
     ]
-    pid = get("supervisor_pid")
-    if _supervisor_gone(status):
-        lines.append(f"WARNING: supervisor pid {pid} is not running: this status is stale")
-    elif _overdue(status, now) and isinstance(updated := get("updated"), int | float):
-        lines.append(
-            f"WARNING: not rewritten for {now - updated:.0f} s (it should be every "
-            f"{WRITE_EVERY_S:g} s): the supervisor cannot write it, or is stuck"
-        )
+    lines += _warnings(status, now)
     state = str(get("state", "?"))
     if get("detail"):
         state += f" ({get('detail')})"
+    if isinstance(since := get("state_since"), int | float):
+        state += f", since {_age(now, since)}"
     run = get("run_number")
     run_text = "none" if run is None else str(run)
     if get("run_title"):

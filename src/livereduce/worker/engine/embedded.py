@@ -66,6 +66,7 @@ from livereduce.worker.engine.accumulation import (
     SCIPP_ERRORS,
     Accumulation,
     AccumulationError,
+    read_only,
     sum_bins,
 )
 from livereduce.worker.engine.scripts import RunContext, ScriptFailure, ScriptRunner
@@ -99,8 +100,6 @@ ACCUMULATION_PHASE = "the accumulation"
 WRITE_PHASE = "the output write"
 NO_FLUSH_AFTER = (ACCUMULATION_PHASE, WRITE_PHASE)
 """Abandoned work after which a pending output is not written at a stop."""
-
-_SCIPP_OBJECTS = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -312,9 +311,16 @@ class EmbeddedEngine:
                     return WorkerExit.STOPPED
                 if outcome.ended_run:
                     next_chunk = last_report  # a finished run waits for nothing: take the next
+            elif self._write_due():
+                self._write(force=False)
+                if self.writer.failure:
+                    self._count_error(self.writer.failure)
+                report(self.progress)
+                last_report = self._clock()
             elif now - last_report >= HEARTBEAT_INTERVAL_S:
                 report(self.progress)
                 last_report = now
+            due = self.writer.due_in()
             stop.wait(
                 max(
                     0.0,
@@ -322,11 +328,17 @@ class EmbeddedEngine:
                         next_chunk - self._clock(),
                         HEARTBEAT_INTERVAL_S - (self._clock() - last_report),
                         CHUNK_READY_POLL_S if self._polls_listener else math.inf,
+                        due if due is not None else math.inf,
                     ),
                 )
             )
         log.info("engine_stopping: %s", stop.reason or "stop requested")
         return WorkerExit.STOPPED
+
+    def _write_due(self) -> bool:
+        """Whether an output the write budget deferred may be written now (between chunks)."""
+        due = self.writer.due_in()
+        return due is not None and due <= 0
 
     def flush(self) -> None:
         """Write the output file if a newer output waits (writes are rate-limited)."""
@@ -611,11 +623,11 @@ class EmbeddedEngine:
             return None
         if "post-processing" not in self._runners:
             return accumulated
-        # A copy the script may change: editing ``input`` in place must not alter what later
-        # chunks are added to (this costs one copy of the accumulation per chunk).
-        copy = accumulated.copy() if isinstance(accumulated, _SCIPP_OBJECTS) else accumulated
-        monitors = dict(monitors.copy()) if monitors is not None else {}
-        result = self._script("post-processing", copy, run, monitors)
+        # Read-only views, not copies (a copy of 10^8 events takes seconds and as much memory
+        # again): an in-place edit fails the script and cannot alter what later chunks are
+        # added to.
+        monitors = dict(read_only(monitors)) if monitors is not None else {}
+        result = self._script("post-processing", read_only(accumulated), run, monitors)
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
             log.error("post_processing_failed: %s\n%s", result.summary(), result.traceback)

@@ -5,7 +5,9 @@ globals ``input`` (the chunk, or the accumulation for post-processing), ``output
 the script assigns a scipp DataArray, Dataset, DataGroup or Variable), ``workspaces`` (a dict
 that survives between chunks of one worker: Mantid's ADS), ``run`` (:class:`RunContext`),
 ``monitors`` (monitor name -> events) and ``logger``. Mantid's RunPythonScript gives the same
-names (mantid-live-data.md §2.5).
+names (mantid-live-data.md §2.5). The post-processing script's ``input`` and ``monitors`` are
+read-only views of the accumulation (:func:`~livereduce.worker.engine.accumulation.read_only`):
+changing them in place fails the script with :data:`READ_ONLY_HINT` in its message.
 
 A script's failure is a value, not an exception (STYLE.md §10): a SyntaxError, anything the
 script raises (any BaseException: KeyboardInterrupt, SystemExit with any code, GeneratorExit as
@@ -35,6 +37,16 @@ from livereduce.worker.stop import StopRequested
 
 SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 """What a script may assign to ``output``: anything the accumulation and the HDF5 writer take."""
+
+
+READ_ONLY_HINT = (
+    "the post-processing script's input and monitors are the accumulation, read-only:"
+    " change a copy, e.g. data = input.copy()"
+)
+"""Added to the failure of a post-processing script that changed its input in place."""
+
+_READ_ONLY = ("Read-only flag is set", "destination is read-only", "array is read-only")
+"""How scipp (VariableError, DataArrayError) and numpy (ValueError) say an object is read-only."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,4 +230,6 @@ class ScriptRunner:
         message = (
             "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
         )
+        if self.role == "post-processing" and any(text in message for text in _READ_ONLY):
+            message += f" ({READ_ONLY_HINT})"
         return ScriptFailure(script=self.path, line=line, message=message, traceback=text)

@@ -80,6 +80,7 @@ from livereduce.protocol import Resume
 from livereduce.worker.listeners.base import (
     Chunk,
     ListenerBase,
+    ListenerError,
     NotYet,
     RunInfo,
     empty_events,
@@ -257,13 +258,13 @@ class KafkaListener(ListenerBase):
 
     def _connect(self) -> None:
         """Find the topics; on success assign the run topic from its earliest offset."""
-        assert self._control is not None
+        control = self._started(self._control)
         now = self._clock()
         if now < self._next_attempt:
             raise NotYet(self.state)
         self._attempts += 1
         try:
-            metadata = self._control.list_topics(timeout=CONNECT_TIMEOUT_S)
+            metadata = control.list_topics(timeout=CONNECT_TIMEOUT_S)
         except KafkaException as error:
             delay = doubling_delay_s(self._attempts, CONNECT_RETRY_FIRST_S, CONNECT_RETRY_MAX_S)
             self._next_attempt = now + delay
@@ -286,15 +287,15 @@ class KafkaListener(ListenerBase):
             TopicPartition(self._run_topic, p, OFFSET_BEGINNING)
             for p in sorted(metadata.topics[self._run_topic].partitions)
         ]
-        self._control.assign(self._run_partitions)
+        control.assign(self._run_partitions)
         self.lstate = ListenerState.READING_RUNS
         self.state = f"reading run history from {self._run_topic}"
 
     def _position_streams(self) -> None:
         """The run history is read: choose the first run and the start time, then assign or
         subscribe the event topics and add the log topics."""
-        assert self._control is not None
-        assert self._events is not None
+        control = self._started(self._control)
+        events = self._started(self._events)
         first = self._first_run()
         self._current = first
         self._begins = first is not None
@@ -318,9 +319,9 @@ class KafkaListener(ListenerBase):
             for p in sorted(self._metadata.topics[topic].partitions)
         ]
         if logs:
-            self._control.incremental_assign(self._seek(logs))
+            control.incremental_assign(self._seek(logs))
         if self._group_id:
-            self._events.subscribe(
+            events.subscribe(
                 list(self._event_topics),
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
@@ -332,7 +333,7 @@ class KafkaListener(ListenerBase):
                 for topic in self._event_topics
                 for p in sorted(self._metadata.topics[topic].partitions)
             ]
-            self._events.assign(self._seek(partitions))
+            events.assign(self._seek(partitions))
             self._own(partitions)
         self._positioned_ns = time.time_ns()
         self.lstate = ListenerState.IN_RUN if first is not None else ListenerState.WAITING_FOR_RUN
@@ -361,11 +362,11 @@ class KafkaListener(ListenerBase):
         return latest
 
     def _probe_time_lookup(self) -> bool:
-        assert self._events is not None
+        events = self._started(self._events)
         topic = self._event_topics[0] if self._event_topics else self._run_topic
         probe = TopicPartition(topic, 0, int(time.time() * 1000) + PROBE_FUTURE_MS)
         try:
-            found = self._events.offsets_for_times([probe], timeout=5.0)[0]
+            found = events.offsets_for_times([probe], timeout=5.0)[0]
         except KafkaException as error:
             log.info("kafka_time_lookup_unavailable: %s", error)
             return False
@@ -387,13 +388,13 @@ class KafkaListener(ListenerBase):
         """With a time lookup the broker honours, start ``partitions`` just before the run."""
         if not self._seek_by_time or self._start_ns is None or not partitions:
             return partitions
-        assert self._events is not None
+        events = self._started(self._events)
         wanted = [
             TopicPartition(p.topic, p.partition, self._start_ns // NS_PER_MS - SEEK_MARGIN_MS)
             for p in partitions
         ]
         try:
-            found = self._events.offsets_for_times(wanted, timeout=5.0)
+            found = events.offsets_for_times(wanted, timeout=5.0)
         except KafkaException as error:
             log.warning("kafka_time_lookup_failed: %s; reading from the earliest offsets", error)
             return partitions
@@ -460,10 +461,10 @@ class KafkaListener(ListenerBase):
         return self._chunk()
 
     def _read_run_history(self) -> None:
-        assert self._control is not None
+        control = self._started(self._control)
         deadline = self._clock() + POLL_BUDGET_S
         while self._clock() < deadline:
-            message = self._control.poll(0.1)
+            message = control.poll(0.1)
             if message is None:
                 continue
             error = message.error()
@@ -484,10 +485,10 @@ class KafkaListener(ListenerBase):
             self._route(message)
 
     def _drain(self) -> None:
-        assert self._control is not None
-        assert self._events is not None
+        control = self._started(self._control)
+        events = self._started(self._events)
         deadline = self._clock() + POLL_BUDGET_S
-        busy = [self._control, self._events]
+        busy = [control, events]
         self._caught_up = False
         while busy and self._clock() < deadline:
             for consumer in list(busy):
@@ -496,7 +497,7 @@ class KafkaListener(ListenerBase):
                     busy.remove(consumer)
                 for message in batch:
                     self._route(message)
-        self._caught_up = self._events not in busy
+        self._caught_up = events not in busy
         overflow = self._pending.event_count - self._max_pending
         if overflow > 0:
             dropped = self._pending.drop_oldest(self._max_pending)
@@ -699,13 +700,13 @@ class KafkaListener(ListenerBase):
     # -- status and scale-out ----------------------------------------------------------
 
     def _update_streams(self) -> None:
-        assert self._events is not None
+        events = self._started(self._events)
         now = self._clock()
         elapsed = max(now - self._rate_since, 1e-9)
         lag: dict[str, int] = {}
         for topic, partition in self._owned:
             try:
-                _, high = self._events.get_watermark_offsets(
+                _, high = events.get_watermark_offsets(
                     TopicPartition(topic, partition), cached=True
                 )
             except KafkaException:
@@ -770,7 +771,7 @@ class KafkaListener(ListenerBase):
             self._covers = {}
 
     def _commit(self) -> None:
-        assert self._events is not None
+        events = self._started(self._events)
         lowest = self._pending.lowest_offsets()
         offsets = [
             TopicPartition(topic, partition, lowest.get((topic, partition), following))
@@ -785,11 +786,19 @@ class KafkaListener(ListenerBase):
             # down, since a synchronous commit has no timeout and would stall the loop. The
             # partial is acknowledged first either way; a lost commit shows up as an overlap.
             if self.connected:
-                self._events.commit(offsets=offsets, asynchronous=False)
+                events.commit(offsets=offsets, asynchronous=False)
             else:
-                self._events.commit(offsets=offsets, asynchronous=True)
+                events.commit(offsets=offsets, asynchronous=True)
         except KafkaException as error:
             log.warning("kafka_commit_failed: %s", error)
+
+    @staticmethod
+    def _started(consumer: Consumer | None) -> Consumer:
+        """``consumer``, made by :meth:`start`; ListenerError before then or after
+        :meth:`close` (the engine calls nothing in between, so this means a bug)."""
+        if consumer is None:
+            raise ListenerError("the Kafka listener is used before start() or after close()")
+        return consumer
 
     def close(self) -> None:
         """Leave the group and close the consumers and producer. Safe to call twice."""

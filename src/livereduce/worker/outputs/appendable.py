@@ -30,7 +30,7 @@ import numpy as np
 import scipp as sc
 from scipp.io.hdf5 import _as_hdf5_type, _collection_element_name, _serialize_unit
 
-from livereduce.atomic import temporary_for
+from livereduce.atomic import copy_into, temporary_for
 
 _CHUNK_ELEMENTS = 1 << 16
 """HDF5 chunk length of the resizable datasets: appends touch few chunks, and small files
@@ -193,6 +193,24 @@ class AppendableFile:
             with contextlib.suppress(OSError):
                 self.path.unlink(missing_ok=True)
             self.path = None
+
+    def copy_of(self, other: AppendableFile) -> None:
+        """Become a copy of ``other``'s file (a new file, its bytes copied in the kernel:
+        :func:`livereduce.atomic.copy_into`), so that the next write appends to it instead of
+        writing everything whole. Raises OSError; this file then stays as it was."""
+        if other.path is None:
+            return
+        path = temporary_for(self.target)
+        try:
+            copy_into(other.path, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self.forget()
+        self.path = path
+        self.pulses, self.events = other.pulses, other.events
+        self._signature, self._last_pulse = other._signature, other._last_pulse
 
     def write(self, workspace: sc.DataArray, *, extends: bool) -> bool:
         """Write ``workspace`` (:func:`appendable`); appended when ``extends`` (the caller

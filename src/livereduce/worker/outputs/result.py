@@ -9,7 +9,9 @@ files (temporaries next to the result, :func:`livereduce.atomic.temporary_for`),
 turn; each one gets the pulses
 added since it was last written appended to its resizable datasets (when the output only grew:
 no post-processing script, accumulation method Add or Append, no replace since), and is then
-published as ``<name>.h5`` by a hard link renamed over it. So a write costs what changed,
+published as ``<name>.h5`` by a hard link renamed over it. After a whole write (the first of
+a run) the other working file becomes a copy of it (copied in the kernel), so that the second
+write appends too instead of being whole as well. So a write costs what changed,
 ``<name>.h5`` is always a complete file, and the file a write modifies was published two
 writes earlier (a reader that keeps ``<name>.h5`` open across two more writes may see it
 change; open it, read, close). Everything else (histograms) is written whole.
@@ -17,8 +19,10 @@ change; open it, read, close). Everything else (histograms) is written whole.
 Writing is skipped when nothing
 changed, and it is kept from becoming the bottleneck: after a write that took ``w`` seconds the
 next unforced write waits until ``w / WRITE_SHARE`` seconds have passed since that write began,
-so writing takes at most ``WRITE_SHARE`` of the time however large the accumulation grows. Run
-ends and stops force a write, so finished runs are always complete on disk.
+so writing takes at most ``WRITE_SHARE`` of the time however large the accumulation grows. A
+deferred output is written as soon as that time comes (:meth:`OutputWriter.due_in`; the
+engine's loop waits for it as for the next chunk), not one ``update_every`` later with the next
+chunk. Run ends and stops force a write, so finished runs are always complete on disk.
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ _NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV
 WRITE_SHARE = 0.25
 """Largest share of wall time spent writing the output file; the rest is left for chunks."""
 
+RETRY_AFTER_FAILURE_S = 5.0
+"""After a failed write the waiting output is due again (:meth:`OutputWriter.due_in`) no
+sooner than this (seconds), so that the loop does not retry a full or read-only disk in a
+tight loop between chunks; the next chunk's output is tried as usual."""
+
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +65,7 @@ class OutputWriter:
         self._clock = clock
         self._written_version: object = None
         self._next_allowed = 0.0
+        self._retry_at = 0.0
         self.last_write_s = 0.0
         self.pending = False
         self.failure = ""
@@ -70,6 +80,14 @@ class OutputWriter:
         self._turn = 0
         self._links = True
         self._remove_stale_temporaries()
+
+    def due_in(self) -> float | None:
+        """Seconds until the write budget lets the pending output be written (0 or less: now),
+        RETRY_AFTER_FAILURE_S at least after a failed write; None when nothing is pending. The
+        engine writes it then, without waiting for a chunk."""
+        if not self.pending:
+            return None
+        return max(self._next_allowed, self._retry_at) - self._clock()
 
     def replaced(self) -> None:
         """The accumulation was replaced: the next output does not extend what was written."""
@@ -94,7 +112,8 @@ class OutputWriter:
         write budget is spent; then ``pending`` says a newer version waits. Returns True when
         the file was written. ``metadata``: attributes set on the file's root group (the
         latest given is kept for later writes). A failed write is logged and described in
-        ``failure`` (empty after any call that did not fail); the previous file stays."""
+        ``failure`` (empty after any call that did not fail); the previous file stays, and the
+        output is ``pending``, due no sooner than RETRY_AFTER_FAILURE_S later."""
         if metadata is not None:
             self._metadata = dict(metadata)
         self.failure = ""
@@ -106,6 +125,8 @@ class OutputWriter:
             return False
         began = self._clock()
         if not self._save(workspace, self.path):
+            self.pending = True  # still waits: tried again with the next output, or when due
+            self._retry_at = self._clock() + RETRY_AFTER_FAILURE_S
             return False
         self._replaced = False
         self.last_write_s = self._clock() - began
@@ -152,7 +173,19 @@ class OutputWriter:
             self._links = False
             self._forget_working()
             write_atomically(target, self._save_with_metadata(workspace))
+            return
         self._turn = 1 - self._turn
+        if self.output_grows and not self.appended:
+            self._copy_to_next(working)
+
+    def _copy_to_next(self, written: AppendableFile) -> None:
+        """After a whole write, the other working file becomes its copy (the bytes copied in
+        the kernel, cheaper than writing them again): the next write appends to it instead of
+        being whole too. A copy that fails only costs that: the next write is whole."""
+        try:
+            self._working[self._turn].copy_of(written)
+        except OSError as error:
+            log.warning("output_copy_failed: %s; the next write is whole", error)
 
     def close(self) -> None:
         """Delete the working files (``<name>.h5`` keeps its own link); a later write starts
