@@ -41,6 +41,7 @@ PULSE_BYTES = 72
 (a list slot of 8 bytes and an int object of 28, CPython 3.11)."""
 
 _TEN = np.float32(10.0)
+_FLOAT32_EXACT_BITS = np.float32(FLOAT32_EXACT).view(np.uint32)
 
 
 class BankDrops(NamedTuple):
@@ -85,10 +86,11 @@ def _gather_exact(parts: list[np.ndarray], out: np.ndarray) -> bool:
     if not len(out):
         return True
     # Read as int32 (numpy converts int32 to float32 twice as fast as uint32): equal below
-    # 2**31, negative above. Exact below 2**24, and monotonic: the minimum and the maximum
-    # tell whether all are in [0, 2**24).
+    # 2**31, negative above. Exact below 2**24, and monotonic; and the bits of a float32 of
+    # [0, 2**24), read as uint32, are below those of 2**24 (a negative one has the sign bit):
+    # one maximum tells whether all are in [0, 2**24).
     np.concatenate([part.view(np.int32) for part in parts], out=out, casting="unsafe")
-    return bool(out.min() >= 0 and out.max() < FLOAT32_EXACT)
+    return bool(out.view(np.uint32).max() < _FLOAT32_EXACT_BITS)
 
 
 def _to_us_float64(parts: list[np.ndarray], out: np.ndarray) -> None:
