@@ -543,7 +543,11 @@ class AdaraListener(ListenerBase):
             elif self._failure is not None:
                 raise ListenerError(self._failure)
             else:
-                raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
+                counts = dict(self._counts)
+                self._counts.clear()
+                raise NotYet(
+                    self._state, waiting_for_run=self._waiting_for_run(), input_counts=counts
+                )
             self._delivered_run = segment.run.number
             counts = dict(self._counts)
             self._counts.clear()
