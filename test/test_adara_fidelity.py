@@ -26,7 +26,7 @@ from livereduce.adara import packets
 from livereduce.adara.metadata_xml import ProcessVariable, device_xml, runinfo_xml
 from livereduce.adara.packets import codec
 from livereduce.config import StartFrom, config_from_mapping
-from livereduce.protocol import Progress, Resume, WorkerExit
+from livereduce.protocol import Progress, Resume, WorkerExit, WorkerState
 from livereduce.worker.engine.embedded import EmbeddedEngine
 from livereduce.worker.listeners import adara
 from livereduce.worker.listeners.base import Chunk, NotYet
@@ -588,6 +588,42 @@ def test_events_between_pause_and_resume_are_excluded_and_counted(sms_factory, k
     assert logs["pause"] == [0, 1, 0]
     assert logs["scan_index"] == [0, 3, 0]
     assert len(logs["proton_charge"]) == (4 if keep else 2)
+
+
+def test_bad_bytes_outside_a_run_are_counted_once_in_the_status(sms_factory, tmp_path):
+    from test_engine_embedded import make_config  # noqa: PLC0415
+
+    odd = struct.pack("<IIII", 6, packets.PacketType.HEARTBEAT_V0, 0, 0) + b"\0" * 6
+    done = threading.Event()
+
+    def script(connection, sock, hello):  # no run: heartbeats and two malformed packets
+        sock.sendall(heartbeat() + odd + heartbeat() + odd + heartbeat())
+        done.wait(30)
+
+    sms = sms_factory(script)
+    listener = adara.AdaraListener("127.0.0.1", sms.port, reconnect_max_s=0.5)
+    engine = EmbeddedEngine(make_config(tmp_path, update_every=0.05), listener)
+    stop = StopToken()
+    reports: list[Progress] = []
+
+    def report(progress: Progress) -> None:
+        reports.append(progress)
+        if progress.input_counts.get("malformed_packets", 0) >= 2:
+            stop.request("counted")
+
+    timer = threading.Timer(30, stop.request, args=("timed out",))
+    timer.start()
+    try:
+        assert engine.run(stop, report) is WorkerExit.STOPPED
+    finally:
+        timer.cancel()
+        done.set()
+    assert stop.reason == "counted"
+    progress = engine.progress
+    assert progress.state is WorkerState.WAITING_FOR_RUN
+    assert progress.input_counts == {"malformed_packets": 2, "skipped_bytes": 44}
+    assert progress.errors == 2
+    assert progress.last_error == "bad input from the stream: 2 malformed_packets, 44 skipped_bytes"
 
 
 def test_a_hostile_run_completes_in_the_engine_with_the_faults_in_the_status(sms_factory, tmp_path):

@@ -612,6 +612,38 @@ def test_the_unfinished_run_is_handed_to_the_next_worker(make):
     assert h.starts[-1] == (3.0, None)
 
 
+def test_a_run_that_kills_every_worker_is_given_up_after_three(make, caplog):
+    h = make()
+    h.tick()
+    for lost in range(1, 4):
+        h.report(WorkerState.RUNNING, unfinished_run=7, unfinished_run_start_ns=123)
+        h.step(MemoryOver(excess(h.pid)))
+        h.exited(-signal.SIGKILL)
+        h.run_until(h.now + 10.0)
+        assert ("resume_given_up" in caplog.text) is (lost == 3)
+    resumes = [resume for _, resume in h.starts]
+    again = Resume(run_number=7, start_ns=123)
+    assert resumes == [None, again, again, None]
+    assert "resume_given_up: run 7 lost 3 workers in a row (the last: memory_exceeded)" in (
+        caplog.text
+    )
+    assert h.status()["resume"] is None
+    assert h.status()["errors"] == 3
+
+
+def test_losses_while_completing_another_run_or_at_boot_count_afresh(make, caplog):
+    h = make()
+    h.tick()
+    for run in (7, 7, 8, 8):
+        h.report(WorkerState.RUNNING, unfinished_run=run, unfinished_run_start_ns=run)
+        h.exited(-signal.SIGSEGV)
+        h.run_until(h.now + 10.0)
+    h.exited(WorkerExit.BOOT_FAILURE)  # never started: not the run's doing
+    h.run_until(h.now + 10.0)
+    assert "resume_given_up" not in caplog.text
+    assert h.starts[-1][1] == Resume(run_number=8, start_ns=8)
+
+
 # -- an honest status --------------------------------------------------------------------------
 
 

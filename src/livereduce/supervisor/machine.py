@@ -91,6 +91,12 @@ short heartbeat timeout must not turn that into a restart loop."""
 SCRIPT_TIMEOUTS_TO_HOLD = 3
 """The same script past its time limit this many times in a row is held off until it changes."""
 
+RESUME_LOSSES_TO_GIVE_UP = 3
+"""Workers lost in a row (crash, hang, time limit, memory) while completing the same unfinished
+run: then that run is given up and the next worker starts with the live stream. A run that
+kills every worker (one too big for the memory limit, data that crash a script) would otherwise
+be replayed forever, long after it ended."""
+
 FAILING_AFTER_CHUNKS = 5
 """State ``failing`` when the last this many chunks all failed or wrote no result (the output
 writer may skip a write to keep within its time budget, never five in a row at any sane load)."""
@@ -238,6 +244,8 @@ class Machine:
         """Why no worker runs in HELD (and what releases it)."""
         self.script_timeouts: dict[str, int] = {}
         """Consecutive time-limit kills per script file name."""
+        self.resume_losses: tuple[int, int] | None = None
+        """(run number, workers lost in a row while completing it)."""
         self.ready_sent = False
         self.next_ping_s = 0.0
         self.next_progress_log_s = clock() + config.progress_every_sec
@@ -612,6 +620,7 @@ class Machine:
     ) -> None:
         """A failure restart: counted in ``errors``, delayed by the reason's backoff."""
         self._record_failure(detail)
+        self._count_resume_loss(reason)
         backoff = self.backoffs[reason]
         delay = backoff.next_delay_s()
         if delay > 0:
@@ -623,6 +632,29 @@ class Machine:
                 delay,
             )
         self._restart(actions, reason, detail, delay_s=delay, signum=signum)
+
+    def _count_resume_loss(self, reason: RestartReason) -> None:
+        """One more worker lost while completing :attr:`resume`'s run; the run is given up at
+        :data:`RESUME_LOSSES_TO_GIVE_UP` in a row."""
+        if self.resume is None or reason is RestartReason.BOOT_FAILURE:
+            return  # a worker that never started cannot have been killed by the run
+        run = self.resume.run_number
+        previous = self.resume_losses
+        lost = previous[1] + 1 if previous is not None and previous[0] == run else 1
+        self.resume_losses = (run, lost)
+        if lost < RESUME_LOSSES_TO_GIVE_UP:
+            return
+        log.error(
+            "resume_given_up: run %d lost %d workers in a row (the last: %s) while they completed "
+            "it: the next worker starts with the live stream (start_from %s), that run's result "
+            "stays as last written",
+            run,
+            lost,
+            reason,
+            self.config.start_from,
+        )
+        self.resume = None
+        self.resume_losses = None
 
     def _memory_over(self, actions: list[Action], excess: MemoryExceeded) -> None:
         worker = self.worker

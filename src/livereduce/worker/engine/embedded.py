@@ -54,7 +54,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -389,6 +389,7 @@ class EmbeddedEngine:
         try:
             chunk = self.listener.extract_data()
         except NotYet as not_yet:
+            self._add_input_counts(not_yet.input_counts)
             waiting = self._received_data or not_yet.waiting_for_run
             state = WorkerState.WAITING_FOR_RUN if waiting else WorkerState.CONNECTING
             self._set(state, str(not_yet))
@@ -460,17 +461,23 @@ class EmbeddedEngine:
         self.progress = self.progress.with_(events=events + chunk.event_count)
 
     def _count_input(self, chunk: Chunk) -> None:
-        """Sum what the listener left out or could not read; stream faults are errors too."""
+        """Sum what the listener left out or could not read into the run's and the report's
+        counts; stream faults are errors too."""
         if chunk.begins_run:
             self._run_input_counts = {}
-        if not chunk.input_counts:
+        for kind, count in chunk.input_counts.items():
+            self._run_input_counts[kind] = self._run_input_counts.get(kind, 0) + count
+        self._add_input_counts(chunk.input_counts)
+
+    def _add_input_counts(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (kind -> count) to the report's; stream faults are errors too."""
+        if not counts:
             return
         total = dict(self.progress.input_counts)
-        for kind, count in chunk.input_counts.items():
+        for kind, count in counts.items():
             total[kind] = total.get(kind, 0) + count
-            self._run_input_counts[kind] = self._run_input_counts.get(kind, 0) + count
-        faults = sum(chunk.input_counts.get(kind, 0) for kind in STREAM_FAULTS)
-        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(chunk.input_counts.items()))
+        faults = sum(counts.get(kind, 0) for kind in STREAM_FAULTS)
+        summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
         last_error = f"bad input from the stream: {summary}" if faults else None
         self.progress = self.progress.with_(
             input_counts=total,

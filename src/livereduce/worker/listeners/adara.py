@@ -566,7 +566,8 @@ class AdaraListener(ListenerBase):
 
     def _take(self) -> tuple[_Segment, dict[str, int]]:
         """The segment to hand over and the input counts since the previous one (under
-        _lock); raises as extract_data does."""
+        _lock); raises as extract_data does (a NotYet carries the counts when no chunk
+        does)."""
         if self._finished:
             segment = self._finished.popleft()
         elif self._held is not None:
@@ -580,7 +581,9 @@ class AdaraListener(ListenerBase):
         elif self._failure is not None:
             raise ListenerError(self._failure)
         else:
-            raise NotYet(self._state, waiting_for_run=self._waiting_for_run())
+            counts = dict(self._counts)
+            self._counts.clear()
+            raise NotYet(self._state, waiting_for_run=self._waiting_for_run(), input_counts=counts)
         self._delivered_run = segment.run.number
         counts = dict(self._counts)
         self._counts.clear()

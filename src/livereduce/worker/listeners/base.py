@@ -29,12 +29,21 @@ class NotYet(Exception):
     what it waits for. The engine logs it, reports it and tries again on the next tick.
 
     ``waiting_for_run``: the listener hears its source and no run is open (else it is still
-    connecting), read under the listener's lock when it raised.
+    connecting), read under the listener's lock when it raised. ``input_counts``: what it left
+    out or could not read since the previous chunk, when no chunk carries it (bad bytes outside
+    a run: the same kinds as :attr:`Chunk.input_counts`, handed over once).
     """
 
-    def __init__(self, message: str, *, waiting_for_run: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        waiting_for_run: bool = False,
+        input_counts: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(message)
         self.waiting_for_run = waiting_for_run
+        self.input_counts: Mapping[str, int] = input_counts or {}
 
 
 class ListenerError(Exception):
