@@ -590,6 +590,25 @@ def test_events_between_pause_and_resume_are_excluded_and_counted(sms_factory, k
     assert len(logs["proton_charge"]) == (4 if keep else 2)
 
 
+def run_engine_until(
+    engine: EmbeddedEngine, done: Callable[[Progress], bool], timeout_s: float = 30.0
+) -> None:
+    """Run ``engine`` until a report makes ``done`` true; AssertionError after ``timeout_s``."""
+    stop = StopToken()
+
+    def report(progress: Progress) -> None:
+        if done(progress):
+            stop.request("done")
+
+    timer = threading.Timer(timeout_s, stop.request, args=("timed out",))
+    timer.start()
+    try:
+        assert engine.run(stop, report) is WorkerExit.STOPPED
+    finally:
+        timer.cancel()
+    assert stop.reason == "done"
+
+
 def test_bad_bytes_outside_a_run_are_counted_once_in_the_status(sms_factory, tmp_path):
     from test_engine_embedded import make_config  # noqa: PLC0415
 
@@ -603,22 +622,10 @@ def test_bad_bytes_outside_a_run_are_counted_once_in_the_status(sms_factory, tmp
     sms = sms_factory(script)
     listener = adara.AdaraListener("127.0.0.1", sms.port, reconnect_max_s=0.5)
     engine = EmbeddedEngine(make_config(tmp_path, update_every=0.05), listener)
-    stop = StopToken()
-    reports: list[Progress] = []
-
-    def report(progress: Progress) -> None:
-        reports.append(progress)
-        if progress.input_counts.get("malformed_packets", 0) >= 2:
-            stop.request("counted")
-
-    timer = threading.Timer(30, stop.request, args=("timed out",))
-    timer.start()
     try:
-        assert engine.run(stop, report) is WorkerExit.STOPPED
+        run_engine_until(engine, lambda p: p.input_counts.get("malformed_packets", 0) >= 2)
     finally:
-        timer.cancel()
         done.set()
-    assert stop.reason == "counted"
     progress = engine.progress
     assert progress.state is WorkerState.WAITING_FOR_RUN
     assert progress.input_counts == {"malformed_packets": 2, "skipped_bytes": 44}
@@ -643,20 +650,8 @@ def test_a_hostile_run_completes_in_the_engine_with_the_faults_in_the_status(sms
     listener = adara.AdaraListener("127.0.0.1", sms.port, reconnect_max_s=0.5)
     config = make_config(tmp_path, run_transition="Rename", update_every=0.05)
     engine = EmbeddedEngine(config, listener)
-    stop = StopToken()
     result = tmp_path / "out" / f"result_{RUN}.h5"
-
-    def report(progress: Progress) -> None:
-        if result.exists():
-            stop.request("the run was written")
-
-    timer = threading.Timer(30, stop.request, args=("timed out",))
-    timer.start()
-    try:
-        assert engine.run(stop, report) is WorkerExit.STOPPED
-    finally:
-        timer.cancel()
-    assert stop.reason == "the run was written"
+    run_engine_until(engine, lambda _: result.exists())
     progress = engine.progress
     assert progress.events == run.events  # the replay after the first failure replaced it
     assert progress.errors >= 2  # malformed packets and the framing failure skipped past
