@@ -306,12 +306,12 @@ def test_silent_sms_is_a_stale_stream_and_reconnects_with_growing_backoff(sms_fa
 
 
 def test_waiting_for_a_run_only_once_the_sms_has_spoken(sms_factory):
-    speak = threading.Event()
+    speak, done = threading.Event(), threading.Event()
 
     def script(sock):
         speak.wait(10)
         sock.sendall(heartbeat())
-        time.sleep(10)
+        done.wait(10)  # connected until the test is done
 
     sms = sms_factory(script)
     listener = _listener_for(sms, stale_timeout_s=30)
@@ -328,6 +328,7 @@ def test_waiting_for_a_run_only_once_the_sms_has_spoken(sms_factory):
             listener.extract_data()
         assert waiting.value.waiting_for_run  # handed over with the NotYet, under the lock
     finally:
+        done.set()
         listener.close()
 
 
