@@ -531,6 +531,28 @@ def test_monitors_reach_post_processing(tmp_path, method):
     assert engine.workspaces["m"] == 40
 
 
+def test_a_monitor_first_seen_mid_run_is_accumulated_whole(tmp_path):
+    # beam after NEW_RUN: the first chunk has no monitor events, a second monitor comes later
+    seen = [{}, {"monitor2": 4}, {"monitor2": 4}, {"monitor1": 6, "monitor2": 4}, {}]
+    chunks = [
+        Chunk(
+            events=c.events,
+            monitors={name: events(0, 2, size, 3 + i) for name, size in seen[i].items()},
+            run=c.run,
+            begins_run=c.begins_run,
+        )
+        for i, c in enumerate(run_chunks(1, len(seen), ends=False))
+    ]
+    post = (
+        "workspaces.setdefault('m', []).append("
+        "{name: int(m.bins.size().sum().value) for name, m in monitors.items()})\n"
+        "output = input\n"
+    )
+    engine = drive(make_config(tmp_path, post=post), chunks)
+    totals = [{}, {"monitor2": 8}, {"monitor2": 16}, {"monitor1": 12, "monitor2": 24}]
+    assert engine.workspaces["m"] == [*totals, totals[-1]]
+
+
 def test_add_merges_event_lists_of_equal_bins(tmp_path):
     proc = (
         "import scipp as sc\n"

@@ -179,7 +179,9 @@ class EmbeddedEngine:
         self.listener = listener
         self._clock = clock
         self.accumulation = Accumulation()
-        self._monitors = Accumulation()
+        self._monitors: dict[str, Accumulation] = {}
+        """One accumulation per beam monitor: a chunk without a monitor's events leaves its
+        accumulation as it is, and a monitor first seen mid-run starts its own."""
         self.workspaces: dict[str, Any] = {}
         self.writer = OutputWriter(config.output_dir, config.output_workspace, clock=clock)
         self._output: Any = None
@@ -557,11 +559,7 @@ class EmbeddedEngine:
             return self._lost(
                 chunk, str(error), "", began=began, extracted=extracted, processed=processed
             )
-        try:
-            self._monitors.accumulate(method, sc.DataGroup(dict(chunk.monitors)), replace=replace)
-        except AccumulationError as error:
-            log.warning("monitors_not_accumulated: %s", error)
-            self._monitors.clear()
+        self._accumulate_monitors(chunk, method, replace=replace)
         if replace:
             self.writer.replaced()
             log.info("accumulation_replaced: %s replaces the accumulation", self._describe(chunk))
@@ -618,12 +616,26 @@ class EmbeddedEngine:
             write_s=written - post_processed,
         )
 
+    def _accumulate_monitors(
+        self, chunk: Chunk, method: AccumulationMethod, *, replace: bool
+    ) -> None:
+        """Each of the chunk's monitors into its own accumulation (all replaced with
+        ``replace``); a monitor whose events do not fit loses this chunk's, with a warning."""
+        if replace:
+            self._monitors = {}
+        for name, events in chunk.monitors.items():
+            accumulation = self._monitors.setdefault(name, Accumulation())
+            try:
+                accumulation.accumulate(method, events)
+            except AccumulationError as error:
+                log.warning("monitor_not_accumulated: %s: %s", name, error)
+
     def _post_process(self, run: RunContext) -> Any:
         """The output workspace: the post-processing script's output on the accumulation, or
         the accumulation itself; None when post-processing failed (the last output stays)."""
         try:
             accumulated = self.accumulation.value()
-            monitors = self._monitors.value()
+            monitors = {name: acc.value() for name, acc in self._monitors.items()}
         except SCIPP_ERRORS as error:
             self._count_error(f"cannot read the accumulation: {error}")
             log.error("accumulation_unreadable: %s", error)
@@ -633,7 +645,7 @@ class EmbeddedEngine:
         # Read-only views, not copies (a copy of 10^8 events takes seconds and as much memory
         # again): an in-place edit fails the script and cannot alter what later chunks are
         # added to.
-        monitors = dict(read_only(monitors)) if monitors is not None else {}
+        monitors = {name: read_only(value) for name, value in monitors.items()}
         result = self._script("post-processing", read_only(accumulated), run, monitors)
         if isinstance(result, ScriptFailure):
             self._count_error(result.summary())
