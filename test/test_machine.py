@@ -615,7 +615,7 @@ def test_the_unfinished_run_is_handed_to_the_next_worker(make):
 def test_a_run_that_kills_every_worker_is_given_up_after_three(make, caplog):
     h = make()
     h.tick()
-    for lost in range(1, 4):
+    for lost in range(4):  # the first worker was handed no run: its loss does not count
         h.report(WorkerState.RUNNING, unfinished_run=7, unfinished_run_start_ns=123)
         h.step(MemoryOver(excess(h.pid)))
         h.exited(-signal.SIGKILL)
@@ -623,12 +623,24 @@ def test_a_run_that_kills_every_worker_is_given_up_after_three(make, caplog):
         assert ("resume_given_up" in caplog.text) is (lost == 3)
     resumes = [resume for _, resume in h.starts]
     again = Resume(run_number=7, start_ns=123)
-    assert resumes == [None, again, again, None]
+    assert resumes == [None, again, again, again, None]
     assert "resume_given_up: run 7 lost 3 workers in a row (the last: memory_exceeded)" in (
         caplog.text
     )
     assert h.status()["resume"] is None
-    assert h.status()["errors"] == 3
+    assert h.status()["errors"] == 4
+
+
+def test_a_worker_that_lasts_resets_the_count_of_lost_workers(make, caplog):
+    h = make()
+    h.tick()
+    for uptime in (5.0, 5.0, 61.0, 5.0, 5.0):  # the third outlived STABLE_AFTER_S
+        h.report(WorkerState.RUNNING, unfinished_run=7, unfinished_run_start_ns=123)
+        h.run_until(h.now + uptime, beat={"unfinished_run": 7, "unfinished_run_start_ns": 123})
+        h.exited(-signal.SIGSEGV)
+        h.run_until(h.now + 20.0)
+    assert "resume_given_up" not in caplog.text
+    assert h.starts[-1][1] == Resume(run_number=7, start_ns=123)
 
 
 def test_losses_while_completing_another_run_or_at_boot_count_afresh(make, caplog):

@@ -246,6 +246,8 @@ class Machine:
         """Consecutive time-limit kills per script file name."""
         self.resume_losses: tuple[int, int] | None = None
         """(run number, workers lost in a row while completing it)."""
+        self.completing: tuple[int, float] | None = None
+        """(run, start time) of the current worker when it was handed a run to complete."""
         self.ready_sent = False
         self.next_ping_s = 0.0
         self.next_progress_log_s = clock() + config.progress_every_sec
@@ -272,6 +274,8 @@ class Machine:
             case Started(pid):
                 now = self._clock()
                 self.worker = WorkerView(pid=pid, started_s=now, last_beat_s=now)
+                resume = self.resume
+                self.completing = (resume.run_number, now) if resume is not None else None
                 self.state = State.WORKING
                 self.backoff_reason = ""
                 log.info("worker_started: pid %d", pid)
@@ -634,15 +638,20 @@ class Machine:
         self._restart(actions, reason, detail, delay_s=delay, signum=signum)
 
     def _count_resume_loss(self, reason: RestartReason) -> None:
-        """One more worker lost while completing :attr:`resume`'s run; the run is given up at
-        :data:`RESUME_LOSSES_TO_GIVE_UP` in a row."""
-        if self.resume is None or reason is RestartReason.BOOT_FAILURE:
-            return  # a worker that never started cannot have been killed by the run
-        run = self.resume.run_number
+        """One more worker lost while completing the run it was handed; the run is given up
+        at :data:`RESUME_LOSSES_TO_GIVE_UP` in a row. A worker that was handed none, that
+        never started, or that lasted :data:`STABLE_AFTER_S` (the run let it through: it dies
+        of something else) does not count, and the last resets the count."""
+        if self.completing is None or reason is RestartReason.BOOT_FAILURE:
+            return
+        run, started_s = self.completing
+        if self._clock() - started_s >= STABLE_AFTER_S:
+            self.resume_losses = None
+            return
         previous = self.resume_losses
         lost = previous[1] + 1 if previous is not None and previous[0] == run else 1
         self.resume_losses = (run, lost)
-        if lost < RESUME_LOSSES_TO_GIVE_UP:
+        if lost < RESUME_LOSSES_TO_GIVE_UP or self.resume is None or self.resume.run_number != run:
             return
         log.error(
             "resume_given_up: run %d lost %d workers in a row (the last: %s) while they completed "
