@@ -342,6 +342,30 @@ def test_log_values_of_a_chunk_without_events_are_kept(tmp_path):
     assert engine.workspaces["temp"] == [300.0, 10.0]
 
 
+@pytest.mark.parametrize("role", ["proc", "post"])
+def test_a_script_that_edits_run_logs_in_place_fails_and_the_logs_stay(tmp_path, role):
+    def charge(t_ns: int) -> dict[str, sc.DataArray]:
+        return {
+            "proton_charge": sc.DataArray(
+                sc.array(dims=["time"], values=[1e10], unit="pC"),
+                coords={"time": sc.datetimes(dims=["time"], values=[t_ns], unit="ns")},
+            )
+        }
+
+    chunks = [dataclasses.replace(c, logs=charge(i)) for i, c in enumerate(run_chunks(1, 3))]
+    edit = (  # a pC -> C conversion in place, as a script might write it
+        "workspaces.setdefault('sums', []).append(float(run.logs['proton_charge'].sum().value))\n"
+        "charge = run.logs['proton_charge']\n"
+        "charge *= 1e-12\n"
+        "output = input\n"
+    )
+    scripts = {"proc": edit, "post": None} if role == "proc" else {"post": edit}
+    engine = drive(make_config(tmp_path, **scripts), chunks)
+    assert engine.workspaces["sums"] == [1e10, 2e10, 3e10]
+    assert engine.progress.errors == 3
+    assert engine.progress.last_error.endswith(f"({READ_ONLY_HINT})")
+
+
 def test_rename_keeps_each_finished_run(tmp_path):
     first, second = run_chunks(7, 2), run_chunks(8, 3, pulse0=100, seed=10)
     engine = drive(make_config(tmp_path, run_transition="Rename"), first + second)

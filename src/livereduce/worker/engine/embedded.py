@@ -773,7 +773,7 @@ class EmbeddedEngine:
                     pieces[:] = [sc.concat(pieces, "time")]
                 except SCIPP_ERRORS:
                     pieces[:] = [pieces[-1]]
-            logs[name] = pieces[0]
+            logs[name] = read_only(pieces[0])  # the run's logs are the engine's: no edits
         if run is None:
             return RunContext(instrument=self.config.instrument.name, logs=logs)
         return RunContext(

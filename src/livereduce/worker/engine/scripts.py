@@ -6,8 +6,9 @@ the script assigns a scipp DataArray, Dataset, DataGroup or Variable), ``workspa
 that survives between chunks of one worker: Mantid's ADS), ``run`` (:class:`RunContext`),
 ``monitors`` (monitor name -> events) and ``logger``. Mantid's RunPythonScript gives the same
 names (mantid-live-data.md §2.5). The post-processing script's ``input`` and ``monitors`` are
-read-only views of the accumulation (:func:`~livereduce.worker.engine.accumulation.read_only`):
-changing them in place fails the script with :data:`READ_ONLY_HINT` in its message.
+read-only views of the accumulation (:func:`~livereduce.worker.engine.accumulation.read_only`),
+and ``run.logs`` are read-only in both scripts: changing them in place fails the script with
+:data:`READ_ONLY_HINT` in its message.
 
 A script's failure is a value, not an exception (STYLE.md §10): a SyntaxError, anything the
 script raises (any BaseException: KeyboardInterrupt, SystemExit with any code, GeneratorExit as
@@ -40,10 +41,10 @@ SCIPP_OUTPUT_TYPES = (sc.DataArray, sc.Dataset, sc.DataGroup, sc.Variable)
 
 
 READ_ONLY_HINT = (
-    "the post-processing script's input and monitors are the accumulation, read-only:"
+    "the accumulation (post-processing input and monitors) and run.logs are read-only:"
     " change a copy, e.g. data = input.copy()"
 )
-"""Added to the failure of a post-processing script that changed its input in place."""
+"""Added to the failure of a script that changed one of them in place."""
 
 _READ_ONLY = ("Read-only flag is set", "destination is read-only", "array is read-only")
 """How scipp (VariableError, DataArrayError) and numpy (ValueError) say an object is read-only."""
@@ -230,6 +231,6 @@ class ScriptRunner:
         message = (
             "".join(traceback.format_exception_only(type(error), error)).strip().splitlines()[-1]
         )
-        if self.role == "post-processing" and any(text in message for text in _READ_ONLY):
+        if any(text in message for text in _READ_ONLY):
             message += f" ({READ_ONLY_HINT})"
         return ScriptFailure(script=self.path, line=line, message=message, traceback=text)
