@@ -633,6 +633,22 @@ def test_bad_bytes_outside_a_run_are_counted_once_in_the_status(sms_factory, tmp
     assert progress.last_error == "bad input from the stream: 2 malformed_packets, 44 skipped_bytes"
 
 
+def test_a_broken_framing_outside_a_run_is_counted_at_every_connection(sms_factory, tmp_path):
+    from test_engine_embedded import make_config  # noqa: PLC0415
+
+    def script(connection, sock, hello):  # e.g. an address that is not an SMS at all
+        sock.sendall(heartbeat() + oversize_header() + heartbeat())
+
+    sms = sms_factory(script)
+    listener = adara.AdaraListener("127.0.0.1", sms.port, reconnect_max_s=0.2)
+    engine = EmbeddedEngine(make_config(tmp_path, update_every=0.05), listener)
+    run_engine_until(engine, lambda p: p.input_counts.get("framing_losses", 0) >= 2)
+    progress = engine.progress
+    assert progress.errors == progress.input_counts["framing_losses"] >= 2
+    assert progress.last_error.startswith("bad input from the stream: 1 framing_losses")
+    assert len(sms.hellos) >= 2
+
+
 def test_a_hostile_run_completes_in_the_engine_with_the_faults_in_the_status(sms_factory, tmp_path):
     from test_engine_embedded import make_config  # noqa: PLC0415
 

@@ -838,6 +838,7 @@ class AdaraListener(ListenerBase):
         """Count a malformed packet and log it once per packet type and run (under _lock)."""
         run = self._open.run.number if self._open is not None else None
         if isinstance(error, OversizePacketError):
+            self._counts["framing_losses"] += 1
             log.error("framing_lost: %s; reconnecting", error)
             return
         self._counts["malformed_packets"] += 1

@@ -77,7 +77,9 @@ class RunInfo:
 
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-STREAM_FAULTS = frozenset({"malformed_packets", "framing_failures", "malformed_messages"})
+STREAM_FAULTS = frozenset(
+    {"malformed_packets", "framing_losses", "framing_failures", "malformed_messages"}
+)
 """Kinds of :attr:`Chunk.input_counts` that are faults of the stream (counted as errors in the
 status, besides their own count); the other kinds are data the listener left out by rule
 (error or unmapped pixels, paused pulses, ...)."""
