@@ -581,14 +581,18 @@ class AdaraListener(ListenerBase):
         elif self._failure is not None:
             raise ListenerError(self._failure)
         else:
-            counts = dict(self._counts)
-            self._counts.clear()
-            raise NotYet(self._state, waiting_for_run=self._waiting_for_run(), input_counts=counts)
+            raise NotYet(
+                self._state, waiting_for_run=self._waiting_for_run(), input_counts=self._taken()
+            )
         self._delivered_run = segment.run.number
+        self._update_ready()
+        return segment, self._taken()
+
+    def _taken(self) -> dict[str, int]:
+        """The input counts since they were last handed over, cleared (under _lock)."""
         counts = dict(self._counts)
         self._counts.clear()
-        self._update_ready()
-        return segment, counts
+        return counts
 
     def close(self) -> None:
         """Stop the thread and close the connection; returns within about two seconds."""
